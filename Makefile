@@ -1,0 +1,48 @@
+# The commands README.md shows. Everything installs into .venv from pinned versions
+# (constraints.txt), so an upstream release cannot break a build between two sessions.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+DEMO_DB := instance/sealroom.db
+
+.PHONY: run test lint bench install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip -c constraints.txt
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## make run: install, create the RECLAIIM demo trial on SQLite (once), serve on http://$(HOST):$(PORT)
+run: $(VENV)/.installed
+	@if [ -e "$(DEMO_DB)" ]; then \
+		echo "Demo database $(DEMO_DB) exists: serving it (delete instance/ to start again)."; \
+	else \
+		$(BIN)/sealroom init-demo; \
+	fi
+	$(BIN)/sealroom serve --host $(HOST) --port $(PORT)
+
+## make test: install with the test extra and run the whole suite (slow and multi-process tests too)
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/audit.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .ruff_cache

@@ -1,0 +1,134 @@
+"""Audit entries: their exact shape, canonical bytes and chain hash (URS §7).
+
+Standard library only, so that an inspector can read it beside the URS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+ZERO_HASH = "0" * 64
+ENTRY_KEYS = frozenset({"seq", "time", "actor", "role", "action", "subject", "data", "prev"})
+
+
+class AuditFormatError(ValueError):
+    """An entry does not have the exact shape URS §7 prescribes."""
+
+
+def canonical_bytes(entry: Mapping[str, Any]) -> bytes:
+    """The entry's canonical bytes: the normative expression of URS §7."""
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def entry_hash(canonical: bytes) -> str:
+    """Hex SHA-256 of an entry's canonical bytes: the next entry's ``prev``."""
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds and ``Z``, e.g. ``2026-11-29T08:00:00.000000Z``."""
+    if moment.tzinfo is None:
+        raise AuditFormatError("audit times must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_entry(
+    *,
+    seq: int,
+    time: datetime,
+    actor: str,
+    role: str,
+    action: str,
+    subject: str | None,
+    data: Mapping[str, Any],
+    prev: str,
+) -> dict[str, Any]:
+    """Build one entry and check it has the exact shape of URS §7."""
+    entry = {
+        "seq": seq,
+        "time": format_time(time),
+        "actor": actor,
+        "role": role,
+        "action": action,
+        "subject": subject,
+        "data": dict(data),
+        "prev": prev,
+    }
+    check_entry(entry)
+    return entry
+
+
+def parse_entry(canonical: bytes) -> dict[str, Any]:
+    """Parse one entry's canonical bytes, refusing anything that is not exactly canonical."""
+    try:
+        entry = json.loads(canonical.decode("utf-8"), parse_float=_refuse_float)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AuditFormatError(f"not a JSON entry: {exc}") from exc
+    if not isinstance(entry, dict):
+        raise AuditFormatError("an entry is a JSON object")
+    check_entry(entry)
+    if canonical_bytes(entry) != canonical:
+        raise AuditFormatError("bytes are not the entry's canonical form")
+    return entry
+
+
+def check_entry(entry: Mapping[str, Any]) -> None:
+    """Raise AuditFormatError unless ``entry`` has exactly the keys and types of URS §7."""
+    keys = set(entry)
+    if keys != ENTRY_KEYS:
+        missing, extra = sorted(ENTRY_KEYS - keys), sorted(keys - ENTRY_KEYS)
+        raise AuditFormatError(f"entry keys differ: missing {missing}, unexpected {extra}")
+    seq = entry["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise AuditFormatError("seq must be a non-negative integer")
+    for key in ("time", "actor", "role", "action", "prev"):
+        if not isinstance(entry[key], str):
+            raise AuditFormatError(f"{key} must be a string")
+    if entry["subject"] is not None and not isinstance(entry["subject"], str):
+        raise AuditFormatError("subject must be a string or null")
+    if not isinstance(entry["data"], dict):
+        raise AuditFormatError("data must be an object")
+    prev = entry["prev"]
+    if len(prev) != 64 or any(c not in "0123456789abcdef" for c in prev):
+        raise AuditFormatError("prev must be 64 lowercase hex digits")
+    try:
+        datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError as exc:
+        raise AuditFormatError("time must be RFC 3339 UTC with microseconds and Z") from exc
+    if len(entry["time"]) != 27:
+        raise AuditFormatError("time must carry exactly six fractional digits")
+    _check_value(entry["data"], "data")
+
+
+def _check_value(value: Any, path: str) -> None:
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise AuditFormatError(f"{path}: lone surrogate in string") from exc
+        return
+    if isinstance(value, float):
+        raise AuditFormatError(f"{path}: floats are not allowed (write decimals as strings)")
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_value(item, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key.isascii():
+                raise AuditFormatError(f"{path}: keys must be ASCII strings")
+            _check_value(item, f"{path}.{key}")
+        return
+    raise AuditFormatError(f"{path}: {type(value).__name__} is not allowed")
+
+
+def _refuse_float(text: str) -> float:
+    raise AuditFormatError(f"floats are not allowed in entries: {text}")

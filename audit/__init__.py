@@ -1,0 +1,92 @@
+"""The verifiable audit trail (URS §7): entries, Merkle tree, signed checkpoints, verification.
+
+Pure code over plain data: the standard library and ``cryptography`` only, never the web
+application or the key store. The database layer supplies a ``NodeStore`` and stores what
+these functions return.
+"""
+
+from audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    Signature,
+    VerifierKey,
+    key_id,
+    parse_checkpoint,
+    parse_verifier_key,
+    sign_checkpoint,
+    verifier_key_from_private,
+    verify_checkpoint,
+)
+from audit.entry import (
+    ZERO_HASH,
+    AuditFormatError,
+    canonical_bytes,
+    check_entry,
+    entry_hash,
+    format_time,
+    make_entry,
+    parse_entry,
+)
+from audit.merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    MemoryNodeStore,
+    MissingNodeError,
+    NodeStore,
+    consistency_coords,
+    consistency_proof,
+    inclusion_coords,
+    inclusion_proof,
+    leaf_hash,
+    node_hash,
+    nodes_for_append,
+    nodes_for_append_batch,
+    root_coords,
+    root_from_leaves,
+    root_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from audit.verify import VerifyReport, verify_export_stream, verify_log
+
+__all__ = [
+    "EMPTY_ROOT",
+    "ZERO_HASH",
+    "AuditFormatError",
+    "Checkpoint",
+    "CheckpointError",
+    "CompactRange",
+    "MemoryNodeStore",
+    "MissingNodeError",
+    "NodeStore",
+    "Signature",
+    "VerifierKey",
+    "VerifyReport",
+    "canonical_bytes",
+    "check_entry",
+    "consistency_coords",
+    "consistency_proof",
+    "entry_hash",
+    "format_time",
+    "inclusion_coords",
+    "inclusion_proof",
+    "key_id",
+    "leaf_hash",
+    "make_entry",
+    "node_hash",
+    "nodes_for_append",
+    "nodes_for_append_batch",
+    "parse_checkpoint",
+    "parse_entry",
+    "parse_verifier_key",
+    "root_coords",
+    "root_from_leaves",
+    "root_hash",
+    "sign_checkpoint",
+    "verifier_key_from_private",
+    "verify_checkpoint",
+    "verify_consistency",
+    "verify_export_stream",
+    "verify_inclusion",
+    "verify_log",
+]

@@ -1,0 +1,47 @@
+"""Sealroom: randomisation and blinding for double-blind clinical trials.
+
+``create_app`` reads like a table of contents: settings, database, trial context, API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask application.
+
+    ``config`` may hold ``settings`` (a :class:`randomizer.config.Settings`), ``database``
+    (a :class:`randomizer.db.Database`, e.g. bound to a test transaction), ``clock`` (a
+    callable returning aware UTC datetimes) and any Flask setting. Without them, settings
+    come from the ``SEALROOM_*`` variables.
+    """
+    # Imported here, not at the top: importing the pure core (randomizer.domain) must not
+    # pull in Flask, SQLAlchemy or the keys.
+    from randomizer import api
+    from randomizer.config import Settings
+    from randomizer.db import Database
+    from randomizer.schemas import build_trial_schemas
+    from randomizer.services.context import load_trial_context, utc_now
+    from randomizer.state import EXTENSION, AppState
+
+    options = dict(config or {})
+    settings = options.pop("settings", None) or Settings.from_env()
+    database = options.pop("database", None) or Database(settings.database_url)
+    clock = options.pop("clock", utc_now)
+
+    logging.basicConfig(level=settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config.update(options)
+
+    with database.reading() as session:
+        ctx = load_trial_context(session, settings.keys_dir, clock=clock)
+    schemas = build_trial_schemas(ctx.definition)
+    app.extensions[EXTENSION] = AppState(settings=settings, db=database, ctx=ctx, schemas=schemas)
+    api.init_app(app, schemas)
+    return app

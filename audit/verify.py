@@ -1,0 +1,497 @@
+"""Verify a whole audit log: entries, hash chain, Merkle tree and signed checkpoints (URS §7, §9).
+
+Pure: it takes the stored bytes and notes and returns a report; ``sealroom audit verify``
+and the monitor decide what to do with it. Entries are read once, in order, keeping only
+O(log n) tree state plus whatever is wrong, so an export of millions of entries can be
+streamed through ``verify_export_stream``.
+
+How the first altered entry is named (URS §9: the edited entry itself, not its successor):
+
+* A signed checkpoint of size ``s`` commits to entries ``0 .. s-1`` exactly. Let ``b`` be the
+  smallest checkpoint size whose root differs from the recomputed tree and ``a`` the largest
+  matching size below it: entries before ``a`` are authentic, and something in ``a .. b-1``
+  was altered.
+* Within that window the chain says which. Link ``j`` (entry ``j`` to ``j+1``) is broken when
+  entry ``j+1``'s ``prev`` is not the hash of entry ``j``. Editing an entry's data breaks
+  only its outgoing link; editing its ``prev`` breaks its incoming link (``prev`` no longer
+  matches) and its outgoing one (its own hash changed). So in the first run of consecutive
+  broken links, the altered entry is the *last* source of the run, never before ``a``
+  (entry ``a-1`` is authentic) and never after ``b-1`` (the checkpoint of ``b`` does not
+  cover entry ``b``).
+* The last entry has no successor; its outgoing link is the ``head_hash`` storage claims.
+  If no link in the window is broken, the chain was recomputed after the edit: the window
+  is all that can be said (exact when checkpoints are one transaction apart, as URS §7
+  makes them).
+* Without any mismatching checkpoint, the same chain rule runs over the entries after the
+  last matching one.
+
+Position problems (a missing, duplicated or reordered ``seq``) are named by position and
+take precedence: chain and tree findings at or after the first of them are consequences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+from audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    VerifierKey,
+    parse_checkpoint,
+    verify_checkpoint,
+)
+from audit.entry import ZERO_HASH, AuditFormatError, parse_entry
+from audit.merkle import EMPTY_ROOT, CompactRange
+
+_MAX_LISTED = 20  # past this many position problems, summarise instead of listing them all
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of verifying a log.
+
+    ``problems`` are human messages, most important first (the earliest entry named
+    comes first); ``first_bad_seq`` is the seq of the first altered, missing or misplaced
+    entry when one can be named; ``latest`` is the latest stored checkpoint accepted.
+    """
+
+    ok: bool
+    size: int
+    first_bad_seq: int | None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    latest: Checkpoint | None = None
+
+
+def verify_log(
+    entries: Sequence[bytes],
+    checkpoints: Sequence[str] = (),
+    verifier_key: VerifierKey | None = None,
+    trusted_checkpoints: Sequence[str] = (),
+    head_hash: str | None = None,
+) -> VerifyReport:
+    """Verify a log held in memory.
+
+    ``entries`` are each stored entry's canonical bytes in storage order (position ``i``
+    must hold seq ``i``); ``checkpoints`` the stored signed notes in storage order;
+    ``trusted_checkpoints`` notes saved elsewhere (by an auditor or monitor) that the log
+    must still extend; ``head_hash`` the hex hash storage claims for its last entry.
+    """
+    return _verify(iter(entries), checkpoints, verifier_key, trusted_checkpoints, head_hash)
+
+
+def verify_export_stream(
+    lines: Iterable[bytes],
+    checkpoints: Sequence[str] = (),
+    verifier_key: VerifierKey | None = None,
+    trusted_checkpoints: Sequence[str] = (),
+    head_hash: str | None = None,
+) -> VerifyReport:
+    """Like ``verify_log``, over the lines of a JSON Lines export read one at a time.
+
+    Each line is one entry's canonical bytes followed by ``\\n`` (JSON escapes every
+    newline inside strings, so a line is never split).
+    """
+    entries = (line[:-1] if line.endswith(b"\n") else line for line in lines)
+    return _verify(entries, checkpoints, verifier_key, trusted_checkpoints, head_hash)
+
+
+# --- the pieces of evidence ----------------------------------------------------------------------
+
+
+@dataclass
+class _Head:
+    """A checkpoint accepted as evidence (signed by the key, or any parsable one without key)."""
+
+    checkpoint: Checkpoint
+    trusted: bool  # from trusted_checkpoints rather than from the log's own storage
+
+    @property
+    def size(self) -> int:
+        return self.checkpoint.size
+
+    def name(self) -> str:
+        kind = "trusted" if self.trusted else "signed"
+        return f"{kind} checkpoint of size {self.size}"
+
+
+@dataclass
+class _Scan:
+    """What one pass over the entries found; everything but the tree state is sparse."""
+
+    size: int = 0
+    max_seq: int = -1
+    last_hash: str | None = None
+    malformed: list[tuple[int, str]] = field(default_factory=list)
+    misplaced: list[tuple[int, int]] = field(default_factory=list)  # (position, seq held)
+    breaks: set[int] = field(default_factory=set)  # j: entry j+1's prev is not H(entry j)
+    roots: dict[int, bytes] = field(default_factory=dict)
+
+
+class _Findings:
+    """Problems keyed by the entry they name (those come first, by seq) or by nothing."""
+
+    def __init__(self) -> None:
+        self.by_seq: list[tuple[int, str]] = []
+        self.general: list[str] = []
+        self.general_seqs: list[int] = []
+
+    def entry(self, seq: int, message: str) -> None:
+        self.by_seq.append((seq, message))
+
+    def other(self, message: str, seq: int | None = None) -> None:
+        """A problem listed after those naming entries; ``seq`` still counts as first bad."""
+        self.general.append(message)
+        if seq is not None:
+            self.general_seqs.append(seq)
+
+    def first_seq(self) -> int | None:
+        return min([seq for seq, _ in self.by_seq] + self.general_seqs, default=None)
+
+    def messages(self) -> list[str]:
+        ordered = sorted(self.by_seq, key=lambda item: item[0])  # stable: keeps insertion order
+        return [message for _, message in ordered] + self.general
+
+
+def _verify(
+    entries: Iterable[bytes],
+    checkpoints: Sequence[str],
+    verifier_key: VerifierKey | None,
+    trusted_checkpoints: Sequence[str],
+    head_hash: str | None,
+) -> VerifyReport:
+    findings = _Findings()
+    warnings: list[str] = []
+    stored, unsigned = _accept_checkpoints(checkpoints, verifier_key, False, findings)
+    trusted, _ = _accept_checkpoints(trusted_checkpoints, verifier_key, True, findings)
+    evidence = stored + trusted
+    scan = _scan_entries(entries, {head.size for head in evidence})
+    n = scan.size
+
+    if verifier_key is None:
+        warnings.append(
+            "no verifier key was given: checkpoint signatures were not checked, so this proves"
+            " nothing against whoever holds the log's signing key"
+        )
+    _check_storage_order(stored, findings, warnings)
+
+    first_position_problem = _report_positions(scan, findings)
+    extent = max(n, scan.max_seq + 1)
+    truncated = _report_truncation(evidence, n, extent, findings)
+    head_broken = head_hash is not None and n > 0 and head_hash != scan.last_hash
+    if head_hash is not None and n == 0:
+        findings.entry(0, "entry 0 is missing: the log is empty but storage records a last entry")
+    _locate_alteration(
+        scan, evidence, head_broken and not truncated, first_position_problem, findings
+    )
+    _report_unsigned_tail(unsigned, evidence, scan, findings)
+
+    if n and not stored:
+        warnings.append(
+            "no signed checkpoint covers the log: only the hash chain was checked, and a rewrite"
+            " that recomputes the chain would go unnoticed"
+        )
+    elif stored and max(head.size for head in stored) < n:
+        covered = max(head.size for head in stored)
+        warnings.append(f"entries {covered} to {n - 1} are not covered by any checkpoint yet")
+
+    latest = max(stored, key=lambda head: head.size).checkpoint if stored else None
+    problems = findings.messages()
+    return VerifyReport(
+        ok=not problems,
+        size=n,
+        first_bad_seq=findings.first_seq(),
+        problems=problems,
+        warnings=warnings,
+        latest=latest,
+    )
+
+
+def _accept_checkpoints(
+    notes: Sequence[str], key: VerifierKey | None, trusted: bool, findings: _Findings
+) -> tuple[list[_Head], list[int]]:
+    """Parse (and, given a key, verify) notes; return the accepted ones and the refused sizes."""
+    accepted: list[_Head] = []
+    refused_sizes: list[int] = []
+    what = "trusted checkpoint" if trusted else "checkpoint"
+    for number, note in enumerate(notes):
+        try:
+            checkpoint, _ = parse_checkpoint(note)
+        except CheckpointError as exc:
+            findings.other(f"{what} {number} cannot be read: {exc}")
+            continue
+        if key is not None:
+            try:
+                verify_checkpoint(note, key)
+            except CheckpointError:
+                refused_sizes.append(checkpoint.size)
+                # One message per kind: a re-signed log would otherwise list every checkpoint.
+                if len(refused_sizes) == 1:
+                    findings.other(
+                        f"{what} {number} (size {checkpoint.size}) is not signed by the trusted"
+                        f" key {key.label()}"
+                    )
+                elif len(refused_sizes) == 2:
+                    findings.other(f"other {what}s are not signed by the trusted key either")
+                continue
+        accepted.append(_Head(checkpoint, trusted))
+    return accepted, refused_sizes
+
+
+def _scan_entries(entries: Iterable[bytes], sizes: set[int]) -> _Scan:
+    """One pass: canonical form, seq, chain links, and the tree root at each wanted size."""
+    scan = _Scan()
+    tree = CompactRange()
+    if 0 in sizes:
+        scan.roots[0] = EMPTY_ROOT
+    expected_prev = ZERO_HASH
+    sha256 = hashlib.sha256
+    position = -1
+    for position, raw in enumerate(entries):
+        try:
+            entry = parse_entry(raw)
+        except AuditFormatError as exc:
+            scan.malformed.append((position, str(exc)))
+            scan.breaks.add(position - 1)  # its prev cannot be read: count the link as broken
+        else:
+            seq = entry["seq"]
+            if seq != position:
+                scan.misplaced.append((position, seq))
+            scan.max_seq = max(scan.max_seq, seq)
+            if entry["prev"] != expected_prev:
+                scan.breaks.add(position - 1)  # -1: entry 0's prev must be 64 zeros
+        # The stored bytes are hashed as they are: they were just checked to be canonical.
+        expected_prev = sha256(raw).hexdigest()
+        tree.append(sha256(b"\x00" + raw).digest())
+        if tree.size in sizes:
+            scan.roots[tree.size] = tree.root()
+    scan.size = position + 1
+    scan.last_hash = expected_prev if scan.size else None
+    return scan
+
+
+# --- the checks ----------------------------------------------------------------------------------
+
+
+def _check_storage_order(stored: list[_Head], findings: _Findings, warnings: list[str]) -> None:
+    """Stored checkpoints never shrink, and one log has one origin."""
+    for before, after in pairwise(stored):
+        if after.size < before.size:
+            findings.other(
+                f"checkpoints are out of order: one of size {after.size} was stored after one"
+                f" of size {before.size} (rollback or tampering with the checkpoint table)"
+            )
+            break
+    origins = {head.checkpoint.origin for head in stored}
+    if len(origins) > 1:
+        warnings.append(f"stored checkpoints name several origins: {', '.join(sorted(origins))}")
+
+
+def _report_positions(scan: _Scan, findings: _Findings) -> int | None:
+    """Name malformed, missing, duplicated and misplaced entries; return the first position."""
+    for position, reason in scan.malformed:
+        findings.entry(
+            position, f"entry {position} is not a valid entry (altered or corrupted): {reason}"
+        )
+    n = scan.size
+    unusual = {position for position, _ in scan.misplaced} | {p for p, _ in scan.malformed}
+    held_elsewhere = Counter(seq for _, seq in scan.misplaced)
+
+    def copies(seq: int) -> int:
+        in_place = 1 if 0 <= seq < n and seq not in unusual else 0
+        return in_place + held_elsewhere[seq]
+
+    # Report the start of each run with one shift (seq - position): a deletion in the
+    # middle shifts every later entry by the same amount, and is one problem, not many.
+    starts = [
+        (position, seq)
+        for k, (position, seq) in enumerate(scan.misplaced)
+        if k == 0 or scan.misplaced[k - 1] != (position - 1, seq - 1)
+    ]
+    for position, seq in starts[:_MAX_LISTED]:
+        if copies(seq) > 1:
+            message = (
+                f"position {position} holds a second entry with seq {seq} (inserted or copied)"
+            )
+            findings.entry(position, message)
+        elif seq > position and not (
+            any(copies(s) for s in range(position, min(seq, n)))
+            or any(position <= s < seq for s in held_elsewhere)
+        ):
+            gap = (
+                f"entry {position} is"
+                if seq == position + 1
+                else (f"entries {position} to {seq - 1} are")
+            )
+            findings.entry(
+                position, f"{gap} missing: position {position} holds the entry with seq {seq}"
+            )
+        else:
+            findings.entry(
+                position,
+                f"entry {position} is out of place: position {position} holds the entry with"
+                f" seq {seq}",
+            )
+    if len(starts) > _MAX_LISTED:
+        findings.other(f"{len(starts) - _MAX_LISTED} more runs of misplaced entries not listed")
+    return min(unusual, default=None)
+
+
+def _report_truncation(evidence: list[_Head], n: int, extent: int, findings: _Findings) -> bool:
+    """A checkpoint bigger than the log means entries were cut off the end."""
+    beyond = [head for head in evidence if head.size > extent]
+    if not beyond:
+        return False
+    head = max(beyond, key=lambda h: (h.size, not h.trusted))
+    missing = (
+        f"entry {extent} is missing"
+        if head.size == extent + 1
+        else f"entries {extent} to {head.size - 1} are missing"
+    )
+    held = f"the log has {n} entries" if extent == n else f"the log ends at seq {extent - 1}"
+    signed = f"{'the trusted ' if head.trusted else ''}checkpoint of size {head.size}"
+    findings.entry(extent, f"{missing}: {held} but {signed} was signed (truncation or rollback)")
+    return True
+
+
+def _locate_alteration(
+    scan: _Scan,
+    evidence: list[_Head],
+    head_broken: bool,
+    first_position_problem: int | None,
+    findings: _Findings,
+) -> None:
+    """Name the first altered entry from the checkpoints and the chain (see the module doc)."""
+    n = scan.size
+    comparable = [head for head in evidence if head.size <= n]
+    good = [head for head in comparable if scan.roots[head.size] == head.checkpoint.root]
+    bad = [head for head in comparable if scan.roots[head.size] != head.checkpoint.root]
+    breaks = set(scan.breaks)
+    named: list[tuple[int, str]] = []
+
+    def chain_run(lo: int, hi: int) -> tuple[int, int] | None:
+        """The first run of consecutive broken links starting in ``lo .. hi``."""
+        start = next((j for j in sorted(breaks) if lo <= j <= hi), None)
+        if start is None:
+            return None
+        end = start
+        while end + 1 in breaks:
+            end += 1
+        return start, end
+
+    for head in bad:
+        if head.trusted:
+            findings.other(
+                f"the log does not extend the trusted checkpoint of size {head.size}: the"
+                " history was rewritten (fork)"
+            )
+            break
+    if any(head.size == 0 for head in bad):
+        findings.other("a checkpoint of size 0 does not carry the empty tree's root")
+        bad = [head for head in bad if head.size > 0]
+
+    if bad:
+        b = min(head.size for head in bad)
+        culprit = min((h for h in bad if h.size == b), key=lambda h: h.trusted)
+        a = max((head.size for head in good if head.size < b), default=0)
+        if b == n and head_broken:
+            breaks.add(n - 1)  # the last entry's outgoing link is the stored head hash
+        run = chain_run(a - 1, b - 1)
+        if run is not None:
+            altered = min(max(run[1], a), b - 1)
+            named.append(
+                (
+                    altered,
+                    f"entry {altered} was altered: its hash no longer matches the {culprit.name()}",
+                )
+            )
+        elif b - a == 1:
+            named.append(
+                (a, f"entry {a} was altered: its hash no longer matches the {culprit.name()}")
+            )
+        else:
+            named.append(
+                (
+                    a,
+                    f"one of entries {a} to {b - 1} was altered and the chain after it"
+                    f" recomputed: they no longer match the {culprit.name()}",
+                )
+            )
+        later_good = [head.size for head in good if head.size > b]
+        if later_good:
+            findings.other(
+                f"the {culprit.name()} contradicts the checkpoint of size {max(later_good)},"
+                " which the log matches: the signing key signed two histories (fork)"
+            )
+    else:
+        a = max((head.size for head in good), default=0)
+        if head_broken and a == n:
+            # The last entry is itself covered by a matching checkpoint, so it is authentic:
+            # the head record points past it.
+            named.append(
+                (
+                    n,
+                    f"the stored head hash is not the hash of entry {n - 1}, which a signed"
+                    " checkpoint covers: later entries are missing (truncation) or the head"
+                    " record was altered",
+                )
+            )
+        else:
+            if head_broken:
+                breaks.add(n - 1)
+            run = chain_run(a - 1, n - 1)
+            if run is not None:
+                altered = min(max(run[1], a), n - 1)
+                where = (
+                    "its hash no longer matches the stored head hash"
+                    if altered == n - 1 and run[0] == n - 1
+                    else "the hash chain breaks at it"
+                )
+                named.append(
+                    (altered, f"entry {altered} was altered: {where} (no checkpoint covers it)")
+                )
+
+    # Chain breaks inside a matching checkpoint mean the signer signed a broken chain.
+    inside = [j for j in sorted(breaks) if j + 1 < a]
+    if inside:
+        j = inside[0]
+        named.append(
+            (
+                j + 1,
+                f"entry {j + 1}'s prev is not the hash of entry {j}, yet a checkpoint covers both",
+            )
+        )
+
+    for seq, message in named:
+        # Anything at or after a misplaced entry is a consequence of it, not a new finding.
+        if first_position_problem is None or seq < first_position_problem:
+            findings.entry(seq, message)
+
+
+def _report_unsigned_tail(
+    unsigned: list[int], evidence: list[_Head], scan: _Scan, findings: _Findings
+) -> None:
+    """Entries that only checkpoints with a bad signature vouch for are not vouched for."""
+    if not unsigned:
+        return
+    covered = max(
+        (
+            h.size
+            for h in evidence
+            if h.size <= scan.size and scan.roots[h.size] == h.checkpoint.root
+        ),
+        default=0,
+    )
+    end = min(max(unsigned), scan.size)
+    if end > covered:
+        # Listed after the signature problem that explains it, but it does name the first
+        # entry nothing trustworthy vouches for.
+        findings.other(
+            f"entries {covered} to {end - 1} are not covered by any checkpoint signed by the"
+            " trusted key",
+            seq=covered,
+        )

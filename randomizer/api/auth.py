@@ -1,0 +1,71 @@
+"""Bearer-token authentication and role checks (URS §8: token, then role).
+
+Endpoints whose refusals must themselves be audited (randomisation, unblinding) use
+:func:`authenticated` only and let their service check the role, so that a 403 there is
+recorded in the audit trail too.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from randomizer.errors import Forbidden, Unauthorized
+from randomizer.roles import Actor
+from randomizer.services.users import authenticate
+from randomizer.state import app_state
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# token_urlsafe(32) gives 43 characters; allow some room, refuse anything absurd early.
+_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_-]{20,128})$")
+
+
+def current_actor() -> Actor:
+    """The authenticated actor of this request (after :func:`authenticated`)."""
+    return g.actor
+
+
+def _authenticate_request() -> Actor:
+    header = request.headers.get("Authorization", "")
+    match = _BEARER.match(header)
+    if match is None:
+        raise Unauthorized("Send a valid bearer token: Authorization: Bearer <token>.")
+    with app_state().db.reading() as session:
+        actor = authenticate(session, match.group(1))
+    if actor is None:
+        raise Unauthorized("The token is unknown, revoked or belongs to a deactivated user.")
+    g.actor = actor
+    return actor
+
+
+def authenticated(view: F) -> F:
+    """Require a valid bearer token (401 otherwise)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _authenticate_request()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def requires(roles: Iterable[str]) -> Callable[[F], F]:
+    """Require a valid token (401) of one of ``roles`` (403), before anything else runs."""
+    allowed = frozenset(roles)
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            actor = _authenticate_request()
+            if actor.role not in allowed:
+                raise Forbidden(f"The {actor.role} role may not do this.")
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,128 @@
+"""``Idempotency-Key`` for state-changing POSTs (URS §8).
+
+The key is scoped to the user and the endpoint. It is claimed in the same transaction as
+the change it guards, by an insert that does nothing on conflict: on PostgreSQL a second
+request with the same key waits for the first transaction, then finds its stored response;
+on SQLite ``BEGIN IMMEDIATE`` serialises them. Two requests with one key never both act.
+Records are kept (far longer than the 24 hours URS §8 asks for).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from flask import Response, request
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from randomizer.api.parsing import loads_strict
+from randomizer.api.problems import PROBLEM_JSON
+from randomizer.errors import IdempotencyKeyReused, Problem, ValidationFailed
+from randomizer.models import IdempotencyRecord
+from randomizer.roles import Actor
+from randomizer.state import app_state
+
+HEADER = "Idempotency-Key"
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+Action = Callable[[Session], tuple[int, dict[str, Any]]]
+
+
+def run_idempotent(endpoint: str, actor: Actor, action: Action) -> Response:
+    """Run ``action`` in one transaction; with an Idempotency-Key, at most once per key.
+
+    ``action(session)`` returns the status and the JSON body of its response. A refusal
+    that was recorded in the audit trail is stored and replayed like a success; one that
+    changed nothing is not stored (asking again re-evaluates it and changes nothing).
+    """
+    key = request.headers.get(HEADER)
+    db = app_state().db
+    if key is None:
+        with db.transaction() as session:
+            return _json_response(*action(session))
+    if not _KEY.match(key):
+        raise ValidationFailed(
+            {HEADER: ["1 to 255 printable ASCII characters without spaces."]},
+            detail="The Idempotency-Key header is not valid.",
+            status=400,
+        )
+    digest = _request_digest()
+    with db.transaction() as session:
+        record = _claim(session, actor, endpoint, key, digest)
+        if record.request_sha256 != digest:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used with another request body."
+            )
+        if record.status_code is not None:
+            return _replay(record)
+        try:
+            status, body = action(session)
+        except Problem as problem:
+            if problem.recorded:
+                _store(session, record, problem.status, problem.body())
+            raise
+        _store(session, record, status, body)
+        return _json_response(status, body)
+
+
+def _request_digest() -> str:
+    """SHA-256 of the method, the path and the body (as canonical JSON when it parses)."""
+    raw = request.get_data(cache=True)
+    try:
+        body = json.dumps(loads_strict(raw), sort_keys=True, separators=(",", ":"), default=str)
+        payload = body.encode("utf-8")
+    except ValidationFailed:
+        payload = raw
+    digest = hashlib.sha256()
+    for part in (request.method.encode(), request.path.encode("utf-8", "replace"), payload):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.hexdigest()
+
+
+def _claim(
+    session: Session, actor: Actor, endpoint: str, key: str, digest: str
+) -> IdempotencyRecord:
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(IdempotencyRecord)
+        .values(
+            user_id=actor.user_id,
+            endpoint=endpoint,
+            key=key,
+            request_sha256=digest,
+            created_at=app_state().ctx.clock(),
+        )
+        .on_conflict_do_nothing(index_elements=["user_id", "endpoint", "key"])
+    )
+    return session.execute(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.user_id == actor.user_id,
+            IdempotencyRecord.endpoint == endpoint,
+            IdempotencyRecord.key == key,
+        )
+    ).scalar_one()
+
+
+def _store(session: Session, record: IdempotencyRecord, status: int, body: dict[str, Any]) -> None:
+    record.status_code = status
+    record.response_body = json.dumps(body, ensure_ascii=True, default=str)
+    session.flush()
+
+
+def _replay(record: IdempotencyRecord) -> Response:
+    assert record.status_code is not None and record.response_body is not None
+    mimetype = PROBLEM_JSON if record.status_code >= 400 else "application/json"
+    response = Response(record.response_body, status=record.status_code, mimetype=mimetype)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _json_response(status: int, body: dict[str, Any]) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=True, default=str), status=status, mimetype="application/json"
+    )

@@ -1,0 +1,67 @@
+"""Strict JSON request bodies: exact decimals, no NaN, clear errors instead of 500s."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import marshmallow as ma
+from flask import Request
+from flask_smorest import Blueprint
+from webargs.flaskparser import FlaskParser
+
+from randomizer.errors import ValidationFailed, flatten_errors
+
+_INVALID_BODY = {"_body": ["Not valid JSON."]}
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_strict(raw: bytes) -> Any:
+    """Parse JSON keeping decimals exact; raise ValidationFailed (400) on anything else.
+
+    ``NaN``/``Infinity`` are refused, and so are integers too long to convert (Python's
+    4300-digit limit raises ValueError, which must become a 400, never a 500).
+    """
+    try:
+        return json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValidationFailed(
+            _INVALID_BODY, detail="The body is not valid JSON.", status=400
+        ) from None
+
+
+def request_json(request: Request) -> Any:
+    """The request's JSON body; a missing body or another content type is a 400/415."""
+    if not request.is_json:
+        raise ValidationFailed(
+            {"_body": ["Send a JSON body with Content-Type: application/json."]},
+            detail="The body must be JSON.",
+            status=415,
+        )
+    return loads_strict(request.get_data(cache=True))
+
+
+def load_body(schema: ma.Schema, request: Request) -> Any:
+    """Parse and validate the request's body with ``schema`` (422 with every field error)."""
+    body = request_json(request)
+    try:
+        return schema.load(body)
+    except ma.ValidationError as error:
+        raise ValidationFailed(flatten_errors(error.messages)) from None
+
+
+class StrictFlaskParser(FlaskParser):
+    """webargs' parser, reading JSON bodies with :func:`loads_strict`."""
+
+    def _raw_load_json(self, req: Request) -> Any:
+        return request_json(req)
+
+
+class StrictBlueprint(Blueprint):
+    """A flask-smorest blueprint whose ``@arguments`` use :class:`StrictFlaskParser`."""
+
+    ARGUMENTS_PARSER = StrictFlaskParser()

@@ -1,0 +1,120 @@
+"""``/participants``: screen, read and randomise participants (URS §8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy.orm import Session
+
+from randomizer import roles
+from randomizer.api.auth import authenticated, current_actor, requires
+from randomizer.api.idempotency import run_idempotent
+from randomizer.api.parsing import StrictBlueprint, load_body
+from randomizer.schemas import ParticipantSchema, ProblemSchema, RandomizationSchema, TrialSchemas
+from randomizer.services.participants import (
+    ScreeningRequest,
+    find_participant,
+    participant_view,
+    randomize_participant,
+    screen_participant,
+)
+from randomizer.state import app_state
+
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "Retry safely: the same key and body return the first response again.",
+}
+
+
+def blueprint(schemas: TrialSchemas) -> Blueprint:
+    """The participants blueprint, with the trial's own request schemas."""
+    blp = StrictBlueprint(
+        "participants",
+        __name__,
+        url_prefix="/api/v1/participants",
+        description="Screen, read and randomise participants. No response carries an arm.",
+    )
+
+    @blp.route("")
+    class Participants(MethodView):
+        @requires(roles.SCREEN)
+        @blp.arguments(schemas.screening)
+        @blp.response(201, ParticipantSchema)
+        @blp.alt_response(403, schema=ProblemSchema, description="Not your site")
+        @blp.alt_response(409, schema=ProblemSchema, description="Screening number in use")
+        @blp.doc(parameters=[IDEMPOTENCY_HEADER])
+        def post(self, screening: ScreeningRequest) -> Response:
+            """Screen a participant at your own site."""
+            state, actor = app_state(), current_actor()
+
+            def act(session: Session) -> tuple[int, dict[str, Any]]:
+                participant = screen_participant(session, state.ctx, actor, screening)
+                return 201, ParticipantSchema().dump(
+                    participant_view(session, state.ctx, participant)
+                )
+
+            return run_idempotent("participants.screen", actor, act)
+
+    @blp.route("/<string:screening_number>")
+    class ParticipantResource(MethodView):
+        @requires(roles.READ_PARTICIPANT)
+        @blp.response(200, ParticipantSchema)
+        @blp.alt_response(404, schema=ProblemSchema, description="Unknown or not yours")
+        def get(self, screening_number: str) -> dict[str, Any]:
+            """A participant: status, stratum, randomisation number, kits; never an arm."""
+            state = app_state()
+            with state.db.reading() as session:
+                participant = find_participant(session, current_actor(), screening_number)
+                return participant_view(session, state.ctx, participant)
+
+    @blp.route("/<string:screening_number>/randomize")
+    class Randomize(MethodView):
+        @authenticated
+        @blp.doc(
+            requestBody={
+                "required": True,
+                "content": {"application/json": {"schema": schemas.randomization}},
+            },
+            parameters=[IDEMPOTENCY_HEADER],
+        )
+        @blp.response(201, RandomizationSchema)
+        @blp.alt_response(403, schema=ProblemSchema, description="Role may not randomise")
+        @blp.alt_response(404, schema=ProblemSchema, description="Unknown or not yours")
+        @blp.alt_response(
+            409,
+            schema=ProblemSchema,
+            description="Already randomised, insufficient supply or stratum exhausted",
+        )
+        @blp.alt_response(
+            422,
+            schema=ProblemSchema,
+            description="Invalid, ineligible or outside the screening window",
+        )
+        def post(self, screening_number: str) -> Response:
+            """Randomise: the next slot of the stratum and the week-1 kits. No arm, ever.
+
+            Checked in this order: token, role, visibility, state, input, screening window
+            and eligibility, supply and list. Every refusal is audited.
+            """
+            state, actor = app_state(), current_actor()
+            schema = state.schemas.randomization()
+
+            def act(session: Session) -> tuple[int, dict[str, Any]]:
+                result = randomize_participant(
+                    session,
+                    state.ctx,
+                    actor,
+                    screening_number,
+                    lambda: load_body(schema, request),
+                )
+                return 201, RandomizationSchema().dump(result)
+
+            return run_idempotent("participants.randomize", actor, act)
+
+    return blp

@@ -1,0 +1,96 @@
+"""One error shape, mapped in one place: RFC 9457 problem details (URS §8).
+
+Domain errors (:class:`randomizer.errors.Problem`) carry their own status and type;
+werkzeug's HTTP errors (unknown route, wrong method, oversized body) and flask-smorest's
+validation errors are mapped here; anything unexpected becomes a 500 problem whose detail
+reveals nothing (the traceback goes to the log only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from randomizer.errors import Problem, flatten_errors
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+#: Problem type (URS §8) and title for werkzeug's HTTP errors.
+_HTTP_TYPES = {
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    409: ("conflict", "Conflict"),
+}
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A ``application/problem+json`` response for a problem details object."""
+    response = Response(
+        json.dumps(body, ensure_ascii=True, default=str),
+        status=body["status"],
+        mimetype=PROBLEM_JSON,
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def handle_problem(problem: Problem) -> Response:
+    """Render a domain refusal."""
+    headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
+    return problem_response(problem.body(), headers)
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    """Render werkzeug's and webargs' HTTP errors as problem details."""
+    status = error.code or 500
+    if status >= 500:
+        return handle_unexpected(error)
+    data = getattr(error, "data", None) or {}
+    type_name, title = _HTTP_TYPES.get(status, ("validation", error.name))
+    body: dict[str, Any] = {
+        "type": f"/problems/{type_name}",
+        "title": title,
+        "status": status,
+        "detail": error.description or error.name,
+    }
+    messages = data.get("messages")
+    if messages is not None:
+        # webargs nests messages under the location ("json", "query"); drop that level.
+        if isinstance(messages, dict) and len(messages) == 1:
+            ((location, inner),) = messages.items()
+            if location in ("json", "query", "querystring", "view_args", "path", "headers"):
+                messages = inner
+        body["errors"] = flatten_errors(messages)
+        body["detail"] = "The request is not valid."
+    headers = {}
+    if status == 405 and getattr(error, "valid_methods", None):
+        headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+    return problem_response(body, headers)
+
+
+def handle_unexpected(error: BaseException) -> Response:
+    """A bug: log it, tell the caller nothing about it."""
+    log.exception("unexpected error", exc_info=error)
+    return problem_response(
+        {
+            "type": "about:blank",
+            "title": "Internal server error",
+            "status": 500,
+            "detail": "The server could not complete the request; nothing was changed.",
+        }
+    )
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers (after flask-smorest's, which they replace)."""
+    app.register_error_handler(Problem, handle_problem)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

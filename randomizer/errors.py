@@ -1,0 +1,123 @@
+"""Domain errors. Each is an RFC 9457 problem with a status; nothing else builds error bodies.
+
+The HTTP layer (``randomizer.api.problems``) turns these into ``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+
+class Problem(Exception):
+    """A refusal with an HTTP status and a problem type from URS §8.
+
+    ``recorded`` is set once the refusal's own audit entry has been written in the current
+    transaction: the transaction then commits that entry (and nothing else, the service
+    having rolled its work back to a savepoint) before the error reaches the caller.
+    """
+
+    status: ClassVar[int] = 400
+    type_name: ClassVar[str] = "validation"
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+        self.recorded = False
+
+    @property
+    def type(self) -> str:
+        """The problem type URI, relative as URS §8 gives it."""
+        return f"/problems/{self.type_name}"
+
+    def body(self) -> dict[str, Any]:
+        """The RFC 9457 problem details object."""
+        return {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+
+
+class Unauthorized(Problem):
+    status, type_name, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(Problem):
+    status, type_name, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(Problem):
+    status, type_name, title = 404, "not-found", "Not found"
+
+
+class Conflict(Problem):
+    status, type_name, title = 409, "conflict", "Conflict"
+
+
+class AlreadyRandomized(Problem):
+    status, type_name, title = 409, "already-randomized", "Already randomised"
+
+
+class InsufficientSupply(Problem):
+    status, type_name, title = 409, "insufficient-supply", "Insufficient supply"
+
+
+class StratumExhausted(Problem):
+    status, type_name, title = 409, "stratum-exhausted", "Stratum exhausted"
+
+
+class ValidationFailed(Problem):
+    """Invalid input: ``errors`` maps dotted field paths to lists of messages."""
+
+    status, type_name, title = 422, "validation", "Invalid input"
+
+    def __init__(
+        self,
+        errors: Mapping[str, Sequence[str]],
+        detail: str = "The request is not valid.",
+        status: int | None = None,
+    ) -> None:
+        super().__init__(detail, errors={k: list(v) for k, v in errors.items()})
+        if status is not None:
+            self.status = status  # 400 for unparseable JSON, 413 for an oversized body
+
+
+class Ineligible(Problem):
+    status, type_name, title = 422, "ineligible", "Not eligible"
+
+
+class ScreeningWindow(Problem):
+    status, type_name, title = 422, "screening-window", "Outside the screening window"
+
+
+class IdempotencyKeyReused(Problem):
+    status, type_name, title = 422, "idempotency-key-reused", "Idempotency key reused"
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Flatten marshmallow's nested messages to URS §8's ``{"a.b": ["..."]}``.
+
+    ``{"eligibility": {"age_years": ["Not a valid integer."]}}`` becomes
+    ``{"eligibility.age_years": ["Not a valid integer."]}``; list indices become path parts.
+    """
+    flat: dict[str, list[str]] = {}
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            for sub_path, sub_messages in flatten_errors(value, path).items():
+                flat.setdefault(sub_path, []).extend(sub_messages)
+    elif isinstance(messages, list | tuple):
+        if all(isinstance(item, str) for item in messages):
+            flat[prefix or "_schema"] = list(messages)
+        else:
+            for item in messages:
+                for sub_path, sub_messages in flatten_errors(item, prefix).items():
+                    flat.setdefault(sub_path, []).extend(sub_messages)
+    else:
+        flat[prefix or "_schema"] = [str(messages)]
+    return flat

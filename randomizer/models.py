@@ -1,0 +1,250 @@
+"""SQLAlchemy 2 tables.
+
+No arm is ever stored in clear: slots, kits and participants carry ``sealed_arm``
+(``keys.SealedArm.to_text()``), AES-256-GCM bound to the row it belongs to. Kits and
+participants have random row ids so that insertion order and ids say nothing about arms.
+The schema itself is created by the Alembic migrations in ``randomizer/migrations``; a test
+checks that these models and the migrations agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: Length of ``keys.SealedArm.to_text()``, with room for longer key ids.
+SEALED_ARM_LENGTH = 160
+
+
+def random_id() -> str:
+    """A random row id: rows say nothing by their id or insertion order."""
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention, so migrations name constraints stably."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Trial(Base):
+    """The one trial this deployment serves, with the definition it was initialised from."""
+
+    __tablename__ = "trial"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    definition_toml: Mapped[str] = mapped_column(Text)
+    definition_sha256: Mapped[str] = mapped_column(String(64))
+    #: SHA-256 commitment to the list seed; the seed itself is never stored.
+    seed_commitment: Mapped[str] = mapped_column(String(64))
+    data_key_id: Mapped[str] = mapped_column(ForeignKey("data_key.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DataKey(Base):
+    """A per-trial data key, wrapped by a master key that never enters the database."""
+
+    __tablename__ = "data_key"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    master_key_id: Mapped[str] = mapped_column(String(32))
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Site(Base):
+    """A trial site. Its row is also the lock that serialises allocation of its kits."""
+
+    __tablename__ = "site"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    #: Levels of the site-derived stratification factors, e.g. {"region": "europe"}.
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Stratum(Base):
+    """A stratum and its cursor: the row lock on it serialises randomisation (R-LIST-2)."""
+
+    __tablename__ = "stratum"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    #: Position (from 1) of the next slot to give.
+    next_position: Mapped[int] = mapped_column(Integer)
+    #: Slots in the stratum's list (whole blocks, at least slots_per_stratum).
+    size: Mapped[int] = mapped_column(Integer)
+
+
+class Slot(Base):
+    """One position of a stratum's randomisation list, its arm sealed (R-LIST-3)."""
+
+    __tablename__ = "slot"
+    __table_args__ = (UniqueConstraint("stratum_number", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stratum_number: Mapped[int] = mapped_column(ForeignKey("stratum.number"))
+    position: Mapped[int] = mapped_column(Integer)
+    randomization_number: Mapped[str] = mapped_column(String(16), unique=True)
+    sealed_arm: Mapped[str] = mapped_column(String(SEALED_ARM_LENGTH))
+    participant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("participant.id"), unique=True, default=None
+    )
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Participant(Base):
+    """A screened (and later randomised) participant."""
+
+    __tablename__ = "participant"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=random_id)
+    screening_number: Mapped[str] = mapped_column(String(32), unique=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("site.id"), index=True)
+    status: Mapped[str] = mapped_column(String(24))
+    screened_on: Mapped[date] = mapped_column(Date)
+    #: Levels of the screening-sourced factors given at screening, e.g. {"prior_ig": "no"}.
+    screening_strata: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stratum_number: Mapped[int | None] = mapped_column(ForeignKey("stratum.number"), default=None)
+    randomization_number: Mapped[str | None] = mapped_column(String(16), unique=True, default=None)
+    randomized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    #: Weight at randomisation, as the exact decimal text that was given.
+    weight_kg: Mapped[str | None] = mapped_column(String(16), default=None)
+    sealed_arm: Mapped[str | None] = mapped_column(String(SEALED_ARM_LENGTH), default=None)
+    unblinded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Kit(Base):
+    """A kit of study drug. Its number, lot and expiry are the same whatever its arm."""
+
+    __tablename__ = "kit"
+    __table_args__ = (Index("ix_kit_site_status", "site_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=random_id)
+    kit_number: Mapped[str] = mapped_column(String(16), unique=True)
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("site.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    #: Blinded lot number: shared by the lots of every arm packed together.
+    lot: Mapped[str] = mapped_column(String(32))
+    #: Blinded expiry: the earliest expiry of the lots packed together.
+    expires_on: Mapped[date] = mapped_column(Date)
+    sealed_arm: Mapped[str] = mapped_column(String(SEALED_ARM_LENGTH))
+    participant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("participant.id"), index=True, default=None
+    )
+    visit: Mapped[str | None] = mapped_column(String(32), default=None)
+    allocated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class User(Base):
+    """A person with exactly one role and, for site roles, one site (R-ROLE)."""
+
+    __tablename__ = "user_account"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(24))
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("site.id"), default=None)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deactivated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class ApiToken(Base):
+    """A bearer token, stored only as its SHA-256 (tokens are 256-bit random strings)."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class IdempotencyRecord(Base):
+    """The first response to a state-changing POST sent with an ``Idempotency-Key``."""
+
+    __tablename__ = "idempotency_record"
+    __table_args__ = (UniqueConstraint("user_id", "endpoint", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_body: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditHead(Base):
+    """The tip of the audit log (one row). Locking it serialises appends: no fork."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    """One audit entry, stored as its canonical bytes (URS §7). Append-only (triggers)."""
+
+    __tablename__ = "audit_entry"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    canonical: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: The site the entry concerns, if any: site staff may prove inclusion of these.
+    site_id: Mapped[str | None] = mapped_column(String(16), default=None)
+
+
+class AuditNode(Base):
+    """Hash of a perfect subtree of the audit Merkle tree (RFC 9162): O(log n) proofs.
+
+    Row (level, node_index) covers leaves [node_index * 2**level, (node_index + 1) * 2**level).
+    Append-only, like the entries.
+    """
+
+    __tablename__ = "audit_node"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    node_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint (C2SP signed note) of the log at one size. Append-only."""
+
+    __tablename__ = "audit_checkpoint"
+
+    size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    note: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,299 @@
+"""Every marshmallow schema, request and response (URS §8).
+
+Input is strict: JSON numbers for integers and decimals (``"18"`` is not an integer),
+``true``/``false`` for booleans (``1`` and ``"yes"`` are not), strings without NUL or lone
+surrogates and within their length, calendar dates as ``YYYY-MM-DD``, no unknown fields.
+Request bodies are parsed with decimals kept exact (``randomizer.api.parsing``), so a
+decimal arrives here as :class:`decimal.Decimal`, never as a float.
+
+Schemas that depend on the trial (its stratification factors, its eligibility fields) are
+built once from the trial definition by :func:`build_trial_schemas`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import marshmallow as ma
+from marshmallow import fields, post_load, validate
+
+from audit.entry import format_time
+from randomizer.domain import EligibilityField, TrialDefinition
+from randomizer.services.participants import (
+    SCREENING_NUMBER,
+    RandomizationRequest,
+    ScreeningRequest,
+)
+
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: Decimal places accepted in a decimal input (weights, scores, doses).
+DECIMAL_PLACES = 3
+
+
+class StrictSchema(ma.Schema):
+    """Refuses unknown fields."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+class SafeString(fields.String):
+    """A string without NUL or lone surrogates (PostgreSQL refuses NUL; JSON allows both)."""
+
+    default_error_messages: ClassVar[dict[str, str]] = {
+        "nul": "Must not contain NUL characters.",
+        "surrogate": "Must not contain lone surrogates.",
+    }
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        if "\x00" in value:
+            raise self.make_error("nul")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise self.make_error("surrogate") from None
+        return value
+
+
+class StrictBoolean(fields.Boolean):
+    """Only JSON ``true`` and ``false``."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if value is True or value is False:
+            return value
+        raise self.make_error("invalid", input=value)
+
+
+class StrictDecimal(fields.Decimal):
+    """A JSON number kept exact, with at most ``places`` decimal places."""
+
+    default_error_messages: ClassVar[dict[str, str]] = {
+        "places": "At most {places} decimal places.",
+        "too_large": "Number too large.",
+    }
+
+    def __init__(self, *, places: int = DECIMAL_PLACES, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_places = places
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Decimal:
+        if value is True or value is False or not isinstance(value, int | Decimal):
+            raise self.make_error("invalid")
+        number = Decimal(value)
+        if not number.is_finite():
+            raise self.make_error("invalid")
+        if number.adjusted() > 12:
+            raise self.make_error("too_large")
+        exponent = number.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > self.max_places:
+            raise self.make_error("places", places=self.max_places)
+        return number
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else str(value)
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer (``18``), never a string or a boolean."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+
+class StrictDate(fields.Date):
+    """A calendar date written ``YYYY-MM-DD``."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dt.date:
+        if not isinstance(value, str) or not ISO_DATE.match(value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class UtcDateTime(fields.DateTime):
+    """Output only: RFC 3339 UTC with microseconds and ``Z``, as in the audit trail."""
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else format_time(value)
+
+
+def _refuse_site_factor(factor_id: str) -> validate.Validator:
+    def refuse(_value: Any) -> None:
+        raise ma.ValidationError(
+            f"'{factor_id}' is taken from the site's attributes and may not be sent."
+        )
+
+    return refuse  # type: ignore[return-value]
+
+
+def eligibility_field(spec: EligibilityField) -> fields.Field:
+    """The marshmallow field of one eligibility answer, from the trial definition."""
+    metadata = {"description": spec.label}
+    bounds = (
+        [validate.Range(min=spec.minimum, max=spec.maximum)]
+        if spec.minimum is not None or spec.maximum is not None
+        else []
+    )
+    if spec.type == "boolean":
+        return StrictBoolean(required=True, metadata=metadata)
+    if spec.type == "integer":
+        return StrictInteger(required=True, validate=bounds, metadata=metadata)
+    return StrictDecimal(required=True, validate=bounds, metadata=metadata)
+
+
+# Responses -------------------------------------------------------------------------------
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String(metadata={"example": "ok"})
+
+
+class ParticipantSchema(ma.Schema):
+    """A participant as sites see it: never an arm."""
+
+    screening_number = fields.String()
+    site = fields.String()
+    status = fields.String(
+        metadata={"enum": ["screened", "randomized", "randomized_in_error", "withdrawn"]}
+    )
+    screened_on = fields.Date()
+    stratum = fields.String(allow_none=True)
+    randomization_number = fields.String(allow_none=True)
+    randomized_at = UtcDateTime(allow_none=True)
+    kits = fields.List(fields.String())
+    unblinded = fields.Boolean()
+
+
+class ReceiptSchema(ma.Schema):
+    """R-RCPT: what a site keeps to prove later what it was given."""
+
+    seq = fields.Integer()
+    entry = fields.String(metadata={"description": "the audit entry's canonical bytes"})
+    checkpoint = fields.String(metadata={"description": "signed checkpoint note including it"})
+    inclusion_proof = fields.List(fields.String(), metadata={"description": "base64, RFC 9162"})
+
+
+class RandomizationSchema(ma.Schema):
+    """The answer to a randomisation: numbers, never an arm."""
+
+    randomization_number = fields.String()
+    stratum = fields.String()
+    randomized_at = UtcDateTime()
+    kits = fields.List(fields.String())
+    receipt = fields.Nested(ReceiptSchema)
+
+
+class ArmSchema(ma.Schema):
+    id = fields.String()
+    label = fields.String()
+    ratio = fields.Integer()
+
+
+class FactorSchema(ma.Schema):
+    id = fields.String()
+    levels = fields.List(fields.String())
+    source = fields.String()
+
+
+class StratumSchema(ma.Schema):
+    number = fields.Integer()
+    key = fields.String()
+
+
+class TrialSchema(ma.Schema):
+    """The trial definition without secrets; block sizes and list length only if unblinded."""
+
+    id = fields.String()
+    title = fields.String()
+    registry_id = fields.String()
+    arms = fields.List(fields.Nested(ArmSchema))
+    factors = fields.List(fields.Nested(FactorSchema))
+    strata = fields.List(fields.Nested(StratumSchema))
+    randomisation = fields.Dict(
+        metadata={"description": "block_sizes and slots_per_stratum: statistician only"}
+    )
+    screening = fields.Dict()
+    eligibility = fields.Dict()
+    kits = fields.Dict()
+    dosing = fields.Dict()
+    visits = fields.Dict()
+    audit = fields.Dict()
+
+
+class ProblemSchema(ma.Schema):
+    """RFC 9457 problem details (``application/problem+json``)."""
+
+    type = fields.String(metadata={"example": "/problems/validation"})
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "dotted field path to messages (validation)"},
+    )
+    failed_rules = fields.List(
+        fields.Dict(), metadata={"description": "every failed eligibility rule's id and text"}
+    )
+
+
+# Requests that depend on the trial ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialSchemas:
+    """The request schemas of one trial (its factors and eligibility fields)."""
+
+    screening: type[ma.Schema]
+    randomization: type[ma.Schema]
+
+
+def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
+    """Build the screening and randomisation request schemas of ``definition``."""
+    strata_fields: dict[str, fields.Field] = {}
+    for factor in definition.factors:
+        if factor.source == "screening":
+            strata_fields[factor.id] = SafeString(
+                required=True,
+                validate=validate.OneOf(factor.levels),
+                metadata={"enum": list(factor.levels)},
+            )
+        else:
+            strata_fields[factor.id] = fields.Raw(
+                load_only=True,
+                validate=_refuse_site_factor(factor.id),
+                metadata={"description": "derived from the site: never send it"},
+            )
+    strata_schema = StrictSchema.from_dict(strata_fields, name="ScreeningStrata")
+    eligibility_schema = StrictSchema.from_dict(
+        {spec.id: eligibility_field(spec) for spec in definition.eligibility_fields},
+        name="EligibilityAnswers",
+    )
+
+    class ScreeningRequestSchema(StrictSchema):
+        screening_number = SafeString(
+            required=True,
+            validate=validate.Regexp(SCREENING_NUMBER, error="1 to 32 of A-Z a-z 0-9 -."),
+        )
+        site = SafeString(required=True, validate=validate.Length(min=1, max=16))
+        screened_on = StrictDate(required=True)
+        strata = fields.Nested(strata_schema, required=True)
+
+        @post_load
+        def make_request(self, data: dict[str, Any], **_kwargs: Any) -> ScreeningRequest:
+            return ScreeningRequest(**data)
+
+    class RandomizationRequestSchema(StrictSchema):
+        weight_kg = StrictDecimal(required=True, validate=validate.Range(min=30, max=250))
+        eligibility = fields.Nested(eligibility_schema, required=True)
+
+        @post_load
+        def make_request(self, data: dict[str, Any], **_kwargs: Any) -> RandomizationRequest:
+            return RandomizationRequest(**data)
+
+    return TrialSchemas(screening=ScreeningRequestSchema, randomization=RandomizationRequestSchema)

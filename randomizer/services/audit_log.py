@@ -1,0 +1,190 @@
+"""Appending to the audit trail (URS §7, R-AUD), in the caller's transaction.
+
+Lock order: the audit head is always the LAST lock a transaction takes (after the
+participant, the stratum and the site's kits), so two transactions can never wait on each
+other in a cycle. Locking the head row serialises appends: the chain never forks.
+
+Every transaction that appends entries also stores, just before it commits, a signed
+checkpoint of the new size (registered with :func:`randomizer.db.before_commit`), so no
+committed entry is ever outside a checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from audit.checkpoint import Checkpoint, sign_checkpoint, verifier_key_from_private
+from audit.entry import canonical_bytes, entry_hash, make_entry
+from audit.merkle import (
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    nodes_for_append,
+    root_hash,
+)
+from randomizer.db import before_commit
+from randomizer.models import AuditCheckpoint, AuditEntry, AuditHead, AuditNode
+from randomizer.roles import Actor
+
+HEAD_ID = 1
+_CHECKPOINTED = "sealroom.audit.checkpointed"
+
+
+@dataclass(frozen=True)
+class AppendedEntry:
+    """An entry as appended: its seq and canonical bytes."""
+
+    seq: int
+    canonical: bytes
+
+
+class SessionNodeStore:
+    """The Merkle tree's stored subtree hashes, read through a session (one query a batch)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get_nodes(self, coords: Iterable[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
+        """Fetch the hashes of the given (level, index) perfect subtrees."""
+        wanted = list(dict.fromkeys(coords))
+        if not wanted:
+            return {}
+        rows = self.session.execute(
+            select(AuditNode.level, AuditNode.node_index, AuditNode.hash).where(
+                tuple_(AuditNode.level, AuditNode.node_index).in_(wanted)
+            )
+        )
+        return {(level, index): bytes(digest) for level, index, digest in rows}
+
+
+class AuditLog:
+    """The trial's audit log: appends entries and signs checkpoints.
+
+    ``clock`` gives aware UTC datetimes; ``signing_key`` signs checkpoints under ``origin``.
+    """
+
+    def __init__(
+        self,
+        origin: str,
+        signing_key: Ed25519PrivateKey,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.origin = origin
+        self._signing_key = signing_key
+        self.clock = clock
+        self.verifier_key = verifier_key_from_private(origin, signing_key)
+
+    def __repr__(self) -> str:
+        return f"AuditLog(origin={self.origin!r})"
+
+    def append(
+        self,
+        session: Session,
+        actor: Actor,
+        action: str,
+        subject: str | None,
+        data: Mapping[str, Any],
+        *,
+        site: str | None = None,
+    ) -> AppendedEntry:
+        """Append one entry in ``session``'s transaction and return it.
+
+        ``site`` records which site the entry concerns, so that the site's own staff may
+        later ask for its inclusion proof.
+        """
+        head = session.execute(
+            select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
+        ).scalar_one()
+        # The time is read after the head lock, so times never go backwards along seq.
+        entry = make_entry(
+            seq=head.size,
+            time=self.clock(),
+            actor=actor.name,
+            role=actor.role,
+            action=action,
+            subject=subject,
+            data=data,
+            prev=head.last_hash,
+        )
+        canonical = canonical_bytes(entry)
+        session.add(
+            AuditEntry(
+                seq=head.size,
+                canonical=canonical.decode("utf-8"),
+                action=action,
+                subject=subject,
+                site_id=site,
+            )
+        )
+        store = SessionNodeStore(session)
+        session.add_all(
+            AuditNode(level=level, node_index=index, hash=digest)
+            for level, index, digest in nodes_for_append(head.size, leaf_hash(canonical), store)
+        )
+        head.size += 1
+        head.last_hash = entry_hash(canonical)
+        session.flush()
+        before_commit(session, "audit.checkpoint", self.checkpoint)
+        return AppendedEntry(seq=entry["seq"], canonical=canonical)
+
+    def checkpoint(self, session: Session) -> str:
+        """The signed checkpoint of the log's current size, signed and stored if new.
+
+        Runs before every commit that appended entries; a service that must hand out the
+        checkpoint (a receipt) calls it itself, and the commit then finds it stored.
+        """
+        head = session.execute(select(AuditHead).where(AuditHead.id == HEAD_ID)).scalar_one()
+        stored = session.info.get(_CHECKPOINTED)
+        if stored is not None and stored[0] == head.size:
+            return stored[1]
+        root = root_hash(head.size, SessionNodeStore(session))
+        note = sign_checkpoint(
+            Checkpoint(self.origin, head.size, root), self._signing_key, self.origin
+        )
+        session.add(AuditCheckpoint(size=head.size, note=note, created_at=self.clock()))
+        session.flush()
+        session.info[_CHECKPOINTED] = (head.size, note)
+        return note
+
+    # Reading ----------------------------------------------------------------------------
+
+    @staticmethod
+    def size(session: Session) -> int:
+        """The number of entries committed (as this session sees it)."""
+        return session.execute(select(AuditHead.size).where(AuditHead.id == HEAD_ID)).scalar_one()
+
+    @staticmethod
+    def latest_checkpoint(session: Session) -> str | None:
+        """The newest signed checkpoint note, or None for an empty log."""
+        return session.execute(
+            select(AuditCheckpoint.note).order_by(AuditCheckpoint.size.desc()).limit(1)
+        ).scalar_one_or_none()
+
+    @staticmethod
+    def checkpoint_at(session: Session, size: int) -> str | None:
+        """The signed checkpoint of exactly ``size`` entries, if one was issued."""
+        return session.execute(
+            select(AuditCheckpoint.note).where(AuditCheckpoint.size == size)
+        ).scalar_one_or_none()
+
+    @staticmethod
+    def inclusion_proof(session: Session, index: int, size: int) -> list[str]:
+        """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size``, base64."""
+        return _b64(inclusion_proof(index, size, SessionNodeStore(session)))
+
+    @staticmethod
+    def consistency_proof(session: Session, first: int, second: int) -> list[str]:
+        """RFC 9162 consistency proof between sizes ``first`` and ``second``, base64."""
+        return _b64(consistency_proof(first, second, SessionNodeStore(session)))
+
+
+def _b64(hashes: Iterable[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode("ascii") for h in hashes]

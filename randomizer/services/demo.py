@@ -1,0 +1,108 @@
+"""The bundled demo: a trial with three sites, stock and one user per role (URS §9)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from keys import (
+    create_keys_dir,
+    create_signing_key,
+    load_master_keys,
+    load_signing_key,
+    signing_key_path,
+)
+from randomizer.db import Database
+from randomizer.domain import TrialDefinition, kits_for_visit
+from randomizer.migrations import upgrade
+from randomizer.roles import SYSTEM
+from randomizer.services import kits as kit_service
+from randomizer.services import trial_setup, users
+from randomizer.services.context import build_context, utc_now
+
+#: Demo sites: (id, name, region).
+DEMO_SITES = (
+    ("101", "Demo site 101", "north_america"),
+    ("102", "Demo site 102", "north_america"),
+    ("201", "Demo site 201", "europe"),
+)
+#: Demo users: (name, role, site).
+DEMO_USERS = (
+    ("coordinator-101", "coordinator", "101"),
+    ("investigator-101", "investigator", "101"),
+    ("pharmacist-101", "pharmacist", "101"),
+    ("coordinator-102", "coordinator", "102"),
+    ("pharmacist-102", "pharmacist", "102"),
+    ("coordinator-201", "coordinator", "201"),
+    ("pharmacist-201", "pharmacist", "201"),
+    ("medical-monitor", "medical_monitor", None),
+    ("sponsor", "sponsor", None),
+    ("statistician", "statistician", None),
+    ("auditor", "auditor", None),
+    ("admin", "admin", None),
+)
+#: Each site is stocked for this many randomisations of this weight, in every arm.
+DEMO_RANDOMISATIONS, DEMO_WEIGHT_KG = 40, Decimal(100)
+DEMO_LOT = "DEMO-LOT-01"
+
+
+@dataclass(frozen=True)
+class DemoTrial:
+    """What initialising the demo produced."""
+
+    slots: int
+    kits_per_arm: int
+    tokens: list[dict[str, str | None]]
+
+
+def ensure_keys(keys_dir: Path) -> None:
+    """Create the master and signing keys unless they exist (never overwrite a key)."""
+    if not (keys_dir / "master").exists():
+        create_keys_dir(keys_dir)
+    if not signing_key_path(keys_dir).exists():
+        create_signing_key(keys_dir)
+
+
+def initialise_demo(
+    database: Database,
+    keys_dir: Path,
+    definition: TrialDefinition,
+    definition_toml: str,
+    seed: bytes,
+    *,
+    kits_per_arm: int | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> DemoTrial:
+    """Migrate the schema, then in one transaction create the trial, lists, sites, kits, users.
+
+    ``kits_per_arm`` defaults to enough for 40 randomisations of 100 kg participants.
+    """
+    ensure_keys(keys_dir)
+    ring = load_master_keys(keys_dir)
+    signing_key = load_signing_key(keys_dir)
+    with database.engine.begin() as connection:
+        upgrade(connection)
+    if kits_per_arm is None:
+        kits_per_arm = DEMO_RANDOMISATIONS * kits_for_visit(
+            definition, DEMO_WEIGHT_KG, definition.first_visit()
+        )
+    tokens: list[dict[str, str | None]] = []
+    with database.transaction() as session:
+        _trial, wrapped = trial_setup.create_trial(session, definition, definition_toml, ring)
+        ctx = build_context(definition, ring, wrapped, signing_key, clock)
+        slots = trial_setup.store_lists(session, ctx, SYSTEM, seed)
+        expiry = ctx.today() + timedelta(days=730)
+        for site_id, name, region in DEMO_SITES:
+            attributes = {
+                factor.id: region if region in factor.levels else factor.levels[0]
+                for factor in definition.site_factors()
+            }
+            site = trial_setup.add_site(session, ctx, SYSTEM, site_id, name, attributes)
+            kit_service.stock_site(session, ctx, SYSTEM, site, kits_per_arm, DEMO_LOT, expiry)
+        for name, role, site_id in DEMO_USERS:
+            _user, token = users.add_user(session, ctx, SYSTEM, name, role, site_id)
+            tokens.append({"user": name, "role": role, "site": site_id, "token": token})
+    return DemoTrial(slots=slots, kits_per_arm=kits_per_arm, tokens=tokens)

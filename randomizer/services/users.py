@@ -1,0 +1,126 @@
+"""Users and bearer tokens (R-ROLE, URS §8 authentication).
+
+Tokens are 256-bit random strings shown once; only their SHA-256 is stored. A plain hash is
+enough here (unlike passwords, a token has full entropy, so it cannot be guessed from its
+hash), and it lets a token be found by an index lookup; the final comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from randomizer.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from randomizer.models import ApiToken, Site, User
+from randomizer.roles import ADMIN, ROLES, SITE_ROLES, STATISTICIAN, Actor
+from randomizer.services.context import TrialContext
+
+USER_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def token_digest(token: str) -> str:
+    """Hex SHA-256 of a token: what the database stores instead of the token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def add_user(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    name: str,
+    role: str,
+    site: str | None,
+) -> tuple[User, str]:
+    """Create a user with one role (and one site for site roles); return it and a token."""
+    errors: dict[str, list[str]] = {}
+    if not USER_NAME.match(name):
+        errors["name"] = ["1 to 64 of A-Z a-z 0-9 . _ -."]
+    if role not in ROLES:
+        errors["role"] = [f"Must be one of: {', '.join(ROLES)}."]
+    elif role in SITE_ROLES and not site:
+        errors["site"] = [f"A {role} belongs to one site: give it."]
+    elif role not in SITE_ROLES and site:
+        errors["site"] = [f"A {role} is not tied to a site."]
+    if errors:
+        raise ValidationFailed(errors)
+    if role == STATISTICIAN and actor.role == ADMIN:
+        # The only unblinded role is created from the command line, never by an admin.
+        raise Forbidden("An admin cannot create a statistician; use the command line.")
+    if site is not None and session.get(Site, site) is None:
+        raise ValidationFailed({"site": [f"No site {site}."]})
+    user = User(name=name, role=role, site_id=site, active=True, created_at=ctx.clock())
+    try:
+        with session.begin_nested():
+            session.add(user)
+    except IntegrityError:
+        raise Conflict(f"A user named {name} already exists.") from None
+    ctx.audit.append(
+        session, actor, "user.created", name, {"user": name, "role": role, "site": site}, site=site
+    )
+    return user, _new_token(session, ctx, user)
+
+
+def deactivate_user(session: Session, ctx: TrialContext, actor: Actor, name: str) -> User:
+    """Deactivate a user: every token of theirs stops working at once."""
+    user = _user(session, name)
+    if not user.active:
+        raise Conflict(f"User {name} is already deactivated.")
+    user.active = False
+    user.deactivated_at = ctx.clock()
+    _revoke_tokens(session, ctx, user)
+    ctx.audit.append(session, actor, "user.deactivated", name, {"user": name}, site=user.site_id)
+    return user
+
+
+def issue_token(session: Session, ctx: TrialContext, actor: Actor, name: str) -> str:
+    """A new token for an active user; their older tokens stop working."""
+    user = _user(session, name)
+    if not user.active:
+        raise Conflict(f"User {name} is deactivated.")
+    _revoke_tokens(session, ctx, user)
+    token = _new_token(session, ctx, user)
+    # The token itself never enters the audit (URS §5: secrets never in the audit).
+    ctx.audit.append(session, actor, "user.token_issued", name, {"user": name}, site=user.site_id)
+    return token
+
+
+def authenticate(session: Session, token: str) -> Actor | None:
+    """The actor a bearer token belongs to, or None for an unknown, revoked or inactive one."""
+    digest = token_digest(token)
+    row = session.execute(
+        select(ApiToken.token_sha256, User)
+        .join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_sha256 == digest, ApiToken.revoked_at.is_(None), User.active)
+    ).one_or_none()
+    if row is None or not hmac.compare_digest(row[0], digest):
+        return None
+    user = row[1]
+    return Actor(name=user.name, role=user.role, site=user.site_id, user_id=user.id)
+
+
+def _user(session: Session, name: str) -> User:
+    user = session.scalars(select(User).where(User.name == name)).one_or_none()
+    if user is None:
+        raise NotFound(f"No user named {name}.")
+    return user
+
+
+def _new_token(session: Session, ctx: TrialContext, user: User) -> str:
+    token = secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user.id, token_sha256=token_digest(token), created_at=ctx.clock()))
+    session.flush()
+    return token
+
+
+def _revoke_tokens(session: Session, ctx: TrialContext, user: User) -> None:
+    for token in session.scalars(
+        select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+    ):
+        token.revoked_at = ctx.clock()
+    session.flush()

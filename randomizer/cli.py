@@ -337,6 +337,46 @@ def audit_export(cli: Cli, out: str) -> None:
     click.echo(f"{count} entries written to {out} (sha256 {sha})")
 
 
+# monitor ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--url", required=True, help="The service, e.g. https://irt.example.org")
+@click.option(
+    "--token",
+    required=True,
+    envvar="SEALROOM_MONITOR_TOKEN",
+    help="Any user's bearer token "
+    "(or SEALROOM_MONITOR_TOKEN, which keeps it out of the process list).",
+)
+@click.option("--verifier-key", required=True, help="The log's verifier key, obtained out of band.")
+@click.option(
+    "--state",
+    "state_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory keeping the last checkpoint seen (and a history).",
+)
+def monitor(url: str, token: str, verifier_key: str, state_dir: str) -> None:
+    """Check that the log still extends the last checkpoint seen; exit 1 on fork or rollback."""
+    from audit.checkpoint import CheckpointError, parse_verifier_key
+    from audit.monitor import MonitorAlarm, MonitorError, check_log, http_fetcher
+
+    try:
+        key = parse_verifier_key(verifier_key)
+    except CheckpointError as exc:
+        fail(f"--verifier-key: {exc}")
+    try:
+        result = check_log(http_fetcher(url, token), key, Path(state_dir))
+    except MonitorAlarm as alarm:
+        click.echo(f"ALARM: {alarm}", err=True)
+        sys.exit(1)
+    except MonitorError as error:
+        click.echo(f"error: cannot check the log: {error}", err=True)
+        sys.exit(2)
+    click.echo(result.message())
+
+
 # lists ------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from randomizer.api import health, participants, problems, trial
+from randomizer.api import audit, health, participants, problems, trial
 from randomizer.schemas import TrialSchemas
 
 
@@ -27,7 +27,7 @@ def init_app(app: Flask, schemas: TrialSchemas) -> Api:
     )
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.options["security"] = [{"bearer": []}]
-    for blp in (health.blp, trial.blp, participants.blueprint(schemas)):
+    for blp in (health.blp, trial.blp, participants.blueprint(schemas), audit.blp):
         api.register_blueprint(blp)
     # After flask-smorest's own handler for HTTPException, which these replace.
     problems.init_app(app)

@@ -10,6 +10,7 @@ import marshmallow as ma
 from flask import Request
 from flask_smorest import Blueprint
 from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from randomizer.errors import ValidationFailed, flatten_errors
 
@@ -35,14 +36,26 @@ def loads_strict(raw: bytes) -> Any:
 
 
 def request_json(request: Request) -> Any:
-    """The request's JSON body; a missing body or another content type is a 400/415."""
+    """The request's JSON body; a missing body or another content type is a 400/415.
+
+    An oversized body is a 413 problem raised here too, not werkzeug's exception, so that a
+    randomisation refused for it is audited like any other refusal (R-AUD).
+    """
     if not request.is_json:
         raise ValidationFailed(
             {"_body": ["Send a JSON body with Content-Type: application/json."]},
             detail="The body must be JSON.",
             status=415,
         )
-    return loads_strict(request.get_data(cache=True))
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise ValidationFailed(
+            {"_body": [f"At most {request.max_content_length} bytes."]},
+            detail="The body is too large.",
+            status=413,
+        ) from None
+    return loads_strict(raw)
 
 
 def load_body(schema: ma.Schema, request: Request) -> Any:
@@ -64,4 +77,5 @@ class StrictFlaskParser(FlaskParser):
 class StrictBlueprint(Blueprint):
     """A flask-smorest blueprint whose ``@arguments`` use :class:`StrictFlaskParser`."""
 
-    ARGUMENTS_PARSER = StrictFlaskParser()
+    # unknown=RAISE everywhere: an unknown query parameter is refused like an unknown field.
+    ARGUMENTS_PARSER = StrictFlaskParser(unknown=ma.RAISE)

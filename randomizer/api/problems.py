@@ -27,6 +27,7 @@ _HTTP_TYPES = {
     403: ("forbidden", "Forbidden"),
     404: ("not-found", "Not found"),
     409: ("conflict", "Conflict"),
+    422: ("validation", "Invalid input"),
 }
 
 

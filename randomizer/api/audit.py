@@ -1,0 +1,110 @@
+"""``/audit``: the verifiable audit trail over HTTP (URS §7, §8, R-RCPT)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask import Response
+from flask.views import MethodView
+from marshmallow import fields, validate
+
+from randomizer import roles
+from randomizer.api.auth import current_actor, requires
+from randomizer.api.parsing import StrictBlueprint
+from randomizer.schemas import ProblemSchema, StrictSchema
+from randomizer.services import audit_queries
+from randomizer.state import app_state
+
+blp = StrictBlueprint(
+    "audit",
+    __name__,
+    url_prefix="/api/v1/audit",
+    description="The audit trail: signed checkpoints, entries and RFC 9162 proofs.",
+)
+
+_COUNT = {"validate": validate.Range(min=0), "required": True}
+
+
+class EntriesQuery(StrictSchema):
+    start = fields.Integer(**_COUNT)
+    end = fields.Integer(validate=validate.Range(min=0))
+
+
+class InclusionQuery(StrictSchema):
+    index = fields.Integer(**_COUNT)
+    size = fields.Integer(**_COUNT)
+
+
+class ConsistencyQuery(StrictSchema):
+    first = fields.Integer(**_COUNT)
+    second = fields.Integer(**_COUNT)
+
+
+class InclusionProofSchema(ma.Schema):
+    index = fields.Integer()
+    size = fields.Integer()
+    hashes = fields.List(fields.String(), metadata={"description": "base64, RFC 9162 order"})
+
+
+class ConsistencyProofSchema(ma.Schema):
+    first = fields.Integer()
+    second = fields.Integer()
+    hashes = fields.List(fields.String(), metadata={"description": "base64, RFC 9162 order"})
+
+
+def _text(body: str) -> Response:
+    return Response(body, mimetype="text/plain")
+
+
+@blp.route("/checkpoint")
+class LatestCheckpoint(MethodView):
+    @requires(roles.ROLES)
+    @blp.response(200, content_type="text/plain")
+    @blp.alt_response(404, schema=ProblemSchema, description="No checkpoint yet")
+    def get(self) -> Response:
+        """The latest signed checkpoint (C2SP signed note). Reveals only size and root."""
+        with app_state().db.reading() as session:
+            return _text(audit_queries.latest_checkpoint(session))
+
+
+@blp.route("/verifier-key")
+class VerifierKeyLine(MethodView):
+    @blp.response(200, content_type="text/plain")
+    def get(self) -> Response:
+        """The verifier key line. Trust the one you obtained out of band, not this one."""
+        return _text(app_state().ctx.audit.verifier_key.line() + "\n")
+
+
+@blp.route("/entries")
+class Entries(MethodView):
+    @requires({roles.AUDITOR})
+    @blp.arguments(EntriesQuery, location="query")
+    @blp.response(200, content_type="application/jsonl")
+    def get(self, query: dict[str, Any]) -> Response:
+        """Entries with start <= seq < end (at most 10,000), as JSON Lines of canonical bytes."""
+        with app_state().db.reading() as session:
+            lines = audit_queries.entries(session, query["start"], query.get("end"))
+        return Response("".join(line + "\n" for line in lines), mimetype="application/jsonl")
+
+
+@blp.route("/proof/inclusion")
+class InclusionProof(MethodView):
+    @requires({roles.AUDITOR, *roles.SITE_ROLES})
+    @blp.arguments(InclusionQuery, location="query")
+    @blp.response(200, InclusionProofSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """RFC 9162 inclusion proof; site staff only for entries about their own site."""
+        with app_state().db.reading() as session:
+            return audit_queries.inclusion(session, current_actor(), query["index"], query["size"])
+
+
+@blp.route("/proof/consistency")
+class ConsistencyProof(MethodView):
+    @requires(roles.ROLES)
+    @blp.arguments(ConsistencyQuery, location="query")
+    @blp.response(200, ConsistencyProofSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """RFC 9162 consistency proof between two sizes (0 < first <= second)."""
+        with app_state().db.reading() as session:
+            return audit_queries.consistency(session, query["first"], query["second"])

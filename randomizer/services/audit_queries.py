@@ -1,0 +1,80 @@
+"""Reading the audit trail over HTTP: entries, proofs, checkpoints (URS §7, §8).
+
+Entries and tree nodes are append-only, so a proof up to a size the log has reached is
+stable, whatever is being appended meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from randomizer.errors import NotFound, ValidationFailed
+from randomizer.models import AuditEntry
+from randomizer.roles import AUDITOR, SITE_ROLES, Actor
+from randomizer.services.audit_log import AuditLog
+
+#: At most this many entries in one ``GET /audit/entries``; the default page is smaller.
+MAX_ENTRIES, DEFAULT_ENTRIES = 10_000, 1_000
+
+
+def entries(session: Session, start: int, end: int | None) -> list[str]:
+    """Canonical entries with ``start <= seq < end``, in seq order."""
+    end = start + DEFAULT_ENTRIES if end is None else end
+    if end < start:
+        raise ValidationFailed({"end": ["Must not be less than start."]})
+    if end - start > MAX_ENTRIES:
+        raise ValidationFailed({"end": [f"At most {MAX_ENTRIES} entries at a time."]})
+    return list(
+        session.scalars(
+            select(AuditEntry.canonical)
+            .where(AuditEntry.seq >= start, AuditEntry.seq < end)
+            .order_by(AuditEntry.seq)
+        )
+    )
+
+
+def inclusion(session: Session, actor: Actor, index: int, size: int) -> dict[str, Any]:
+    """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` entries.
+
+    Site staff may prove only entries about their own site; for any other entry they get
+    the same 404 as for an entry that does not exist.
+    """
+    _check_size(session, "size", size)
+    if index >= size:
+        raise ValidationFailed({"index": ["Must be less than size."]})
+    if actor.role != AUDITOR:
+        site = session.scalar(select(AuditEntry.site_id).where(AuditEntry.seq == index))
+        if actor.role not in SITE_ROLES or site is None or site != actor.site:
+            raise NotFound("No audit entry with this index is visible to you.")
+    return {"index": index, "size": size, "hashes": AuditLog.inclusion_proof(session, index, size)}
+
+
+def consistency(session: Session, first: int, second: int) -> dict[str, Any]:
+    """RFC 9162 consistency proof from the tree of ``first`` to that of ``second`` entries."""
+    if first < 1:
+        raise ValidationFailed({"first": ["Must be at least 1."]})
+    if second < first:
+        raise ValidationFailed({"second": ["Must not be less than first."]})
+    _check_size(session, "second", second)
+    return {
+        "first": first,
+        "second": second,
+        "hashes": AuditLog.consistency_proof(session, first, second),
+    }
+
+
+def latest_checkpoint(session: Session) -> str:
+    """The newest signed checkpoint note."""
+    note = AuditLog.latest_checkpoint(session)
+    if note is None:
+        raise NotFound("The audit log holds no checkpoint yet.")
+    return note
+
+
+def _check_size(session: Session, name: str, size: int) -> None:
+    current = AuditLog.size(session)
+    if size < 1 or size > current:
+        raise ValidationFailed({name: [f"Must be between 1 and the log's size ({current})."]})

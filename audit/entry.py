@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 ZERO_HASH = "0" * 64
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 ENTRY_KEYS = frozenset({"seq", "time", "actor", "role", "action", "subject", "data", "prev"})
 
 
@@ -94,15 +97,16 @@ def check_entry(entry: Mapping[str, Any]) -> None:
         raise AuditFormatError("subject must be a string or null")
     if not isinstance(entry["data"], dict):
         raise AuditFormatError("data must be an object")
-    prev = entry["prev"]
-    if len(prev) != 64 or any(c not in "0123456789abcdef" for c in prev):
+    if not _HEX64.fullmatch(entry["prev"]):
         raise AuditFormatError("prev must be 64 lowercase hex digits")
+    # The regex fixes the exact shape; fromisoformat (fast, in C) checks it is a real date.
+    time = entry["time"]
+    if not _TIME.fullmatch(time):
+        raise AuditFormatError("time must be RFC 3339 UTC with six fractional digits and Z")
     try:
-        datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        datetime.fromisoformat(time[:-1])
     except ValueError as exc:
         raise AuditFormatError("time must be RFC 3339 UTC with microseconds and Z") from exc
-    if len(entry["time"]) != 27:
-        raise AuditFormatError("time must carry exactly six fractional digits")
     _check_value(entry["data"], "data")
 
 

@@ -45,9 +45,9 @@ class NodeStore(Protocol):
 class MemoryNodeStore:
     """A dict-backed node store, for tests, benchmarks and small in-process logs."""
 
-    def __init__(self) -> None:
-        """Start empty: the store of the empty tree."""
-        self._nodes: dict[Coord, bytes] = {}
+    def __init__(self, nodes: Mapping[Coord, bytes] | None = None) -> None:
+        """Start empty, or from nodes already fetched (e.g. by one database query)."""
+        self._nodes: dict[Coord, bytes] = dict(nodes or {})
 
     def get_nodes(self, coords: Iterable[Coord]) -> dict[Coord, bytes]:
         """Return the stored hash of each requested coordinate that is present."""

@@ -186,7 +186,13 @@ def _verify(
     if head_hash is not None and n == 0:
         findings.entry(0, "entry 0 is missing: the log is empty but storage records a last entry")
     _locate_alteration(
-        scan, evidence, head_broken and not truncated, first_position_problem, findings
+        scan,
+        evidence,
+        head_hash is not None,
+        head_broken and not truncated,
+        first_position_problem,
+        verifier_key is not None,
+        findings,
     )
     _report_unsigned_tail(unsigned, evidence, scan, findings)
 
@@ -220,24 +226,23 @@ def _accept_checkpoints(
     what = "trusted checkpoint" if trusted else "checkpoint"
     for number, note in enumerate(notes):
         try:
-            checkpoint, _ = parse_checkpoint(note)
+            # verify_checkpoint parses too: the usual path reads each note once.
+            checkpoint = verify_checkpoint(note, key) if key else parse_checkpoint(note)[0]
         except CheckpointError as exc:
-            findings.other(f"{what} {number} cannot be read: {exc}")
-            continue
-        if key is not None:
             try:
-                verify_checkpoint(note, key)
+                size = parse_checkpoint(note)[0].size
             except CheckpointError:
-                refused_sizes.append(checkpoint.size)
-                # One message per kind: a re-signed log would otherwise list every checkpoint.
-                if len(refused_sizes) == 1:
-                    findings.other(
-                        f"{what} {number} (size {checkpoint.size}) is not signed by the trusted"
-                        f" key {key.label()}"
-                    )
-                elif len(refused_sizes) == 2:
-                    findings.other(f"other {what}s are not signed by the trusted key either")
+                findings.other(f"{what} {number} cannot be read: {exc}")
                 continue
+            refused_sizes.append(size)
+            # One message per kind: a re-signed log would otherwise list every checkpoint.
+            if len(refused_sizes) == 1 and key is not None:
+                findings.other(
+                    f"{what} {number} (size {size}) is not signed by the trusted key {key.label()}"
+                )
+            elif len(refused_sizes) == 2:
+                findings.other(f"other {what}s are not signed by the trusted key either")
+            continue
         accepted.append(_Head(checkpoint, trusted))
     return accepted, refused_sizes
 
@@ -322,11 +327,10 @@ def _report_positions(scan: _Scan, findings: _Findings) -> int | None:
             any(copies(s) for s in range(position, min(seq, n)))
             or any(position <= s < seq for s in held_elsewhere)
         ):
-            gap = (
-                f"entry {position} is"
-                if seq == position + 1
-                else (f"entries {position} to {seq - 1} are")
-            )
+            if seq == position + 1:
+                gap = f"entry {position} is"
+            else:
+                gap = f"entries {position} to {seq - 1} are"
             findings.entry(
                 position, f"{gap} missing: position {position} holds the entry with seq {seq}"
             )
@@ -361,8 +365,10 @@ def _report_truncation(evidence: list[_Head], n: int, extent: int, findings: _Fi
 def _locate_alteration(
     scan: _Scan,
     evidence: list[_Head],
+    head_known: bool,
     head_broken: bool,
     first_position_problem: int | None,
+    have_key: bool,
     findings: _Findings,
 ) -> None:
     """Name the first altered entry from the checkpoints and the chain (see the module doc)."""
@@ -370,18 +376,21 @@ def _locate_alteration(
     comparable = [head for head in evidence if head.size <= n]
     good = [head for head in comparable if scan.roots[head.size] == head.checkpoint.root]
     bad = [head for head in comparable if scan.roots[head.size] != head.checkpoint.root]
-    breaks = set(scan.breaks)
-    named: list[tuple[int, str]] = []
+    # Past the first misplaced position every link is suspect anyway: a missing or swapped
+    # entry breaks the link into it, and those are already reported by position.
+    limit = n if first_position_problem is None else first_position_problem
+    breaks = {j for j in scan.breaks if j + 1 < limit}
+    if head_broken and limit == n:
+        breaks.add(n - 1)  # the last entry's outgoing link is the head hash storage claims
 
-    def chain_run(lo: int, hi: int) -> tuple[int, int] | None:
-        """The first run of consecutive broken links starting in ``lo .. hi``."""
+    def first_run(lo: int, hi: int) -> int | None:
+        """The last link of the first run of consecutive broken links starting in lo .. hi."""
         start = next((j for j in sorted(breaks) if lo <= j <= hi), None)
         if start is None:
             return None
-        end = start
-        while end + 1 in breaks:
-            end += 1
-        return start, end
+        while start + 1 in breaks:
+            start += 1
+        return start
 
     for head in bad:
         if head.trusted:
@@ -394,82 +403,73 @@ def _locate_alteration(
         findings.other("a checkpoint of size 0 does not carry the empty tree's root")
         bad = [head for head in bad if head.size > 0]
 
+    named: tuple[int, str] | None = None
     if bad:
         b = min(head.size for head in bad)
-        culprit = min((h for h in bad if h.size == b), key=lambda h: h.trusted)
-        a = max((head.size for head in good if head.size < b), default=0)
-        if b == n and head_broken:
-            breaks.add(n - 1)  # the last entry's outgoing link is the stored head hash
-        run = chain_run(a - 1, b - 1)
-        if run is not None:
-            altered = min(max(run[1], a), b - 1)
-            named.append(
-                (
-                    altered,
-                    f"entry {altered} was altered: its hash no longer matches the {culprit.name()}",
-                )
+        worst = min((h for h in bad if h.size == b), key=lambda h: h.trusted)
+        culprit = worst.name()
+        # Without a key the log's own checkpoints are unproven claims: they may not vouch
+        # for a prefix that a trusted checkpoint contradicts.
+        credible = [h for h in good if have_key or h.trusted or not worst.trusted]
+        a = max((head.size for head in credible if head.size < b), default=0)
+        run_end = first_run(a - 1, b - 1)
+        if run_end is not None:
+            altered = min(max(run_end, a), b - 1)
+            named = (
+                altered,
+                f"entry {altered} was altered: its hash no longer matches the {culprit}",
             )
+        elif limit < b:
+            pass  # the mismatch is explained by the misplaced entry already reported
         elif b - a == 1:
-            named.append(
-                (a, f"entry {a} was altered: its hash no longer matches the {culprit.name()}")
-            )
+            named = (a, f"entry {a} was altered: its hash no longer matches the {culprit}")
         else:
-            named.append(
-                (
-                    a,
-                    f"one of entries {a} to {b - 1} was altered and the chain after it"
-                    f" recomputed: they no longer match the {culprit.name()}",
-                )
+            # The chain is intact across the window: it was recomputed after the edit, unless
+            # the window ends the log and no head hash anchors its last link.
+            hidden = " and the chain after it recomputed" if b < n or head_known else ""
+            named = (
+                a,
+                f"one of entries {a} to {b - 1} was altered{hidden}: they no longer match the"
+                f" {culprit}",
             )
         later_good = [head.size for head in good if head.size > b]
-        if later_good:
+        if later_good and have_key:
             findings.other(
-                f"the {culprit.name()} contradicts the checkpoint of size {max(later_good)},"
-                " which the log matches: the signing key signed two histories (fork)"
+                f"the {culprit} contradicts the checkpoint of size {max(later_good)}, which the"
+                " log matches: the signing key signed two histories (fork)"
             )
     else:
         a = max((head.size for head in good), default=0)
         if head_broken and a == n:
             # The last entry is itself covered by a matching checkpoint, so it is authentic:
             # the head record points past it.
-            named.append(
-                (
-                    n,
-                    f"the stored head hash is not the hash of entry {n - 1}, which a signed"
-                    " checkpoint covers: later entries are missing (truncation) or the head"
-                    " record was altered",
-                )
+            named = (
+                n,
+                f"the stored head hash is not the hash of entry {n - 1}, which a signed"
+                " checkpoint covers: later entries are missing (truncation) or the head record"
+                " was altered",
             )
         else:
-            if head_broken:
-                breaks.add(n - 1)
-            run = chain_run(a - 1, n - 1)
-            if run is not None:
-                altered = min(max(run[1], a), n - 1)
+            run_end = first_run(a - 1, n - 1)
+            if run_end is not None:
+                altered = min(max(run_end, a), n - 1)
                 where = (
                     "its hash no longer matches the stored head hash"
-                    if altered == n - 1 and run[0] == n - 1
+                    if altered == n - 1 and n - 2 not in breaks
                     else "the hash chain breaks at it"
                 )
-                named.append(
-                    (altered, f"entry {altered} was altered: {where} (no checkpoint covers it)")
-                )
+                named = (altered, f"entry {altered} was altered: {where} (no checkpoint covers it)")
+    if named is not None and (first_position_problem is None or named[0] < first_position_problem):
+        findings.entry(*named)
 
-    # Chain breaks inside a matching checkpoint mean the signer signed a broken chain.
+    # A break inside a matching checkpoint means the signer signed a broken chain.
     inside = [j for j in sorted(breaks) if j + 1 < a]
     if inside:
         j = inside[0]
-        named.append(
-            (
-                j + 1,
-                f"entry {j + 1}'s prev is not the hash of entry {j}, yet a checkpoint covers both",
-            )
+        findings.entry(
+            j + 1,
+            f"entry {j + 1}'s prev is not the hash of entry {j}, yet a checkpoint covers both",
         )
-
-    for seq, message in named:
-        # Anything at or after a misplaced entry is a consequence of it, not a new finding.
-        if first_position_problem is None or seq < first_position_problem:
-            findings.entry(seq, message)
 
 
 def _report_unsigned_tail(

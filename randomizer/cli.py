@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -135,7 +136,7 @@ def _write_secret(path: Path, text: str) -> None:
     if path.exists():
         path.unlink()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
         handle.write(text)
 
 
@@ -394,10 +395,12 @@ def lists_export(cli: Cli, seed_hex: str, out: str) -> None:
     from randomizer.services.lists import export_lists
 
     rows = _run(cli, lambda s, c: export_lists(s, c, seed_hex))
-    with open(out, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["stratum", "randomization_number", "arm"])
-        writer.writerows(rows)
+    # The unblinded allocation: written only for its owner, like the tokens.
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["stratum", "randomization_number", "arm"])
+    writer.writerows(rows)
+    _write_secret(Path(out), table.getvalue())
     click.echo(f"{len(rows)} slots written to {out}")
 
 

@@ -25,6 +25,7 @@ from audit.entry import format_time
 from randomizer.domain import EligibilityField, TrialDefinition
 from randomizer.services.participants import (
     SCREENING_NUMBER,
+    SCREENING_NUMBER_PATTERN,
     RandomizationRequest,
     ScreeningRequest,
 )
@@ -81,6 +82,16 @@ class StrictDecimal(fields.Decimal):
     def __init__(self, *, places: int = DECIMAL_PLACES, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_places = places
+        # apispec documents Range bounds through _serialize, which gives strings here
+        # ("minimum": "30"); OpenAPI requires numbers, so state them in the metadata.
+        bounds: dict[str, int | float] = {}
+        for validator in self.validators:
+            if isinstance(validator, validate.Range):
+                for attribute, key in (("min", "minimum"), ("max", "maximum")):
+                    value = getattr(validator, attribute)
+                    if value is not None:
+                        bounds[key] = int(value) if value == int(value) else float(value)
+        self.metadata = {**bounds, **self.metadata}
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Decimal:
         if value is True or value is False or not isinstance(value, int | Decimal):
@@ -119,7 +130,13 @@ class UtcDateTime(fields.DateTime):
     """Output only: RFC 3339 UTC with microseconds and ``Z``, as in the audit trail."""
 
     def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
-        return None if value is None else format_time(value)
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # Every stored time is UTC, but SQLite's DateTime gives it back without its zone
+            # (GET of a randomised participant was a 500 on SQLite).
+            value = value.replace(tzinfo=dt.UTC)
+        return format_time(value)
 
 
 def _refuse_site_factor(factor_id: str) -> validate.Validator:
@@ -279,6 +296,7 @@ def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
         screening_number = SafeString(
             required=True,
             validate=validate.Regexp(SCREENING_NUMBER, error="1 to 32 of A-Z a-z 0-9 -."),
+            metadata={"pattern": SCREENING_NUMBER_PATTERN},
         )
         site = SafeString(required=True, validate=validate.Length(min=1, max=16))
         screened_on = StrictDate(required=True)

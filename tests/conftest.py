@@ -100,8 +100,8 @@ class Scratch:
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
         admin.dispose()
         self.created.append(name)
-        return make_url(normalise_url(PG_URL)).set(database=name).render_as_string(
-            hide_password=False
+        return (
+            make_url(normalise_url(PG_URL)).set(database=name).render_as_string(hide_password=False)
         )
 
     def drop_all(self) -> None:
@@ -292,8 +292,9 @@ class ApiClient:
     def screen_and_randomize(self, screening_number: str, **kwargs: Any) -> Any:
         user = kwargs.pop("user", "coordinator-101")
         site = kwargs.pop("site", "101")
-        screened = self.screen(screening_number, user=user, site=site,
-                               prior_ig=kwargs.pop("prior_ig", "no"))
+        screened = self.screen(
+            screening_number, user=user, site=site, prior_ig=kwargs.pop("prior_ig", "no")
+        )
         assert screened.status_code == 201, screened.get_json()
         return self.randomize(screening_number, user=user, **kwargs)
 

@@ -19,8 +19,8 @@ from flask import Response, request
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from randomizer.api.parsing import loads_strict
 from randomizer.api.problems import PROBLEM_JSON
 from randomizer.errors import IdempotencyKeyReused, Problem, ValidationFailed
 from randomizer.models import IdempotencyRecord
@@ -72,16 +72,36 @@ def run_idempotent(endpoint: str, actor: Actor, action: Action) -> Response:
 
 def _request_digest() -> str:
     """SHA-256 of the method, the path and the body (as canonical JSON when it parses)."""
-    raw = request.get_data(cache=True)
+    parts = [request.method.encode(), request.path.encode("utf-8", "replace")]
     try:
-        body = json.dumps(loads_strict(raw), sort_keys=True, separators=(",", ":"), default=str)
-        payload = body.encode("utf-8")
-    except ValidationFailed:
-        payload = raw
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        # Never read: the action refuses it (a 413 problem, audited where refusals are).
+        parts += [b"", b"too large"]
+    else:
+        try:
+            parts.append(_canonical_body(raw))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            parts.append(raw)
     digest = hashlib.sha256()
-    for part in (request.method.encode(), request.path.encode("utf-8", "replace"), payload):
+    for part in parts:
         digest.update(len(part).to_bytes(8, "big") + part)
     return digest.hexdigest()
+
+
+def _canonical_body(raw: bytes) -> bytes:
+    """The body with keys sorted, in a form where no two different JSON values coincide.
+
+    A decimal number becomes ``{"d": "<its text>"}`` and every key of a real object gets a
+    ``k`` prefix, so ``70.5``, ``"70.5"`` and ``{"d": "70.5"}`` stay three different bodies
+    (with ``default=str`` the first two hashed alike and one replayed the other's response).
+    """
+    tree = json.loads(
+        raw.decode("utf-8"),
+        parse_float=lambda text: {"d": text},
+        object_pairs_hook=lambda pairs: {f"k{key}": value for key, value in pairs},
+    )
+    return json.dumps(tree, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
 def _claim(

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from keys import (
     create_keys_dir,
     create_signing_key,
@@ -17,7 +19,9 @@ from keys import (
 )
 from randomizer.db import Database
 from randomizer.domain import TrialDefinition, kits_for_visit
+from randomizer.errors import Conflict
 from randomizer.migrations import upgrade
+from randomizer.models import Trial
 from randomizer.roles import SYSTEM
 from randomizer.services import kits as kit_service
 from randomizer.services import trial_setup, users
@@ -79,12 +83,16 @@ def initialise_demo(
     """Migrate the schema, then in one transaction create the trial, lists, sites, kits, users.
 
     ``kits_per_arm`` defaults to enough for 40 randomisations of 100 kg participants.
+    Refuses (Conflict) a database that already holds a trial before creating any key, so a
+    refused run leaves no stray key set behind.
     """
+    with database.engine.begin() as connection:
+        upgrade(connection)
+        if connection.scalar(select(func.count()).select_from(Trial)):
+            raise Conflict("This database already holds a trial; one deployment serves one trial.")
     ensure_keys(keys_dir)
     ring = load_master_keys(keys_dir)
     signing_key = load_signing_key(keys_dir)
-    with database.engine.begin() as connection:
-        upgrade(connection)
     if kits_per_arm is None:
         kits_per_arm = DEMO_RANDOMISATIONS * kits_for_visit(
             definition, DEMO_WEIGHT_KG, definition.first_visit()

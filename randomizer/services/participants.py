@@ -45,7 +45,11 @@ from randomizer.services.trial_setup import SLOT_SEAL_KIND
 
 log = logging.getLogger(__name__)
 
-SCREENING_NUMBER = re.compile(r"^[A-Za-z0-9-]{1,32}$")
+#: ``\A``/``\Z``, not ``^``/``$``: ``$`` also matches before a trailing newline, which let
+#: "S-1\n" (and 33-character numbers, a 500 on PostgreSQL's VARCHAR(32)) through.
+SCREENING_NUMBER = re.compile(r"\A[A-Za-z0-9-]{1,32}\Z")
+#: The same rule in ECMA-262 syntax, for the OpenAPI document.
+SCREENING_NUMBER_PATTERN = "^[A-Za-z0-9-]{1,32}$"
 PARTICIPANT_SEAL_KIND = "participant"
 
 SCREENED = "screened"

@@ -22,7 +22,8 @@ from randomizer.roles import Actor
 from randomizer.services.context import TrialContext, utc_now
 
 SLOT_SEAL_KIND = "slot"
-SITE_ID = re.compile(r"^[A-Za-z0-9-]{1,16}$")
+#: ``\A``/``\Z``, not ``^``/``$``: ``$`` also matches before a trailing newline.
+SITE_ID = re.compile(r"\A[A-Za-z0-9-]{1,16}\Z")
 
 
 def create_trial(

@@ -21,7 +21,8 @@ from randomizer.models import ApiToken, Site, User
 from randomizer.roles import ADMIN, ROLES, SITE_ROLES, STATISTICIAN, Actor
 from randomizer.services.context import TrialContext
 
-USER_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: ``\A``/``\Z``, not ``^``/``$``: ``$`` also matches before a trailing newline.
+USER_NAME = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 
 
 def token_digest(token: str) -> str:

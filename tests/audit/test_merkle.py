@@ -375,3 +375,10 @@ def test_batches_of_any_sizes_build_the_same_tree(batch_sizes):
         store.put_nodes(nodes_for_append_batch(size, leaves, store))
         size += count
     assert root_hash(size, store) == root_from_leaves(LARGE_LEAVES[:size])
+
+
+def test_nodes_fetched_in_one_query_can_be_wrapped_as_a_store():
+    coords = inclusion_coords(17, 70)
+    fetched = SMALL_STORE.get_nodes(coords)  # what a database would return for the plan
+    assert len(fetched) == len(coords)
+    assert inclusion_proof(17, 70, MemoryNodeStore(fetched)) == ref_path(17, SMALL_LEAVES)

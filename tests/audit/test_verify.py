@@ -5,6 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from audit.checkpoint import Checkpoint, sign_checkpoint, verifier_key_from_private
 from audit.entry import ZERO_HASH, canonical_bytes, entry_hash, make_entry
@@ -314,18 +316,18 @@ def test_a_whole_rewrite_is_caught_by_a_trusted_checkpoint():
     report = verify_log(
         rewritten, checkpoints_for(rewritten, key=OTHER_KEY), VERIFIER, [saved_by_auditor]
     )
-    assert (
-        "the log does not extend the trusted checkpoint of size 30: the history was rewritten (fork)"
-        in report.problems
-    )
+    fork = "the log does not extend the trusted checkpoint of size 30: the history was rewritten"
+    assert f"{fork} (fork)" in report.problems
     # Without a key the stored checkpoints are taken at their word, yet the rewrite shows.
     report = verify_log(
         rewritten, checkpoints_for(rewritten, key=OTHER_KEY), None, [saved_by_auditor]
     )
-    assert report.problems[-1] == (
+    assert report.problems == [
+        "one of entries 0 to 29 was altered and the chain after it recomputed: they no longer"
+        " match the trusted checkpoint of size 30",
         "the log does not extend the trusted checkpoint of size 30: the history was rewritten"
-        " (fork)"
-    )
+        " (fork)",
+    ]
     assert report.warnings[0].startswith("no verifier key was given")
 
 
@@ -390,3 +392,64 @@ def test_an_inclusion_proof_for_an_entry_verifies_only_at_its_own_index():
     assert not verify_inclusion(leaf_hash(LOG[17]), 18, 40, proof, latest.root)
     assert not verify_inclusion(leaf_hash(LOG[17]), 16, 40, proof, latest.root)
     assert not verify_inclusion(leaf_hash(edit_data(LOG[17])), 17, 40, proof, latest.root)
+
+
+# --- any single tampering, anywhere ------------------------------------------------------------
+
+SPARSE = {
+    "every size": CHECKPOINTS,
+    "every 5": EVERY_5,
+    "every 7": checkpoints_for(LOG, [*range(7, 40, 7), 40]),
+    "none": [],
+}
+
+
+@given(
+    seq=st.integers(0, 39),
+    how=st.sampled_from(["data", "prev", "seq", "malformed"]),
+    checkpoints=st.sampled_from(sorted(SPARSE)),
+)
+def test_any_single_edit_names_the_edited_entry(seq, how, checkpoints):
+    if how == "data":
+        changed = edit_data(LOG[seq])
+    elif how == "prev":
+        changed = edited(LOG[seq], prev=entry_hash(b"elsewhere"))
+    elif how == "seq":
+        changed = edited(LOG[seq], seq=seq + 100)
+    else:
+        changed = LOG[seq] + b" "
+    report = verify_log(replaced(LOG, seq, changed), SPARSE[checkpoints], VERIFIER, head_hash=HEAD)
+    assert not report.ok
+    assert report.first_bad_seq == seq
+    assert str(seq) in report.problems[0]
+
+
+@given(position=st.integers(0, 38), checkpoints=st.sampled_from(sorted(SPARSE)))
+def test_any_swap_or_deletion_names_the_first_position(position, checkpoints):
+    swapped = [*LOG[:position], LOG[position + 1], LOG[position], *LOG[position + 2 :]]
+    report = verify_log(swapped, SPARSE[checkpoints], VERIFIER, head_hash=HEAD)
+    assert report.first_bad_seq == position
+    assert report.problems[0].startswith(f"entry {position} is out of place")
+
+    report = verify_log([*LOG[:position], *LOG[position + 1 :]], SPARSE[checkpoints], VERIFIER)
+    assert report.first_bad_seq == position
+    assert report.problems[0].startswith(f"entry {position} is missing")
+
+
+def test_an_edit_of_the_last_entries_without_a_head_hash_is_located_between_checkpoints():
+    report = verify_log(replaced(LOG, 39, edit_data(LOG[39])), EVERY_5, VERIFIER)
+    assert report.first_bad_seq == 35
+    assert report.problems == [
+        "one of entries 35 to 39 was altered: they no longer match the signed checkpoint of size 40"
+    ]
+    report = verify_log(replaced(LOG, 39, edit_data(LOG[39])), EVERY_5, VERIFIER, head_hash=HEAD)
+    assert report.problems == [
+        "entry 39 was altered: its hash no longer matches the signed checkpoint of size 40"
+    ]
+
+
+def test_an_empty_log_with_a_head_hash_is_missing_entries():
+    report = verify_log([], [], VERIFIER, head_hash=HEAD)
+    assert report.problems == [
+        "entry 0 is missing: the log is empty but storage records a last entry"
+    ]

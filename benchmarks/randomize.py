@@ -1,0 +1,184 @@
+"""Randomisation throughput against a minimal Flask endpoint doing one database write (R-NF-4).
+
+    .venv/bin/python benchmarks/randomize.py [--participants N] [--database-url URL]
+
+Builds a fresh demo trial (SQLite in a temporary directory, or a new database on the
+PostgreSQL server of --database-url, dropped afterwards), then in one run, in one process,
+through Flask's test client (no network):
+  * a minimal Flask endpoint inserting one row in one transaction on the same database;
+  * ``POST /participants`` (screening) and ``POST /participants/<sn>/randomize``
+    (randomisation: locks, supply check decrypting every dispensable kit of the site, slot,
+    kits, sealed arm, audit entry, Merkle nodes, signed checkpoint, receipt).
+Prints the median and mean time of each and their ratios to the minimal write. Not part of
+CI: it prints figures for a person to read; quote ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+_REPOSITORY = Path(__file__).resolve().parents[1]
+if str(_REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(_REPOSITORY))
+
+from flask import Flask  # noqa: E402
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from randomizer import create_app  # noqa: E402
+from randomizer.config import Settings  # noqa: E402
+from randomizer.db import Database, normalise_url  # noqa: E402
+from randomizer.domain import bundled_trial_path, parse_trial  # noqa: E402
+from randomizer.services.demo import initialise_demo  # noqa: E402
+
+ELIGIBLE = {
+    "age_years": 54,
+    "eular_acr_dm": True,
+    "prednisolone_mg_per_day": 10,
+    "pga_vas_cm": 4.5,
+    "mmt8": 120,
+    "cdasi_activity": 20,
+    "malignancy_within_5_years": False,
+    "cancer_associated_myositis": False,
+    "pgd_vas_cm": 1.0,
+    "improved_since_screening": False,
+}
+
+
+def minimal_write_app(database: Database) -> Flask:
+    """The yardstick: one POST, one INSERT, one commit, on the same database."""
+    table = Table(
+        "bench_write",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("payload", String(64)),
+    )
+    table.create(database.engine, checkfirst=True)
+    app = Flask("minimal")
+
+    @app.post("/write")
+    def write() -> tuple[dict[str, str], int]:
+        with database.transaction() as session:
+            session.execute(insert(table).values(payload=uuid.uuid4().hex))
+        return {"status": "ok"}, 201
+
+    return app
+
+
+def timed(action: Callable[[int], int], count: int) -> list[float]:
+    """Seconds per call of ``action(i)``, which must return an HTTP status below 300."""
+    times = []
+    for i in range(count):
+        started = time.perf_counter()
+        status = action(i)
+        times.append(time.perf_counter() - started)
+        if status >= 300:
+            raise SystemExit(f"request {i} failed with HTTP {status}")
+    return times
+
+
+def report(name: str, times: list[float], yardstick: list[float] | None) -> None:
+    median, mean = statistics.median(times), statistics.fmean(times)
+    line = f"{name:<34} median {median * 1e3:7.2f} ms  mean {mean * 1e3:7.2f} ms  {1 / mean:7.0f}/s"
+    if yardstick is not None:
+        line += f"  x{median / statistics.median(yardstick):5.1f} the minimal write (median)"
+    print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--participants", type=int, default=150)
+    parser.add_argument("--database-url", help="a PostgreSQL server URL (default: SQLite)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        admin, name = None, None
+        if args.database_url:
+            name = f"sealroom_bench_{uuid.uuid4().hex[:8]}"
+            admin = create_engine(normalise_url(args.database_url), isolation_level="AUTOCOMMIT")
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            url = make_url(normalise_url(args.database_url)).set(database=name)
+            url = url.render_as_string(hide_password=False)
+        else:
+            url = f"sqlite:///{root / 'bench.db'}"
+        try:
+            run(url, root, args.participants)
+        finally:
+            if admin is not None:
+                with admin.connect() as connection:
+                    connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+                admin.dispose()
+
+
+def run(url: str, root: Path, participants: int) -> None:
+    settings = Settings.from_env({}, database_url=url, instance_dir=root, keys_dir=root / "keys")
+    text = bundled_trial_path().read_bytes().decode("utf-8")
+    database = Database(url)
+    # 2 kits a participant (30 kg), all of one arm at worst, at one site.
+    demo = initialise_demo(
+        database,
+        settings.keys_dir,
+        parse_trial(text),
+        text,
+        bytes(range(32)),
+        kits_per_arm=2 * participants,
+    )
+    tokens = {t["user"]: t["token"] for t in demo.tokens}
+    headers = {"Authorization": f"Bearer {tokens['coordinator-101']}"}
+    client = create_app({"settings": settings, "database": database}).test_client()
+    minimal = minimal_write_app(database).test_client()
+    today = datetime.now(UTC).date().isoformat()
+
+    # Warm up both paths (imports, caches, the first connection).
+    minimal.post("/write")
+    client.get("/api/v1/health")
+
+    write_times = timed(lambda i: minimal.post("/write").status_code, participants)
+    screen_times = timed(
+        lambda i: (
+            client.post(
+                "/api/v1/participants",
+                headers=headers,
+                json={
+                    "screening_number": f"B-{i:05d}",
+                    "site": "101",
+                    "screened_on": today,
+                    "strata": {"prior_ig": ("yes", "no")[i % 2]},
+                },
+            ).status_code
+        ),
+        participants,
+    )
+    randomize_times = timed(
+        lambda i: (
+            client.post(
+                f"/api/v1/participants/B-{i:05d}/randomize",
+                headers=headers,
+                json={"weight_kg": 30, "eligibility": ELIGIBLE},
+            ).status_code
+        ),
+        participants,
+    )
+    backend = database.dialect
+    print(
+        f"{backend}: {participants} participants at one site holding "
+        f"{2 * demo.kits_per_arm} kits; in-process test client, one thread"
+    )
+    report("minimal Flask write", write_times, None)
+    report("POST /participants (screen)", screen_times, write_times)
+    report("POST .../randomize", randomize_times, write_times)
+    database.dispose()
+
+
+if __name__ == "__main__":
+    main()

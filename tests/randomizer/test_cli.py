@@ -1,0 +1,523 @@
+"""The ``sealroom`` command line (URS §9 R-CLI), run in-process with click's CliRunner.
+
+Each instance is a database of its own (a SQLite file, or a scratch PostgreSQL database)
+with its instance and keys directories under the test's tmp_path. Commands that only add to
+the trail share one module-wide instance; commands that must start from nothing, or that
+tamper with the trail, get their own.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import stat
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from audit.checkpoint import verifier_key_from_private
+from audit.entry import canonical_bytes, parse_entry
+from keys import SealedArm, load_signing_key
+from randomizer.cli import main
+from randomizer.db import Database, make_engine
+from randomizer.models import AuditEntry, Base, Kit, Site
+from randomizer.roles import ROLES, Actor
+from randomizer.services.context import load_trial_context
+from randomizer.services.users import authenticate
+from tests.conftest import APPENDIX_A_SEED, BACKENDS
+
+SEED = APPENDIX_A_SEED.hex()
+WRONG_SEED = "ff" * 32
+HEX_64 = re.compile(r"\b[0-9a-f]{64}\b")
+#: URS §9: one user per role, site roles at 101, plus a coordinator and a pharmacist at 102
+#: and 201.
+DEMO_ROLES_AND_SITES = {
+    ("coordinator", "101"),
+    ("investigator", "101"),
+    ("pharmacist", "101"),
+    ("coordinator", "102"),
+    ("pharmacist", "102"),
+    ("coordinator", "201"),
+    ("pharmacist", "201"),
+    ("medical_monitor", None),
+    ("sponsor", None),
+    ("statistician", None),
+    ("auditor", None),
+    ("admin", None),
+}
+#: Appendix A, first 16 slots of three strata (A = igpro20, P = placebo).
+APPENDIX_A = {
+    "region=north_america|prior_ig=yes": "A P A P P A A P A P P A P A P A",
+    "region=europe|prior_ig=no": "A P A P P A A A P P A A P P P A",
+    "region=rest_of_world|prior_ig=no": "P A P A A P A P P A A P P P A A",
+}
+LETTER = {"igpro20": "A", "placebo": "P"}
+
+
+@dataclass
+class Instance:
+    """One deployment driven through the command line."""
+
+    backend: str
+    url: str
+    directory: Path
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.directory / "keys"
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.directory / "tokens.json"
+
+    def run(self, *args: str) -> Result:
+        """``sealroom --database-url <url> <args>`` with this instance's directory."""
+        environment = {
+            "SEALROOM_INSTANCE_DIR": str(self.directory),
+            "SEALROOM_DATABASE_URL": None,
+            "SEALROOM_KEYS_DIR": None,
+            "SEALROOM_MASTER_KEY": None,
+        }
+        return CliRunner().invoke(main, ["--database-url", self.url, *args], env=environment)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        database = Database(self.url)
+        try:
+            with database.reading() as session:
+                yield session
+        finally:
+            database.dispose()
+
+    def log(self) -> list[str]:
+        with self.session() as session:
+            return list(session.scalars(select(AuditEntry.canonical).order_by(AuditEntry.seq)))
+
+    def entries_about(self, subject: str) -> list[dict[str, Any]]:
+        return [
+            entry
+            for entry in (parse_entry(c.encode()) for c in self.log())
+            if entry["subject"] == subject
+        ]
+
+    def authenticate(self, token: str) -> Actor | None:
+        with self.session() as session:
+            return authenticate(session, token)
+
+
+def new_instance(scratch, backend: str, directory: Path) -> Instance:
+    return Instance(backend=backend, url=scratch.new_url(backend), directory=directory / "instance")
+
+
+def initialised(scratch, backend: str, directory: Path) -> Instance:
+    instance = new_instance(scratch, backend, directory)
+    result = instance.run("init-demo", "--seed", SEED)
+    assert result.exit_code == 0, result.output
+    return instance
+
+
+@pytest.fixture(scope="module")
+def demo(scratch, tmp_path_factory) -> Instance:
+    """A SQLite demo shared by the tests that only add users and exports to it."""
+    return initialised(scratch, "sqlite", tmp_path_factory.mktemp("cli-demo"))
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# init-demo ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_init_demo_creates_database_keys_tokens_sites_kits_and_users(scratch, tmp_path, backend):
+    instance = new_instance(scratch, backend, tmp_path)
+
+    result = instance.run("init-demo", "--seed", SEED)
+
+    assert result.exit_code == 0, result.output
+    # Keys: directories 0700, files 0600.
+    assert mode(instance.keys_dir) == 0o700
+    inside = list(instance.keys_dir.rglob("*"))
+    assert any(path.is_file() for path in inside)
+    for path in inside:
+        assert mode(path) == (0o700 if path.is_dir() else 0o600), path
+    # Tokens: 0600, one user per role, each token good for its own user.
+    assert mode(instance.tokens_path) == 0o600
+    tokens = json.loads(instance.tokens_path.read_text())
+    assert {(t["role"], t["site"]) for t in tokens} == DEMO_ROLES_AND_SITES
+    assert {t["role"] for t in tokens} == set(ROLES) and len(tokens) == len(DEMO_ROLES_AND_SITES)
+    for token in tokens:
+        actor = instance.authenticate(token["token"])
+        assert actor is not None
+        assert (actor.name, actor.role, actor.site) == (token["user"], token["role"], token["site"])
+    # Three sites, 200 kits of every arm at each.
+    with instance.session() as session:
+        ctx = load_trial_context(session, instance.keys_dir)
+        regions = {site.id: site.attributes["region"] for site in session.scalars(select(Site))}
+        stock = Counter(
+            (
+                kit.site_id,
+                ctx.sealer.unseal_arm(SealedArm.from_text(kit.sealed_arm), "kit", kit.kit_number),
+            )
+            for kit in session.scalars(select(Kit))
+        )
+    assert regions == {"101": "north_america", "102": "north_america", "201": "europe"}
+    assert stock == {(site, arm): 200 for site in regions for arm in ("igpro20", "placebo")}
+    if backend == "sqlite":
+        assert Path(instance.url.removeprefix("sqlite:///")).is_file()
+    # A seed was given: none is printed.
+    assert SEED not in result.output and not HEX_64.search(result.output)
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-LIST-3")
+def test_init_demo_without_a_seed_prints_a_fresh_one_once_and_stores_only_a_commitment(
+    scratch, tmp_path
+):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+
+    result = instance.run("init-demo")
+
+    assert result.exit_code == 0, result.output
+    (seed,) = HEX_64.findall(result.stdout)
+    assert seed != SEED
+    # It is the seed of the stored lists: the export accepts it.
+    exported = instance.run("lists", "export", "--seed", seed, "--out", str(tmp_path / "l.csv"))
+    assert exported.exit_code == 0, exported.output
+    # Not kept anywhere: neither in the database files nor beside them.
+    database = Path(instance.url.removeprefix("sqlite:///"))
+    stored = [p for p in database.parent.iterdir() if p.name.startswith(database.name)]
+    stored += [p for p in instance.directory.rglob("*") if p.is_file()]
+    for path in stored:
+        content = path.read_bytes()
+        assert seed.encode() not in content and bytes.fromhex(seed) not in content, path
+
+
+@pytest.mark.requirement("R-CLI")
+def test_the_database_and_keys_can_be_named_by_environment_variables(scratch, tmp_path):
+    url, keys_dir = scratch.new_url("sqlite"), tmp_path / "elsewhere" / "keys"
+    environment = {
+        "SEALROOM_DATABASE_URL": url,
+        "SEALROOM_KEYS_DIR": str(keys_dir),
+        "SEALROOM_INSTANCE_DIR": str(tmp_path / "instance"),
+        "SEALROOM_MASTER_KEY": None,
+    }
+
+    created = CliRunner().invoke(main, ["init-demo", "--seed", SEED], env=environment)
+    verified = CliRunner().invoke(main, ["audit", "verify"], env=environment)
+
+    assert created.exit_code == 0, created.output
+    assert mode(keys_dir) == 0o700 and any(keys_dir.rglob("*.key"))
+    assert (tmp_path / "instance" / "tokens.json").is_file()
+    assert verified.exit_code == 0, verified.output
+    first = Instance("sqlite", url, tmp_path / "instance").log()[0]
+    assert parse_entry(first.encode())["action"] == "trial.initialised"
+
+
+def snapshot(instance: Instance) -> dict[str, Any]:
+    """Everything init-demo writes: every table's rows, the tokens file and the key files."""
+    with instance.session() as session:
+        tables = {
+            table.name: sorted(map(str, session.execute(select(table)).all()))
+            for table in Base.metadata.sorted_tables
+        }
+        tables["alembic_version"] = session.execute(text("SELECT * FROM alembic_version")).all()
+    files = {
+        str(path): path.read_bytes()
+        for path in sorted(instance.directory.rglob("*"))
+        if path.is_file() and path.name != ".lock"
+    }
+    return {"tables": tables, "files": files}
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize(
+    "seed", [SEED, WRONG_SEED, None], ids=["same seed", "other seed", "no seed"]
+)
+def test_a_second_init_demo_refuses_with_exit_1_and_changes_nothing(scratch, tmp_path, seed):
+    instance = initialised(scratch, "sqlite", tmp_path)
+    before = snapshot(instance)
+
+    result = instance.run("init-demo", *(("--seed", seed) if seed else ()))
+
+    assert result.exit_code == 1, result.output
+    assert "already holds a trial" in result.output
+    assert not HEX_64.search(result.output)  # no seed handed out for lists never stored
+    assert snapshot(instance) == before
+
+
+@pytest.mark.requirement("R-CLI")
+def test_a_second_init_demo_from_another_directory_creates_no_keys(scratch, tmp_path):
+    instance = initialised(scratch, "sqlite", tmp_path / "first")
+    elsewhere = Instance("sqlite", instance.url, tmp_path / "second")
+    before = snapshot(instance)
+
+    result = elsewhere.run("init-demo", "--seed", SEED)
+
+    assert result.exit_code == 1, result.output
+    # A key set that wraps nothing would be left to mislead whoever finds it.
+    assert not elsewhere.keys_dir.exists()
+    assert not elsewhere.tokens_path.exists()
+    assert snapshot(instance) == before
+
+
+# users -------------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-ROLE")
+def test_users_add_prints_a_token_that_authenticates_and_is_audited(demo):
+    result = demo.run("users", "add", "--role", "coordinator", "--site", "101", "alice")
+
+    assert result.exit_code == 0, result.output
+    actor = demo.authenticate(result.stdout.strip())
+    assert actor is not None
+    assert (actor.name, actor.role, actor.site) == ("alice", "coordinator", "101")
+    (entry,) = demo.entries_about("alice")
+    assert (entry["action"], entry["actor"], entry["role"]) == ("user.created", "system", "system")
+    assert result.stdout.strip() not in demo.log()[entry["seq"]]
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-ROLE")
+def test_users_add_refuses_a_site_role_without_a_site(demo):
+    size = len(demo.log())
+
+    result = demo.run("users", "add", "--role", "pharmacist", "sitless")
+
+    assert result.exit_code == 1
+    assert "site" in result.output
+    assert len(demo.log()) == size
+    assert demo.entries_about("sitless") == []
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize(
+    "name",
+    ["eve\n", "e" * 64 + "\n", "e" * 65, "", "eve smith"],
+    ids=["trailing newline", "64 and a newline", "65 characters", "empty", "space"],
+)
+def test_users_add_refuses_a_malformed_name_and_creates_nobody(demo, name):
+    size = len(demo.log())
+
+    result = demo.run("users", "add", "--role", "auditor", name)
+
+    assert result.exit_code == 1, result.output
+    assert "name" in result.output
+    assert len(demo.log()) == size
+
+
+@pytest.mark.requirement("R-CLI")
+def test_users_token_replaces_the_token(demo):
+    added = demo.run("users", "add", "--role", "auditor", "bob")
+    old = added.stdout.strip()
+
+    result = demo.run("users", "token", "bob")
+
+    assert result.exit_code == 0, result.output
+    new = result.stdout.strip()
+    assert new != old
+    assert demo.authenticate(old) is None
+    assert demo.authenticate(new).name == "bob"
+    assert [e["action"] for e in demo.entries_about("bob")] == ["user.created", "user.token_issued"]
+    assert new not in "".join(demo.log())
+
+
+@pytest.mark.requirement("R-CLI")
+def test_users_deactivate_stops_the_users_token_at_once(demo):
+    added = demo.run("users", "add", "--role", "pharmacist", "--site", "201", "carol")
+    token = added.stdout.strip()
+    assert demo.authenticate(token).name == "carol"
+
+    result = demo.run("users", "deactivate", "carol")
+
+    assert result.exit_code == 0, result.output
+    assert demo.authenticate(token) is None
+    assert [e["action"] for e in demo.entries_about("carol")] == [
+        "user.created",
+        "user.deactivated",
+    ]
+
+
+# audit export and verify -------------------------------------------------------------------
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-AUD")
+def test_audit_export_writes_one_canonical_entry_per_line_in_seq_order(demo, tmp_path):
+    log = demo.log()
+    out = tmp_path / "audit.jsonl"
+
+    result = demo.run("audit", "export", "--out", str(out))
+
+    assert result.exit_code == 0, result.output
+    exported = out.read_bytes()
+    lines = exported.split(b"\n")
+    assert lines.pop() == b""  # every line, the last too, ends with "\n"
+    assert [parse_entry(line)["seq"] for line in lines] == list(range(len(log)))
+    assert lines == [entry.encode() for entry in log]
+    # The export itself is audited, with the digest of what was written.
+    entry = parse_entry(demo.log()[len(log)].encode())
+    assert entry["action"] == "export.created"
+    assert entry["data"]["entries"] == len(log)
+    assert entry["data"]["sha256"] == hashlib.sha256(exported).hexdigest()
+
+
+@pytest.mark.requirement("R-CLI")
+def test_audit_verify_without_a_key_passes_a_good_log_with_a_warning(demo):
+    result = demo.run("audit", "verify")
+
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.stderr and "proves nothing" in result.stderr
+
+
+def verifier_key_line(instance: Instance) -> str:
+    key = verifier_key_from_private("sealroom/RECLAIIM", load_signing_key(instance.keys_dir))
+    return key.line()
+
+
+@pytest.mark.requirement("R-CLI")
+def test_audit_verify_with_the_logs_verifier_key_passes_and_with_another_fails(demo):
+    good = demo.run("audit", "verify", "--verifier-key", verifier_key_line(demo))
+    other = verifier_key_from_private("sealroom/RECLAIIM", Ed25519PrivateKey.generate()).line()
+    bad = demo.run("audit", "verify", "--verifier-key", other)
+
+    assert good.exit_code == 0, good.output
+    assert "proves nothing" not in good.output
+    assert bad.exit_code == 1, bad.output
+
+
+def rewrite_entry(instance: Instance, seq: int, canonical: str) -> None:
+    """Replace an entry's stored text behind the append-only triggers' back."""
+    engine = make_engine(instance.url)
+    try:
+        with engine.begin() as connection:
+            if instance.backend == "sqlite":
+                connection.exec_driver_sql("DROP TRIGGER IF EXISTS audit_entry_no_update")
+            else:
+                connection.exec_driver_sql("ALTER TABLE audit_entry DISABLE TRIGGER USER")
+            connection.execute(
+                update(AuditEntry).where(AuditEntry.seq == seq).values(canonical=canonical)
+            )
+    finally:
+        engine.dispose()
+
+
+def first_named_entry(output: str) -> int:
+    """The seq named by the first FAILED line of ``audit verify``."""
+    failed = [line for line in output.splitlines() if line.startswith("FAILED")]
+    assert failed, output
+    named = re.search(r"\b(?:entry|seq) (\d+)", failed[0])
+    assert named, failed[0]
+    return int(named.group(1))
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-AUD")
+@pytest.mark.parametrize("where", ["middle", "last"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_audit_verify_names_the_edited_entry_not_its_successor(scratch, tmp_path, backend, where):
+    instance = initialised(scratch, backend, tmp_path)
+    log = instance.log()
+    seq = len(log) // 2 if where == "middle" else len(log) - 1
+    original = log[seq]
+    forged = parse_entry(original.encode())
+    forged["actor"] = "mallory"  # still a well-formed, canonical entry
+
+    rewrite_entry(instance, seq, canonical_bytes(forged).decode())
+    result = instance.run("audit", "verify")
+
+    assert result.exit_code == 1, result.output
+    assert first_named_entry(result.output) == seq
+    # Put back, the log verifies again: the edit alone was what verify found.
+    rewrite_entry(instance, seq, original)
+    assert instance.run("audit", "verify").exit_code == 0
+
+
+# lists export ------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-LIST")
+def test_lists_export_with_the_right_seed_writes_the_appendix_a_lists(demo, tmp_path):
+    out = tmp_path / "lists.csv"
+
+    result = demo.run("lists", "export", "--seed", SEED, "--out", str(out))
+
+    assert result.exit_code == 0, result.output
+    assert mode(out) == 0o600  # the unblinded allocation, like the tokens: its owner's only
+    with out.open(newline="", encoding="utf-8") as handle:
+        header, *rows = list(csv.reader(handle))
+    assert header == ["stratum", "randomization_number", "arm"]
+    assert len(rows) == 1204
+    assert {arm for _, _, arm in rows} == {"igpro20", "placebo"}
+    for key, expected in APPENDIX_A.items():
+        slots = [(number, arm) for stratum, number, arm in rows if stratum == key]
+        first = slots[:16]
+        assert " ".join(LETTER[arm] for _, arm in first) == expected, key
+    stratum_1 = [number for stratum, number, _ in rows if stratum.endswith("america|prior_ig=yes")]
+    assert stratum_1[:3] == ["R01-0001", "R01-0002", "R01-0003"]
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-LIST-3")
+@pytest.mark.parametrize("seed", [WRONG_SEED, "not-hex"], ids=["wrong seed", "malformed seed"])
+def test_lists_export_with_a_wrong_seed_exits_1_and_writes_nothing(demo, tmp_path, seed):
+    out = tmp_path / "lists.csv"
+
+    result = demo.run("lists", "export", "--seed", seed, "--out", str(out))
+
+    assert result.exit_code == 1
+    assert not out.exists()
+    assert "igpro20" not in result.output and "placebo" not in result.output
+
+
+# --help ------------------------------------------------------------------------------------
+
+
+def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield prefix
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from command_paths(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize("path", list(command_paths(main)), ids=lambda p: " ".join(p) or "sealroom")
+def test_every_command_has_help(path):
+    result = CliRunner().invoke(main, [*path, "--help"])
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage:")
+    assert len(result.output.splitlines()) > 3
+
+
+def test_every_command_of_urs_9_exists():
+    paths = {" ".join(path) for path in command_paths(main)}
+
+    assert {
+        "init-demo",
+        "serve",
+        "audit verify",
+        "audit export",
+        "users add",
+        "users deactivate",
+        "users token",
+        "lists export",
+    } <= paths

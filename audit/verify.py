@@ -68,15 +68,16 @@ class VerifyReport:
 
 
 def verify_log(
-    entries: Sequence[bytes],
+    entries: Iterable[bytes],
     checkpoints: Sequence[str] = (),
     verifier_key: VerifierKey | None = None,
     trusted_checkpoints: Sequence[str] = (),
     head_hash: str | None = None,
 ) -> VerifyReport:
-    """Verify a log held in memory.
+    """Verify a log.
 
-    ``entries`` are each stored entry's canonical bytes in storage order (position ``i``
+    ``entries`` (any iterable: it is read once, in order) are each stored entry's
+    canonical bytes in storage order (position ``i``
     must hold seq ``i``); ``checkpoints`` the stored signed notes in storage order;
     ``trusted_checkpoints`` notes saved elsewhere (by an auditor or monitor) that the log
     must still extend; ``head_hash`` the hex hash storage claims for its last entry.

@@ -285,15 +285,26 @@ def audit_verify(cli: Cli, verifier_key: str | None, checkpoint_file: str | None
         )
     trusted = [Path(checkpoint_file).read_text(encoding="utf-8")] if checkpoint_file else []
     with cli.db.reading() as session:
-        entries = [
-            row.encode("utf-8")
-            for row in session.scalars(select(AuditEntry.canonical).order_by(AuditEntry.seq))
-        ]
+        # Read the head first and nothing beyond it: entries and checkpoints are append-only,
+        # so what lies below the head is stable while the service keeps appending.
+        size, head = session.execute(select(AuditHead.size, AuditHead.last_hash)).one()
         checkpoints = list(
-            session.scalars(select(AuditCheckpoint.note).order_by(AuditCheckpoint.size))
+            session.scalars(
+                select(AuditCheckpoint.note)
+                .where(AuditCheckpoint.size <= size)
+                .order_by(AuditCheckpoint.size)
+            )
         )
-        head = session.scalar(select(AuditHead.last_hash))
-    report = verify_log(entries, checkpoints, key, trusted, head_hash=head)
+        entries = (
+            canonical.encode("utf-8")
+            for canonical in session.scalars(
+                select(AuditEntry.canonical)
+                .where(AuditEntry.seq < size)
+                .order_by(AuditEntry.seq)
+                .execution_options(yield_per=2000)
+            )
+        )
+        report = verify_log(entries, checkpoints, key, trusted, head_hash=head)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if not report.ok:

@@ -10,7 +10,7 @@ checks that these models and the migrations agree.
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -39,6 +40,30 @@ NAMING_CONVENTION = {
 
 #: Length of ``keys.SealedArm.to_text()``, with room for longer key ids.
 SEALED_ARM_LENGTH = 160
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL keeps the zone; SQLite stores text and gives a naive datetime back. Refusing
+    naive datetimes on the way in and marking them UTC on the way out gives every reader an
+    aware UTC time, whatever the engine.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are refused: store aware UTC times")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
 
 
 def random_id() -> str:
@@ -63,7 +88,7 @@ class Trial(Base):
     #: SHA-256 commitment to the list seed; the seed itself is never stored.
     seed_commitment: Mapped[str] = mapped_column(String(64))
     data_key_id: Mapped[str] = mapped_column(ForeignKey("data_key.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class DataKey(Base):
@@ -74,7 +99,7 @@ class DataKey(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     master_key_id: Mapped[str] = mapped_column(String(32))
     wrapped: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Site(Base):
@@ -115,7 +140,7 @@ class Slot(Base):
     participant_id: Mapped[str | None] = mapped_column(
         ForeignKey("participant.id"), unique=True, default=None
     )
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class Participant(Base):
@@ -132,7 +157,7 @@ class Participant(Base):
     screening_strata: Mapped[dict[str, Any]] = mapped_column(JSON)
     stratum_number: Mapped[int | None] = mapped_column(ForeignKey("stratum.number"), default=None)
     randomization_number: Mapped[str | None] = mapped_column(String(16), unique=True, default=None)
-    randomized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    randomized_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
     #: Weight at randomisation, as the exact decimal text that was given.
     weight_kg: Mapped[str | None] = mapped_column(String(16), default=None)
     sealed_arm: Mapped[str | None] = mapped_column(String(SEALED_ARM_LENGTH), default=None)
@@ -158,7 +183,7 @@ class Kit(Base):
         ForeignKey("participant.id"), index=True, default=None
     )
     visit: Mapped[str | None] = mapped_column(String(32), default=None)
-    allocated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    allocated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class User(Base):
@@ -171,8 +196,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(24))
     site_id: Mapped[str | None] = mapped_column(ForeignKey("site.id"), default=None)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    deactivated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    deactivated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class ApiToken(Base):
@@ -183,8 +208,8 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class IdempotencyRecord(Base):
@@ -200,7 +225,7 @@ class IdempotencyRecord(Base):
     request_sha256: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     response_body: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class AuditHead(Base):
@@ -247,4 +272,4 @@ class AuditCheckpoint(Base):
 
     size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     note: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -30,7 +30,7 @@ from randomizer.services.participants import (
     ScreeningRequest,
 )
 
-ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 #: Decimal places accepted in a decimal input (weights, scores, doses).
 DECIMAL_PLACES = 3
 
@@ -104,7 +104,9 @@ class StrictDecimal(fields.Decimal):
         exponent = number.as_tuple().exponent
         if isinstance(exponent, int) and -exponent > self.max_places:
             raise self.make_error("places", places=self.max_places)
-        return number
+        # Plain notation (1E+1 becomes 10), so the audit and the database hold what a
+        # person would write; the bounds above keep the text short.
+        return Decimal(format(number, "f"))
 
     def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
         return None if value is None else str(value)
@@ -121,7 +123,7 @@ class StrictDate(fields.Date):
     """A calendar date written ``YYYY-MM-DD``."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dt.date:
-        if not isinstance(value, str) or not ISO_DATE.match(value):
+        if not isinstance(value, str) or not ISO_DATE.fullmatch(value):
             raise self.make_error("invalid")
         return super()._deserialize(value, attr, data, **kwargs)
 
@@ -130,13 +132,7 @@ class UtcDateTime(fields.DateTime):
     """Output only: RFC 3339 UTC with microseconds and ``Z``, as in the audit trail."""
 
     def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            # Every stored time is UTC, but SQLite's DateTime gives it back without its zone
-            # (GET of a randomised participant was a 500 on SQLite).
-            value = value.replace(tzinfo=dt.UTC)
-        return format_time(value)
+        return None if value is None else format_time(value)
 
 
 def _refuse_site_factor(factor_id: str) -> validate.Validator:

@@ -28,7 +28,7 @@ from randomizer.roles import Actor
 from randomizer.state import app_state
 
 HEADER = "Idempotency-Key"
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 Action = Callable[[Session], tuple[int, dict[str, Any]]]
 
@@ -45,7 +45,7 @@ def run_idempotent(endpoint: str, actor: Actor, action: Action) -> Response:
     if key is None:
         with db.transaction() as session:
             return _json_response(*action(session))
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise ValidationFailed(
             {HEADER: ["1 to 255 printable ASCII characters without spaces."]},
             detail="The Idempotency-Key header is not valid.",

@@ -9,10 +9,11 @@ needs, so that the queries, the work and the time are the same for both arms.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from keys import SealedArm
@@ -101,9 +102,17 @@ def stock_site(
     return numbers
 
 
+@dataclass(frozen=True)
+class DispensableKit:
+    """A kit that may be dispensed: its row id and number (its arm is known to the caller)."""
+
+    id: str
+    kit_number: str
+
+
 def dispensable_kits_by_arm(
     session: Session, ctx: TrialContext, site_id: str
-) -> dict[str, list[Kit]]:
+) -> dict[str, list[DispensableKit]]:
     """Every kit of the site that may be dispensed today, grouped by its (unsealed) arm.
 
     Kits inside the do-not-dispense window before their expiry are left out. The query
@@ -111,21 +120,19 @@ def dispensable_kits_by_arm(
     Call only with the site's row locked (the caller holds the lock on its kits).
     """
     cutoff = ctx.today() + timedelta(days=ctx.definition.do_not_dispense_days)
-    kits = session.scalars(
-        select(Kit)
+    rows = session.execute(
+        select(Kit.id, Kit.kit_number, Kit.sealed_arm)
         .where(Kit.site_id == site_id, Kit.status == AVAILABLE, Kit.expires_on > cutoff)
         .order_by(Kit.id)
     ).all()
-    by_arm: dict[str, list[Kit]] = {arm.id: [] for arm in ctx.definition.arms}
-    for kit in kits:
-        arm = ctx.sealer.unseal_arm(
-            SealedArm.from_text(kit.sealed_arm), KIT_SEAL_KIND, kit.kit_number
-        )
-        by_arm[arm].append(kit)
+    by_arm: dict[str, list[DispensableKit]] = {arm.id: [] for arm in ctx.definition.arms}
+    for kit_id, kit_number, sealed_arm in rows:
+        arm = ctx.sealer.unseal_arm(SealedArm.from_text(sealed_arm), KIT_SEAL_KIND, kit_number)
+        by_arm[arm].append(DispensableKit(kit_id, kit_number))
     return by_arm
 
 
-def check_supply(by_arm: dict[str, list[Kit]], needed: int, site_id: str) -> None:
+def check_supply(by_arm: Mapping[str, Sequence[DispensableKit]], needed: int, site_id: str) -> None:
     """R-BLIND-2: refuse unless the site holds ``needed`` kits of EVERY arm.
 
     Decided before and independently of the allocation, so a refusal says nothing about the
@@ -139,24 +146,31 @@ def check_supply(by_arm: dict[str, list[Kit]], needed: int, site_id: str) -> Non
 
 
 def allocate_kits(
+    session: Session,
     ctx: TrialContext,
-    candidates: Sequence[Kit],
+    candidates: Sequence[DispensableKit],
     needed: int,
     participant: Participant,
     visit: str,
-) -> list[Kit]:
+) -> list[str]:
     """Allocate ``needed`` kits chosen at random among ``candidates`` (one arm's kits).
 
     Random choice, not kit-number order: the kits given reveal nothing about the next ones.
+    The update also requires each kit to be still available, so a kit can never be given
+    twice even if a caller forgot the site lock. Returns the kit numbers, sorted.
     """
     chosen = ctx.rng.sample(list(candidates), needed)
-    now = ctx.clock()
-    for kit in chosen:
-        kit.status = ALLOCATED
-        kit.participant_id = participant.id
-        kit.visit = visit
-        kit.allocated_at = now
-    return chosen
+    result = session.execute(
+        update(Kit)
+        .where(Kit.id.in_([kit.id for kit in chosen]), Kit.status == AVAILABLE)
+        .values(
+            status=ALLOCATED, participant_id=participant.id, visit=visit, allocated_at=ctx.clock()
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != needed:
+        raise RuntimeError("a kit chosen for allocation was no longer available")
+    return sorted(kit.kit_number for kit in chosen)
 
 
 def lock_site(session: Session, site_id: str) -> Site:

@@ -132,7 +132,7 @@ def find_participant(
 ) -> Participant:
     """The participant, if the actor may see it; the same 404 whether absent or elsewhere."""
     participant = None
-    if SCREENING_NUMBER.match(screening_number):
+    if SCREENING_NUMBER.fullmatch(screening_number):
         query = select(Participant).where(Participant.screening_number == screening_number)
         if lock:
             query = query.with_for_update()
@@ -250,7 +250,9 @@ def _randomize(
     arm = ctx.sealer.unseal_arm(
         SealedArm.from_text(slot.sealed_arm), SLOT_SEAL_KIND, slot.randomization_number
     )
-    kits = kit_service.allocate_kits(ctx, by_arm[arm], needed, participant, visit.id)
+    kit_numbers = kit_service.allocate_kits(
+        session, ctx, by_arm[arm], needed, participant, visit.id
+    )
     now = ctx.clock()
     stratum_row.next_position += 1
     slot.participant_id = participant.id
@@ -262,7 +264,6 @@ def _randomize(
     participant.randomized_at = now
     participant.weight_kg = str(request.weight_kg)
     participant.sealed_arm = sealed.to_text()
-    kit_numbers = sorted(kit.kit_number for kit in kits)
     session.flush()
 
     entry = ctx.audit.append(
@@ -312,7 +313,7 @@ def _record_refusal(
         data["fields"] = sorted({_printable(path) for path in refusal.extra["errors"]})[:50]
     if "randomization_number" in refusal.extra:
         data["randomization_number"] = refusal.extra["randomization_number"]
-    valid = SCREENING_NUMBER.match(screening_number) is not None
+    valid = SCREENING_NUMBER.fullmatch(screening_number) is not None
     if not valid:
         data["screening_number"] = _printable(screening_number)
     ctx.audit.append(

@@ -117,7 +117,7 @@ def add_site(
 ) -> Site:
     """Create a site with the levels of every site-derived stratification factor."""
     errors: dict[str, list[str]] = {}
-    if not SITE_ID.match(site_id):
+    if not SITE_ID.fullmatch(site_id):
         errors["site"] = ["1 to 16 of A-Z a-z 0-9 -."]
     expected = {factor.id: factor for factor in ctx.definition.site_factors()}
     for key in set(attributes) - set(expected):

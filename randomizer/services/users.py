@@ -40,7 +40,7 @@ def add_user(
 ) -> tuple[User, str]:
     """Create a user with one role (and one site for site roles); return it and a token."""
     errors: dict[str, list[str]] = {}
-    if not USER_NAME.match(name):
+    if not USER_NAME.fullmatch(name):
         errors["name"] = ["1 to 64 of A-Z a-z 0-9 . _ -."]
     if role not in ROLES:
         errors["role"] = [f"Must be one of: {', '.join(ROLES)}."]

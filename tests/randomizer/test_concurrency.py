@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -31,6 +25,7 @@ from randomizer.db import Database
 from randomizer.models import AuditCheckpoint, AuditEntry, Kit, Participant, Slot, Stratum
 from randomizer.services.context import load_trial_context
 from tests.conftest import ELIGIBLE, PG_URL, make_trial_database
+from tests.randomizer.served import Server
 
 SERVER_PROCESSES = 8
 PARTICIPANTS = 200
@@ -38,39 +33,6 @@ PARTICIPANTS = 200
 WEIGHT_KG = 30
 
 pytestmark = [pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class HttpClient:
-    """A minimal HTTP client (urllib): real requests to a real server."""
-
-    def __init__(self, base: str, tokens: dict[str, str]) -> None:
-        self.base = base
-        self.tokens = tokens
-
-    def post(
-        self, path: str, user: str, body: Any, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        request = urllib.request.Request(
-            f"{self.base}/api/v1{path}",
-            data=json.dumps(body).encode(),
-            method="POST",
-            headers={
-                "Authorization": f"Bearer {self.tokens[user]}",
-                "Content-Type": "application/json",
-                **(headers or {}),
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
 
 
 def _participants(count: int) -> list[tuple[str, str, str]]:
@@ -191,46 +153,11 @@ def pg_server(scratch: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
         pytest.skip("PostgreSQL not configured (SEALROOM_TEST_DATABASE_URL)")
     directory = tmp_path_factory.mktemp("pg-server")
     trial = make_trial_database(scratch, "postgresql", directory)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "SEALROOM_DATABASE_URL": trial.url,
-        "SEALROOM_INSTANCE_DIR": str(directory),
-        "SEALROOM_KEYS_DIR": str(trial.settings.keys_dir),
-        "SEALROOM_LOG_LEVEL": "WARNING",
-    }
-    log = (directory / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "randomizer.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(SERVER_PROCESSES),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = Server(trial, directory, SERVER_PROCESSES).start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/v1/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((directory / "server.log").read_text()) from None
-                time.sleep(0.2)
-        yield trial, HttpClient(base, trial.tokens)
+        yield trial, server.client
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+        server.stop()
 
 
 @pytest.mark.multiprocess

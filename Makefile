@@ -41,8 +41,10 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## make bench: the figures README.md quotes (not part of CI; several minutes)
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/audit.py
+	$(BIN)/python benchmarks/randomize.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .ruff_cache

@@ -21,7 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from audit.checkpoint import Checkpoint, sign_checkpoint, verifier_key_from_private
+from audit.checkpoint import (
+    Checkpoint,
+    sign_checkpoint,
+    verifier_key_from_private,
+    verify_checkpoint,
+)
 from audit.entry import canonical_bytes, entry_hash, make_entry
 from audit.merkle import (
     consistency_proof,
@@ -29,6 +34,7 @@ from audit.merkle import (
     leaf_hash,
     nodes_for_append,
     root_hash,
+    verify_consistency,
 )
 from randomizer.db import before_commit
 from randomizer.models import AuditCheckpoint, AuditEntry, AuditHead, AuditNode
@@ -36,6 +42,10 @@ from randomizer.roles import Actor
 
 HEAD_ID = 1
 _CHECKPOINTED = "sealroom.audit.checkpointed"
+
+
+class AuditIntegrityError(RuntimeError):
+    """The stored audit tree no longer matches what was signed: nothing more is signed."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,9 @@ class AuditLog:
         stored = session.info.get(_CHECKPOINTED)
         if stored is not None and stored[0] == head.size:
             return stored[1]
-        root = root_hash(head.size, SessionNodeStore(session))
+        store = SessionNodeStore(session)
+        root = root_hash(head.size, store)
+        self._check_extends_previous(session, store, head.size, root)
         note = sign_checkpoint(
             Checkpoint(self.origin, head.size, root), self._signing_key, self.origin
         )
@@ -153,6 +165,27 @@ class AuditLog:
         session.flush()
         session.info[_CHECKPOINTED] = (head.size, note)
         return note
+
+    def _check_extends_previous(
+        self, session: Session, store: SessionNodeStore, size: int, root: bytes
+    ) -> None:
+        """Refuse to sign a tree that does not extend the last signed checkpoint.
+
+        By construction it always does; this check is what stops the service from signing
+        over tree nodes someone rewrote behind the triggers' back.
+        """
+        previous = self.latest_checkpoint(session)
+        if previous is None:
+            return
+        checkpoint = verify_checkpoint(previous, self.verifier_key)
+        if checkpoint.size == 0:
+            return
+        proof = consistency_proof(checkpoint.size, size, store)
+        if not verify_consistency(checkpoint.size, size, checkpoint.root, root, proof):
+            raise AuditIntegrityError(
+                f"the audit tree of size {size} does not extend the signed checkpoint of size "
+                f"{checkpoint.size}: refusing to sign; run `sealroom audit verify`"
+            )
 
     # Reading ----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from audit.checkpoint import (
     Checkpoint,
@@ -38,7 +38,7 @@ from audit.merkle import (
 from audit.monitor import MonitorAlarm, check_log
 from randomizer.cli import main as cli
 from randomizer.db import Database
-from randomizer.models import AuditCheckpoint, AuditEntry, AuditNode
+from randomizer.models import AuditCheckpoint, AuditEntry, AuditNode, Participant
 from tests.conftest import ELIGIBLE, make_trial_database
 
 APPEND_ONLY = ("audit_entry", "audit_node", "audit_checkpoint")
@@ -454,3 +454,32 @@ def test_the_monitor_raises_the_alarm_on_a_rollback(own_trial: Any, tmp_path: Pa
         connection.execute(text("DELETE FROM audit_checkpoint WHERE size = :s"), {"s": latest})
     with pytest.raises(MonitorAlarm, match="rollback"):
         check_log(_fetcher(client), key, tmp_path / "state")
+
+
+@pytest.mark.requirement("R-AUD")
+def test_the_service_refuses_to_sign_over_a_rewritten_tree(own_trial: Any) -> None:
+    _trial, client, database = own_trial
+    before = len(_log(database))
+    with database.reading() as session:
+        checkpoints = session.scalar(select(func.count()).select_from(AuditCheckpoint))
+    # The largest perfect subtree: every later root and proof is built on it.
+    level = before.bit_length() - 1
+    with behind_the_triggers(database) as connection:
+        connection.execute(
+            text("UPDATE audit_node SET hash = :h WHERE level = :l AND node_index = 0"),
+            {"h": bytes(32), "l": level},
+        )
+    response = client.screen("A-7")
+    assert response.status_code == 500
+    assert response.mimetype == "application/problem+json"
+    assert len(_log(database)) == before
+    with database.reading() as session:
+        assert session.scalar(select(func.count()).select_from(AuditCheckpoint)) == checkpoints
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(Participant)
+                .where(Participant.screening_number == "A-7")
+            )
+            == 0
+        )

@@ -175,6 +175,9 @@ def serve(cli: Cli, host: str, port: int, workers: int) -> None:
             # own error handling (a problem detail), not gunicorn's HTML 400.
             self.cfg.set("limit_request_line", 8190)
             self.cfg.set("accesslog", "-")
+            # No management socket in the home directory: one path shared by every server
+            # on the machine, and an admin channel the service does not need.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             return create_app({"settings": settings})

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from randomizer.api.problems import PROBLEM_JSON
+from randomizer.api.problems import json_response, json_text
 from randomizer.errors import IdempotencyKeyReused, Problem, ValidationFailed
 from randomizer.models import IdempotencyRecord
 from randomizer.roles import Actor
@@ -44,7 +44,7 @@ def run_idempotent(endpoint: str, actor: Actor, action: Action) -> Response:
     db = app_state().db
     if key is None:
         with db.transaction() as session:
-            return _json_response(*action(session))
+            return _answer(*action(session))
     if not _KEY.fullmatch(key):
         raise ValidationFailed(
             {HEADER: ["1 to 255 printable ASCII characters without spaces."]},
@@ -67,7 +67,7 @@ def run_idempotent(endpoint: str, actor: Actor, action: Action) -> Response:
                 _store(session, record, problem.status, problem.body())
             raise
         _store(session, record, status, body)
-        return _json_response(status, body)
+        return _answer(status, body)
 
 
 def _request_digest() -> str:
@@ -130,19 +130,16 @@ def _claim(
 
 def _store(session: Session, record: IdempotencyRecord, status: int, body: dict[str, Any]) -> None:
     record.status_code = status
-    record.response_body = json.dumps(body, ensure_ascii=True, default=str)
+    record.response_body = json_text(body)
     session.flush()
 
 
 def _replay(record: IdempotencyRecord) -> Response:
     assert record.status_code is not None and record.response_body is not None
-    mimetype = PROBLEM_JSON if record.status_code >= 400 else "application/json"
-    response = Response(record.response_body, status=record.status_code, mimetype=mimetype)
+    response = json_response(record.status_code, record.response_body)
     response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
-def _json_response(status: int, body: dict[str, Any]) -> Response:
-    return Response(
-        json.dumps(body, ensure_ascii=True, default=str), status=status, mimetype="application/json"
-    )
+def _answer(status: int, body: dict[str, Any]) -> Response:
+    return json_response(status, json_text(body))

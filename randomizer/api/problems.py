@@ -31,13 +31,21 @@ _HTTP_TYPES = {
 }
 
 
+def json_text(body: dict[str, Any]) -> str:
+    """The one serialisation of every JSON answer, so a stored answer replays byte for byte."""
+    return json.dumps(body, ensure_ascii=True, default=str)
+
+
+def json_response(status: int, text: str) -> Response:
+    """A JSON answer: ``application/problem+json`` for errors, ``application/json`` else."""
+    return Response(
+        text, status=status, mimetype=PROBLEM_JSON if status >= 400 else "application/json"
+    )
+
+
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     """A ``application/problem+json`` response for a problem details object."""
-    response = Response(
-        json.dumps(body, ensure_ascii=True, default=str),
-        status=body["status"],
-        mimetype=PROBLEM_JSON,
-    )
+    response = json_response(body["status"], json_text(body))
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response

@@ -8,8 +8,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from keys import (
     create_keys_dir,
     create_signing_key,
@@ -19,9 +17,7 @@ from keys import (
 )
 from randomizer.db import Database
 from randomizer.domain import TrialDefinition, kits_for_visit
-from randomizer.errors import Conflict
 from randomizer.migrations import upgrade
-from randomizer.models import Trial
 from randomizer.roles import SYSTEM
 from randomizer.services import kits as kit_service
 from randomizer.services import trial_setup, users
@@ -88,8 +84,7 @@ def initialise_demo(
     """
     with database.engine.begin() as connection:
         upgrade(connection)
-        if connection.scalar(select(func.count()).select_from(Trial)):
-            raise Conflict("This database already holds a trial; one deployment serves one trial.")
+        trial_setup.refuse_second_trial(connection)
     ensure_keys(keys_dir)
     ring = load_master_keys(keys_dir)
     signing_key = load_signing_key(keys_dir)

@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from keys import MasterKeyRing, WrappedDataKey, new_data_key
@@ -26,6 +26,12 @@ SLOT_SEAL_KIND = "slot"
 SITE_ID = re.compile(r"\A[A-Za-z0-9-]{1,16}\Z")
 
 
+def refuse_second_trial(connection: Session | Connection) -> None:
+    """Raise Conflict if the database already holds a trial: one deployment, one trial."""
+    if connection.scalar(select(func.count()).select_from(Trial)):
+        raise Conflict("This database already holds a trial; one deployment serves one trial.")
+
+
 def create_trial(
     session: Session,
     definition: TrialDefinition,
@@ -37,8 +43,7 @@ def create_trial(
     The seed commitment is filled in by :func:`store_lists`. Refuses a second trial: one
     deployment serves one trial.
     """
-    if session.scalar(select(func.count()).select_from(Trial)):
-        raise Conflict("This database already holds a trial; one deployment serves one trial.")
+    refuse_second_trial(session)
     wrapped, _ = new_data_key(ring, definition.id)
     now = utc_now()
     session.add(

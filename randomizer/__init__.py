@@ -1,15 +1,18 @@
 """Sealroom: randomisation and blinding for double-blind clinical trials.
 
 ``create_app`` reads like a table of contents: settings, database, trial context, API.
+Nothing is imported at module level: importing the pure core (``randomizer.domain``) must
+not load Flask, SQLAlchemy or the keys (a test checks it in a clean interpreter).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -20,11 +23,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     callable returning aware UTC datetimes) and any Flask setting. Without them, settings
     come from the ``SEALROOM_*`` variables.
     """
-    # Imported here, not at the top: importing the pure core (randomizer.domain) must not
-    # pull in Flask, SQLAlchemy or the keys.
+    from flask import Flask
+
     from randomizer import api
     from randomizer.config import Settings
     from randomizer.db import Database
+    from randomizer.migrations import check_schema_current
     from randomizer.schemas import build_trial_schemas
     from randomizer.services.context import load_trial_context, utc_now
     from randomizer.state import EXTENSION, AppState
@@ -40,6 +44,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(options)
 
     with database.reading() as session:
+        # Serve only the schema this code was written for: older needs `sealroom db
+        # upgrade`; newer belongs to newer code.
+        check_schema_current(session.connection())
         ctx = load_trial_context(session, settings.keys_dir, clock=clock)
     schemas = build_trial_schemas(ctx.definition)
     app.extensions[EXTENSION] = AppState(settings=settings, db=database, ctx=ctx, schemas=schemas)

@@ -7,7 +7,6 @@ failure leaves nothing half done.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -68,7 +67,94 @@ def main(context: click.Context, database_url: str | None) -> None:
     context.obj = Cli(database_url)
 
 
-# init-demo ---------------------------------------------------------------------------------
+# init, init-demo ---------------------------------------------------------------------------
+
+
+def _load_definition(trial_file: str | None) -> tuple[Any, str]:
+    """The trial definition and its exact text (the bundled RECLAIIM file by default)."""
+    from randomizer.domain import TrialDefinitionError, bundled_trial_path, parse_trial
+
+    path = Path(trial_file) if trial_file else bundled_trial_path()
+    # Bytes, not read_text(): the stored definition and its hash are the file's exact bytes.
+    toml_text = path.read_bytes().decode("utf-8")
+    try:
+        return parse_trial(toml_text), toml_text
+    except TrialDefinitionError as exc:
+        fail(f"{path}: {exc}")
+        raise  # unreachable: fail() exits
+
+
+def _read_seed_file(path: Path) -> bytes:
+    """The seed from a file of 64 hex digits, refused if others than its owner may read it."""
+    from randomizer.domain import parse_seed
+
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        fail(
+            f"--seed-file: {path} may be read by others (mode {mode & 0o777:04o}); "
+            f"chmod 600 {path} first"
+        )
+    try:
+        return parse_seed(path.read_text(encoding="ascii").strip())
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(f"--seed-file: {exc}")
+        raise  # unreachable: fail() exits
+
+
+def _holds_trial(cli: Cli) -> bool:
+    from sqlalchemy import inspect
+
+    from randomizer.models import Trial
+
+    if Trial.__tablename__ not in inspect(cli.db.engine).get_table_names():
+        return False
+    with cli.db.reading() as session:
+        return session.scalar(select(Trial.id).limit(1)) is not None
+
+
+@main.command("init")
+@click.option(
+    "--trial",
+    "trial_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The trial definition (TOML).",
+)
+@click.option(
+    "--seed-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding the statistician's list seed (64 hex digits; mode 0600).",
+)
+@pass_cli
+def init(cli: Cli, trial_file: str, seed_file: str) -> None:
+    """Create the schema, keys, the trial and its sealed lists: no sites, kits or users.
+
+    For a real trial; add sites with `sealroom sites add` and users with `sealroom users add`.
+    """
+    from keys import KeyStoreError
+    from randomizer.errors import Problem
+    from randomizer.roles import SYSTEM
+    from randomizer.services import trial_setup
+
+    definition, toml_text = _load_definition(trial_file)
+    seed = _read_seed_file(Path(seed_file))
+    cli.settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        keys = trial_setup.prepare_database(cli.db, cli.settings.keys_dir)
+        with cli.db.transaction() as session:
+            _ctx, slots = trial_setup.create_trial_with_lists(
+                session, keys, definition, toml_text, seed, SYSTEM
+            )
+    except (KeyStoreError, Problem) as exc:
+        fail(str(exc))
+    click.echo(
+        f"Trial {definition.id} initialised: {len(definition.strata())} strata, {slots} slots; "
+        "no sites, kits or users yet."
+    )
+    click.echo(f"Database: {cli.db.engine.url}")
+    click.echo(f"Keys: {cli.settings.keys_dir} (losing them loses the ability to unblind)")
+    click.echo(f"The seed file {seed_file} is no longer needed here: keep it offline.")
 
 
 @main.command("init-demo")
@@ -86,24 +172,31 @@ def main(context: click.Context, database_url: str | None) -> None:
 @click.option(
     "--seed", "seed_hex", help="List seed, 64 hex digits (default: a fresh one, printed once)."
 )
+@click.option(
+    "--keep-existing",
+    is_flag=True,
+    help="If the database already holds a trial, leave it as it is and exit 0.",
+)
 @pass_cli
 def init_demo(
-    cli: Cli, trial_file: str | None, tokens_out: str | None, seed_hex: str | None
+    cli: Cli,
+    trial_file: str | None,
+    tokens_out: str | None,
+    seed_hex: str | None,
+    keep_existing: bool,
 ) -> None:
-    """Create the schema, keys, the trial, its lists, demo sites, kits and one user per role."""
+    """`init` plus the demo's sites, kits and one user per role."""
     from keys import KeyStoreError
-    from randomizer.domain import TrialDefinitionError, bundled_trial_path, parse_seed, parse_trial
+    from randomizer.domain import parse_seed
     from randomizer.errors import Problem
     from randomizer.services.demo import DEMO_SITES, initialise_demo
 
-    path = Path(trial_file) if trial_file else bundled_trial_path()
-    # Bytes, not read_text(): the stored definition and its hash are the file's exact bytes.
-    toml_text = path.read_bytes().decode("utf-8")
+    if keep_existing and _holds_trial(cli):
+        click.echo(f"The database {cli.db.engine.url} already holds a trial: keeping it.")
+        return
+    definition, toml_text = _load_definition(trial_file)
     try:
-        definition = parse_trial(toml_text)
         seed = secrets.token_bytes(32) if seed_hex is None else parse_seed(seed_hex)
-    except TrialDefinitionError as exc:
-        fail(f"{path}: {exc}")
     except ValueError as exc:
         fail(f"--seed: {exc}")
     settings = cli.settings
@@ -159,12 +252,13 @@ def serve(cli: Cli, host: str, port: int, workers: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     from randomizer import create_app
+    from randomizer.migrations import SchemaMismatch
     from randomizer.services.context import NotInitialised
 
     settings = cli.settings
     try:
         create_app({"settings": settings}).extensions["sealroom"].db.dispose()
-    except NotInitialised as exc:
+    except (NotInitialised, SchemaMismatch) as exc:
         fail(str(exc))
 
     class Server(BaseApplication):
@@ -326,30 +420,31 @@ def audit_verify(cli: Cli, verifier_key: str | None, checkpoint_file: str | None
 )
 @pass_cli
 def audit_export(cli: Cli, out: str) -> None:
-    """Write the audit trail as JSON Lines: each entry's canonical bytes, in seq order."""
-    from randomizer.models import AuditEntry
+    """Write the audit trail as JSON Lines: each entry's canonical bytes, in seq order.
+
+    The last line is the export's own `export.created` entry.
+    """
     from randomizer.roles import SYSTEM
+    from randomizer.services.exports import export_audit
 
-    def export(session: Any, ctx: Any) -> tuple[int, str]:
-        digest = hashlib.sha256()
-        count = 0
-        with open(out, "wb") as handle:
-            for canonical in session.scalars(select(AuditEntry.canonical).order_by(AuditEntry.seq)):
-                line = canonical.encode("utf-8") + b"\n"
-                handle.write(line)
-                digest.update(line)
-                count += 1
-        ctx.audit.append(
-            session,
-            SYSTEM,
-            "export.created",
-            ctx.definition.id,
-            {"kind": "audit", "entries": count, "sha256": digest.hexdigest()},
-        )
-        return count, digest.hexdigest()
+    target = Path(out)
+    partial = target.with_name(target.name + ".partial")
 
-    count, sha = _run(cli, export)
-    click.echo(f"{count} entries written to {out} (sha256 {sha})")
+    def export(session: Any, ctx: Any) -> Any:
+        with open(partial, "wb") as handle:
+            return export_audit(session, ctx, SYSTEM, handle)
+
+    try:
+        result = _run(cli, export)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    # Published only once its export.created entry has committed.
+    os.replace(partial, target)
+    click.echo(
+        f"{result.entries} entries written to {out}, the last one recording this export "
+        f"(sha256 {result.sha256})"
+    )
 
 
 # monitor ----------------------------------------------------------------------------------
@@ -416,6 +511,96 @@ def lists_export(cli: Cli, seed_hex: str, out: str) -> None:
     writer.writerows(rows)
     _write_secret(Path(out), table.getvalue())
     click.echo(f"{len(rows)} slots written to {out}")
+
+
+# sites ------------------------------------------------------------------------------------
+
+
+@main.group("sites")
+def sites_group() -> None:
+    """Add and close trial sites."""
+
+
+def _attributes(pairs: tuple[str, ...]) -> dict[str, str]:
+    attributes: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            fail(f"--attr {pair!r}: write it as FACTOR=LEVEL, e.g. region=europe")
+        attributes[name] = value
+    return attributes
+
+
+@sites_group.command("add")
+@click.option(
+    "--attr",
+    "pairs",
+    multiple=True,
+    help="A site-derived stratification factor's level, e.g. region=europe (repeat per factor).",
+)
+@click.option("--name", help="The site's name (default: 'Site ID').")
+@click.argument("site_id")
+@pass_cli
+def sites_add(cli: Cli, pairs: tuple[str, ...], name: str | None, site_id: str) -> None:
+    """Add an open site with its stratification attributes (audited as site.created)."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.trial_setup import add_site
+
+    attributes = _attributes(pairs)
+    _run(cli, lambda s, c: add_site(s, c, SYSTEM, site_id, name or f"Site {site_id}", attributes))
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(attributes.items()))
+    click.echo(f"site {site_id} added ({shown})")
+
+
+@sites_group.command("close")
+@click.argument("site_id")
+@pass_cli
+def sites_close(cli: Cli, site_id: str) -> None:
+    """Close a site: it screens and randomises no one from now on (audited as site.closed)."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.trial_setup import close_site
+
+    _run(cli, lambda s, c: close_site(s, c, SYSTEM, site_id))
+    click.echo(f"site {site_id} closed")
+
+
+# db ---------------------------------------------------------------------------------------
+
+
+@main.group("db")
+def db_group() -> None:
+    """The database's schema."""
+
+
+@db_group.command("upgrade")
+@pass_cli
+def db_upgrade(cli: Cli) -> None:
+    """Upgrade the schema to this code's (Alembic upgrade head), keeping every row.
+
+    Refuses a database upgraded by a newer Sealroom than this one.
+    """
+    from randomizer.migrations import SchemaMismatch, upgrade
+
+    try:
+        with cli.db.schema_transaction() as connection:
+            before, after = upgrade(connection)
+    except SchemaMismatch as exc:
+        fail(str(exc))
+    if before == after:
+        click.echo(f"The schema is already at revision {after}.")
+    else:
+        click.echo(f"Schema upgraded from revision {before or 'none'} to {after}.")
+
+
+@db_group.command("revision")
+@pass_cli
+def db_revision(cli: Cli) -> None:
+    """Print the database's schema revision and the code's."""
+    from randomizer.migrations import current_revision, head_revision
+
+    with cli.db.reading() as session:
+        current = current_revision(session.connection())
+    click.echo(f"database: {current or 'none'}; code: {head_revision()}")
 
 
 def _origin(session: Any) -> str:

@@ -1,13 +1,28 @@
 """Engine, sessions and the one transaction boundary.
 
 Services only ``flush``; :meth:`Database.transaction` is the one place that commits, so a
-state change and its audit entry can never part. Callbacks registered with
-:func:`before_commit` (the audit log's checkpoint) run inside the same transaction, just
-before it commits.
+state change and its audit entry can never part (a test checks that ``commit(`` and
+``engine.begin(`` appear nowhere else; schema migrations go through
+:meth:`Database.schema_transaction`).
+
+When a failed request commits: only when its refusal was *recorded*, that is when the
+service ran its work under :func:`randomizer.services.refusals.refusals_audited`, which rolls
+the work back to a savepoint and appends the refusal's own audit entry. The transaction then
+commits that entry (and the idempotency record that stores the refusal for replay) and
+nothing else. Every other exception, a refusal that was not recorded included, rolls the
+whole transaction back.
+
+Callbacks registered with :func:`before_commit` (the audit log's checkpoint) run inside the
+transaction, just before it commits. Callbacks registered with :func:`after_commit` run once
+it has committed, never after a rollback: side effects that must not happen for work that
+was undone (handing a file over, waking the outbox's delivery) go there. Their failure is
+logged and cannot undo the commit; anything that must survive a crash between the commit
+and the callback is written to the outbox table in the transaction itself.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +33,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from randomizer.errors import Problem
 
+log = logging.getLogger(__name__)
+
 _BEFORE_COMMIT = "sealroom.before_commit"
+_AFTER_COMMIT = "sealroom.after_commit"
 
 
 def normalise_url(url: str) -> str:
@@ -68,6 +86,38 @@ def before_commit(session: Session, name: str, callback: Callable[[Session], Non
     session.info.setdefault(_BEFORE_COMMIT, {})[name] = callback
 
 
+def after_commit(session: Session, name: str, callback: Callable[[], None]) -> None:
+    """Run ``callback()`` once this session's transaction has committed; never on rollback.
+
+    Registering the same ``name`` twice keeps the last callback. A callback that raises is
+    logged; the commit stands.
+    """
+    session.info.setdefault(_AFTER_COMMIT, {})[name] = callback
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """Work that an exception rolls back alone, with the after-commit callbacks it registered.
+
+    The transaction goes on; only what the block did is undone.
+    """
+    before = dict(session.info.get(_AFTER_COMMIT, {}))
+    try:
+        with session.begin_nested():
+            yield
+    except BaseException:
+        session.info[_AFTER_COMMIT] = before
+        raise
+
+
+def _run_after_commit(callbacks: dict[str, Callable[[], None]]) -> None:
+    for name, callback in callbacks.items():
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback %s failed; the commit stands", name)
+
+
 class Database:
     """A database: its engine and a factory of sessions."""
 
@@ -92,15 +142,19 @@ class Database:
 
         A :class:`~randomizer.errors.Problem` marked ``recorded`` (a refusal whose audit
         entry the service has just written) commits that entry and is then re-raised; any
-        other exception rolls everything back.
+        other exception rolls everything back. :func:`after_commit` callbacks run after a
+        commit, outside the transaction.
         """
         session = self.sessions()
+        committed = False
         try:
             yield session
             self._commit(session)
+            committed = True
         except Problem as problem:
             if problem.recorded:
                 self._commit(session)
+                committed = True
             else:
                 session.rollback()
             raise
@@ -108,7 +162,16 @@ class Database:
             session.rollback()
             raise
         finally:
+            callbacks = session.info.pop(_AFTER_COMMIT, {})
             session.close()
+            if committed:
+                _run_after_commit(callbacks)
+
+    @contextmanager
+    def schema_transaction(self) -> Iterator[Connection]:
+        """A connection whose work (schema migrations) commits at the end, or not at all."""
+        with self.engine.begin() as connection:
+            yield connection
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

@@ -13,13 +13,16 @@ class Problem(Exception):
     """A refusal with an HTTP status and a problem type from URS §8.
 
     ``recorded`` is set once the refusal's own audit entry has been written in the current
-    transaction: the transaction then commits that entry (and nothing else, the service
-    having rolled its work back to a savepoint) before the error reaches the caller.
+    transaction (:func:`randomizer.services.refusals.refusals_audited`): the transaction then
+    commits that entry (and nothing else, the work having been rolled back to a savepoint)
+    before the error reaches the caller. ``audited`` names the extras that the refusal's
+    audit entry records besides its reason.
     """
 
     status: ClassVar[int] = 400
     type_name: ClassVar[str] = "validation"
     title: ClassVar[str] = "Bad request"
+    audited: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -61,6 +64,7 @@ class Conflict(Problem):
 
 class AlreadyRandomized(Problem):
     status, type_name, title = 409, "already-randomized", "Already randomised"
+    audited = ("randomization_number",)
 
 
 class InsufficientSupply(Problem):

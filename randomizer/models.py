@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     Date,
     DateTime,
     ForeignKey,
@@ -30,6 +31,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from randomizer.domain.kits import KIT_STATUSES
+from randomizer.domain.participants import PARTICIPANT_STATUSES, SITE_OPEN, SITE_STATUSES
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -37,6 +41,10 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+OUTBOX_PENDING = "pending"
+OUTBOX_DELIVERED = "delivered"
+OUTBOX_STATUSES = (OUTBOX_PENDING, OUTBOX_DELIVERED)
 
 #: Length of ``keys.SealedArm.to_text()``, with room for longer key ids.
 SEALED_ARM_LENGTH = 160
@@ -64,6 +72,16 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+
+def one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+    """A CHECK constraint ``ck_<table>_<column>`` that the column holds one of ``values``.
+
+    Tables that existed before these constraints enforce them on SQLite by triggers of the
+    same name (migration 0003): SQLite cannot add a constraint to an existing table.
+    """
+    listed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
 
 
 def random_id() -> str:
@@ -106,11 +124,15 @@ class Site(Base):
     """A trial site. Its row is also the lock that serialises allocation of its kits."""
 
     __tablename__ = "site"
+    __table_args__ = (one_of("status", SITE_STATUSES),)
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     #: Levels of the site-derived stratification factors, e.g. {"region": "europe"}.
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: ``open``, or ``closed``: a closed site screens and randomises no one.
+    status: Mapped[str] = mapped_column(String(16), default=SITE_OPEN, server_default=SITE_OPEN)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class Stratum(Base):
@@ -147,6 +169,7 @@ class Participant(Base):
     """A screened (and later randomised) participant."""
 
     __tablename__ = "participant"
+    __table_args__ = (one_of("status", PARTICIPANT_STATUSES),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=random_id)
     screening_number: Mapped[str] = mapped_column(String(32), unique=True)
@@ -168,7 +191,10 @@ class Kit(Base):
     """A kit of study drug. Its number, lot and expiry are the same whatever its arm."""
 
     __tablename__ = "kit"
-    __table_args__ = (Index("ix_kit_site_status", "site_id", "status"),)
+    __table_args__ = (
+        Index("ix_kit_site_status", "site_id", "status"),
+        one_of("status", KIT_STATUSES),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=random_id)
     kit_number: Mapped[str] = mapped_column(String(16), unique=True)
@@ -226,6 +252,34 @@ class IdempotencyRecord(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     response_body: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class OutboxMessage(Base):
+    """A message to deliver once the transaction that wrote it has committed.
+
+    Written in the same transaction as the change it announces, so a committed change is
+    never without its message and a rolled-back one never has one; delivered afterwards,
+    retried until it is (``attempts``, ``last_error``).
+    """
+
+    __tablename__ = "outbox_message"
+    __table_args__ = (
+        one_of("status", OUTBOX_STATUSES),
+        Index("ix_outbox_message_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: What the message is about, e.g. ``participant.unblinded``.
+    topic: Mapped[str] = mapped_column(String(64))
+    recipient: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=OUTBOX_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class AuditHead(Base):

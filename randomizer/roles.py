@@ -1,12 +1,19 @@
-"""Roles and who may do what (URS §1 R-ROLE, with §8's table as the authority).
+"""Roles and who may do what: URS §8's table, one named permission per row (R-ROLE).
 
-Pure data: the API's decorators and the services read these sets; nothing else decides.
+This module is the only place that says which role may call which endpoint: the API's
+decorators, the services and the web pages all check these permissions, and
+``tests/randomizer/test_role_table.py`` calls every endpoint as every role against them.
+Scopes narrower than a role (a site role sees only its own site) are checked by the
+services, after the role, and refused with a different reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
+
+from randomizer.errors import Forbidden
 
 COORDINATOR: Final = "coordinator"
 INVESTIGATOR: Final = "investigator"
@@ -33,10 +40,65 @@ SITE_ROLES: Final = frozenset({COORDINATOR, INVESTIGATOR, PHARMACIST})
 UNBLINDED_ROLES: Final = frozenset({STATISTICIAN})
 BLINDED_ROLES: Final = frozenset(ROLES) - UNBLINDED_ROLES
 
-#: Which roles may call what (URS §8).
-SCREEN: Final = frozenset({COORDINATOR, INVESTIGATOR})
-RANDOMIZE: Final = frozenset({COORDINATOR, INVESTIGATOR})
-READ_PARTICIPANT: Final = frozenset(SITE_ROLES | {MEDICAL_MONITOR, SPONSOR})
+
+@dataclass(frozen=True)
+class Permission:
+    """One row of URS §8's table: what it allows and which roles may do it."""
+
+    does: str
+    roles: frozenset[str]
+
+    def __contains__(self, role: object) -> bool:
+        return role in self.roles
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.roles))
+
+    def allows(self, actor: Actor) -> bool:
+        """True if the actor's role may do this; the command line (``system``) may do all."""
+        return actor.role in self.roles or actor == SYSTEM
+
+    def check(self, actor: Actor) -> None:
+        """Refuse (403) a role that may not do this; the detail names the role and the act."""
+        if not self.allows(actor):
+            raise Forbidden(role_refusal(actor.role, self.does))
+
+
+def role_refusal(role: str, does: str) -> str:
+    """The one wording of a refusal by role, distinct from every refusal by scope."""
+    return f"The {role} role may not {does}."
+
+
+def _permission(does: str, roles: Iterable[str]) -> Permission:
+    return Permission(does, frozenset(roles))
+
+
+_EVERY_ROLE = frozenset(ROLES)
+
+#: URS §8, row by row. ``GET /health`` and ``GET /audit/verifier-key`` need no token at all.
+READ_TRIAL: Final = _permission("read the trial definition", _EVERY_ROLE)
+SCREEN: Final = _permission("screen participants", {COORDINATOR, INVESTIGATOR})
+READ_PARTICIPANT: Final = _permission("read participants", SITE_ROLES | {MEDICAL_MONITOR, SPONSOR})
+RANDOMIZE: Final = _permission("randomise participants", {COORDINATOR, INVESTIGATOR})
+DISPENSE: Final = _permission("dispense kits", {COORDINATOR, INVESTIGATOR, PHARMACIST})
+CHANGE_KIT_STATUS: Final = _permission("change a kit's status", {PHARMACIST})
+READ_INVENTORY: Final = _permission("read a site's inventory", {PHARMACIST, ADMIN})
+UNBLIND: Final = _permission("unblind participants", {INVESTIGATOR, MEDICAL_MONITOR})
+READ_CHECKPOINT: Final = _permission("read audit checkpoints", _EVERY_ROLE)
+READ_AUDIT_ENTRIES: Final = _permission("read audit entries", {AUDITOR})
+PROVE_INCLUSION: Final = _permission("ask for inclusion proofs", SITE_ROLES | {AUDITOR})
+PROVE_CONSISTENCY: Final = _permission("ask for consistency proofs", _EVERY_ROLE)
+REPORT_ENROLLMENT: Final = _permission("read the enrollment report", {SPONSOR, ADMIN, STATISTICIAN})
+REPORT_BALANCE: Final = _permission("read the balance report", {STATISTICIAN})
+READ_ALLOCATIONS: Final = _permission("read allocations", {STATISTICIAN})
+
+#: Not rows of URS §8's table (no endpoint yet): the command line acts as ``system``.
+MANAGE_SITES: Final = _permission("manage sites", {ADMIN})
+MANAGE_USERS: Final = _permission("manage users", {ADMIN})
+
+#: Scopes inside a permission: roles that see every site's data rather than their own.
+PROVE_ANY_INCLUSION: Final = frozenset({AUDITOR})
+UNBLIND_ANY_SITE: Final = frozenset({MEDICAL_MONITOR})
 
 
 @dataclass(frozen=True)

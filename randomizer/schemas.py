@@ -23,7 +23,8 @@ from marshmallow import fields, post_load, validate
 
 from audit.entry import format_time
 from randomizer.domain import EligibilityField, TrialDefinition
-from randomizer.services.participants import (
+from randomizer.domain.participants import (
+    PARTICIPANT_STATUSES,
     SCREENING_NUMBER,
     SCREENING_NUMBER_PATTERN,
     RandomizationRequest,
@@ -171,9 +172,7 @@ class ParticipantSchema(ma.Schema):
 
     screening_number = fields.String()
     site = fields.String()
-    status = fields.String(
-        metadata={"enum": ["screened", "randomized", "randomized_in_error", "withdrawn"]}
-    )
+    status = fields.String(metadata={"enum": list(PARTICIPANT_STATUSES)})
     screened_on = fields.Date()
     stratum = fields.String(allow_none=True)
     randomization_number = fields.String(allow_none=True)

@@ -59,7 +59,7 @@ def _text(body: str) -> Response:
 
 @blp.route("/checkpoint")
 class LatestCheckpoint(MethodView):
-    @requires(roles.ROLES)
+    @requires(roles.READ_CHECKPOINT)
     @blp.response(200, content_type="text/plain")
     @blp.alt_response(404, schema=ProblemSchema, description="No checkpoint yet")
     def get(self) -> Response:
@@ -78,7 +78,7 @@ class VerifierKeyLine(MethodView):
 
 @blp.route("/entries")
 class Entries(MethodView):
-    @requires({roles.AUDITOR})
+    @requires(roles.READ_AUDIT_ENTRIES)
     @blp.arguments(EntriesQuery, location="query")
     @blp.response(200, content_type="application/jsonl")
     def get(self, query: dict[str, Any]) -> Response:
@@ -90,7 +90,7 @@ class Entries(MethodView):
 
 @blp.route("/proof/inclusion")
 class InclusionProof(MethodView):
-    @requires({roles.AUDITOR, *roles.SITE_ROLES})
+    @requires(roles.PROVE_INCLUSION)
     @blp.arguments(InclusionQuery, location="query")
     @blp.response(200, InclusionProofSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class InclusionProof(MethodView):
 
 @blp.route("/proof/consistency")
 class ConsistencyProof(MethodView):
-    @requires(roles.ROLES)
+    @requires(roles.PROVE_CONSISTENCY)
     @blp.arguments(ConsistencyQuery, location="query")
     @blp.response(200, ConsistencyProofSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import g, request
 
-from randomizer.errors import Forbidden, Unauthorized
-from randomizer.roles import Actor
+from randomizer.errors import Unauthorized
+from randomizer.roles import Actor, Permission
 from randomizer.services.users import authenticate
 from randomizer.state import app_state
 
@@ -54,16 +54,16 @@ def authenticated(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def requires(roles: Iterable[str]) -> Callable[[F], F]:
-    """Require a valid token (401) of one of ``roles`` (403), before anything else runs."""
-    allowed = frozenset(roles)
+def requires(permission: Permission) -> Callable[[F], F]:
+    """Require a valid token (401) of a role ``permission`` allows (403), before anything else.
+
+    The view's body, its arguments' parsing included, runs only for an allowed role.
+    """
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            actor = _authenticate_request()
-            if actor.role not in allowed:
-                raise Forbidden(f"The {actor.role} role may not do this.")
+            permission.check(_authenticate_request())
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -12,7 +12,8 @@ from flask_smorest import Blueprint
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from randomizer.errors import ValidationFailed, flatten_errors
+from randomizer.errors import Problem, ValidationFailed, flatten_errors
+from randomizer.services.inputs import Submission
 
 _INVALID_BODY = {"_body": ["Not valid JSON."]}
 
@@ -58,13 +59,25 @@ def request_json(request: Request) -> Any:
     return loads_strict(raw)
 
 
-def load_body(schema: ma.Schema, request: Request) -> Any:
-    """Parse and validate the request's body with ``schema`` (422 with every field error)."""
-    body = request_json(request)
+def validate_with(schema: ma.Schema, parsed: Any) -> Any:
+    """Validate parsed input with ``schema`` (422 with every field error)."""
     try:
-        return schema.load(body)
+        return schema.load(parsed)
     except ma.ValidationError as error:
         raise ValidationFailed(flatten_errors(error.messages)) from None
+
+
+def submission(schema: ma.Schema, request: Request) -> Submission[Any]:
+    """The request's JSON body, parsed now and validated with ``schema`` when the service asks.
+
+    A body that cannot be parsed (not JSON, too large, another content type) is refused only
+    then too, so the service's checks keep URS §8's order.
+    """
+    try:
+        parsed = request_json(request)
+    except Problem as problem:
+        return Submission(parsed=None, validate=schema.load, unparseable=problem)
+    return Submission(parsed=parsed, validate=lambda value: validate_with(schema, value))
 
 
 class StrictFlaskParser(FlaskParser):

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from randomizer import roles
 from randomizer.api.auth import authenticated, current_actor, requires
 from randomizer.api.idempotency import run_idempotent
-from randomizer.api.parsing import StrictBlueprint, load_body
+from randomizer.api.parsing import StrictBlueprint, submission
+from randomizer.domain.participants import ScreeningRequest
 from randomizer.schemas import ParticipantSchema, ProblemSchema, RandomizationSchema, TrialSchemas
 from randomizer.services.participants import (
-    ScreeningRequest,
     find_participant,
     participant_view,
     randomize_participant,
@@ -103,16 +103,10 @@ def blueprint(schemas: TrialSchemas) -> Blueprint:
             and eligibility, supply and list. Every refusal is audited.
             """
             state, actor = app_state(), current_actor()
-            schema = state.schemas.randomization()
+            body = submission(state.schemas.randomization(), request)
 
             def act(session: Session) -> tuple[int, dict[str, Any]]:
-                result = randomize_participant(
-                    session,
-                    state.ctx,
-                    actor,
-                    screening_number,
-                    lambda: load_body(schema, request),
-                )
+                result = randomize_participant(session, state.ctx, actor, screening_number, body)
                 return 201, RandomizationSchema().dump(result)
 
             return run_idempotent("participants.randomize", actor, act)

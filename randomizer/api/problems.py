@@ -8,14 +8,15 @@ reveals nothing (the traceback goes to the log only).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from flask import Flask, Response
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from randomizer.errors import Problem, flatten_errors
+from randomizer.rendering import render_json
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,6 @@ _HTTP_TYPES = {
 }
 
 
-def json_text(body: dict[str, Any]) -> str:
-    """The one serialisation of every JSON answer, so a stored answer replays byte for byte."""
-    return json.dumps(body, ensure_ascii=True, default=str)
-
-
 def json_response(status: int, text: str) -> Response:
     """A JSON answer: ``application/problem+json`` for errors, ``application/json`` else."""
     return Response(
@@ -45,7 +41,7 @@ def json_response(status: int, text: str) -> Response:
 
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     """A ``application/problem+json`` response for a problem details object."""
-    response = json_response(body["status"], json_text(body))
+    response = json_response(body["status"], render_json(body))
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -98,8 +94,16 @@ def handle_unexpected(error: BaseException) -> Response:
     )
 
 
+class RenderingJSONProvider(DefaultJSONProvider):
+    """Flask's JSON (what ``@blp.response`` answers with) in the service's one rendering."""
+
+    def dumps(self, obj: Any, **_kwargs: Any) -> str:
+        return render_json(obj)
+
+
 def init_app(app: Flask) -> None:
-    """Register the handlers (after flask-smorest's, which they replace)."""
+    """Register the handlers (after flask-smorest's, which they replace) and the rendering."""
+    app.json = RenderingJSONProvider(app)
     app.register_error_handler(Problem, handle_problem)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

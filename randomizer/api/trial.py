@@ -9,7 +9,7 @@ from flask.views import MethodView
 from randomizer.api.auth import current_actor, requires
 from randomizer.api.parsing import StrictBlueprint
 from randomizer.domain import TrialDefinition
-from randomizer.roles import ROLES
+from randomizer.roles import READ_TRIAL
 from randomizer.schemas import TrialSchema
 from randomizer.state import app_state
 
@@ -70,7 +70,7 @@ def trial_view(definition: TrialDefinition, *, blinded: bool) -> dict[str, Any]:
 
 @blp.route("/trial")
 class Trial(MethodView):
-    @requires(ROLES)
+    @requires(READ_TRIAL)
     @blp.response(200, TrialSchema)
     def get(self) -> dict[str, Any]:
         """The trial definition; block sizes and list length for the statistician only."""

@@ -1,8 +1,7 @@
 """Appending to the audit trail (URS §7, R-AUD), in the caller's transaction.
 
-Lock order: the audit head is always the LAST lock a transaction takes (after the
-participant, the stratum and the site's kits), so two transactions can never wait on each
-other in a cycle. Locking the head row serialises appends: the chain never forks.
+Locking the head row (:func:`randomizer.locks.lock_audit_head`, always the last lock a
+transaction takes) serialises appends: the chain never forks.
 
 Every transaction that appends entries also stores, just before it commits, a signed
 checkpoint of the new size (registered with :func:`randomizer.db.before_commit`), so no
@@ -37,10 +36,10 @@ from audit.merkle import (
     verify_consistency,
 )
 from randomizer.db import before_commit
+from randomizer.locks import HEAD_ID, lock_audit_head
 from randomizer.models import AuditCheckpoint, AuditEntry, AuditHead, AuditNode
 from randomizer.roles import Actor
 
-HEAD_ID = 1
 _CHECKPOINTED = "sealroom.audit.checkpointed"
 
 
@@ -110,9 +109,7 @@ class AuditLog:
         ``site`` records which site the entry concerns, so that the site's own staff may
         later ask for its inclusion proof.
         """
-        head = session.execute(
-            select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
-        ).scalar_one()
+        head = lock_audit_head(session)
         # The time is read after the head lock, so times never go backwards along seq.
         entry = make_entry(
             seq=head.size,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from randomizer.errors import NotFound, ValidationFailed
 from randomizer.models import AuditEntry
-from randomizer.roles import AUDITOR, SITE_ROLES, Actor
+from randomizer.roles import PROVE_ANY_INCLUSION, PROVE_INCLUSION, Actor
 from randomizer.services.audit_log import AuditLog
 
 #: At most this many entries in one ``GET /audit/entries``; the default page is smaller.
@@ -42,12 +42,13 @@ def inclusion(session: Session, actor: Actor, index: int, size: int) -> dict[str
     Site staff may prove only entries about their own site; for any other entry they get
     the same 404 as for an entry that does not exist.
     """
+    PROVE_INCLUSION.check(actor)
     _check_size(session, "size", size)
     if index >= size:
         raise ValidationFailed({"index": ["Must be less than size."]})
-    if actor.role != AUDITOR:
+    if actor.role not in PROVE_ANY_INCLUSION:
         site = session.scalar(select(AuditEntry.site_id).where(AuditEntry.seq == index))
-        if actor.role not in SITE_ROLES or site is None or site != actor.site:
+        if site is None or site != actor.site:
             raise NotFound("No audit entry with this index is visible to you.")
     return {"index": index, "size": size, "hashes": AuditLog.inclusion_proof(session, index, size)}
 

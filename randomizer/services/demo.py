@@ -1,4 +1,4 @@
-"""The bundled demo: a trial with three sites, stock and one user per role (URS §9)."""
+"""The bundled demo: ``sealroom init`` plus three sites, stock and one user per role (URS §9)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from keys import (
-    create_keys_dir,
-    create_signing_key,
-    load_master_keys,
-    load_signing_key,
-    signing_key_path,
-)
 from randomizer.db import Database
 from randomizer.domain import TrialDefinition, kits_for_visit
-from randomizer.migrations import upgrade
 from randomizer.roles import SYSTEM
 from randomizer.services import kits as kit_service
 from randomizer.services import trial_setup, users
-from randomizer.services.context import build_context, utc_now
+from randomizer.services.context import utc_now
 
 #: Demo sites: (id, name, region).
 DEMO_SITES = (
@@ -58,14 +50,6 @@ class DemoTrial:
     tokens: list[dict[str, str | None]]
 
 
-def ensure_keys(keys_dir: Path) -> None:
-    """Create the master and signing keys unless they exist (never overwrite a key)."""
-    if not (keys_dir / "master").exists():
-        create_keys_dir(keys_dir)
-    if not signing_key_path(keys_dir).exists():
-        create_signing_key(keys_dir)
-
-
 def initialise_demo(
     database: Database,
     keys_dir: Path,
@@ -76,27 +60,21 @@ def initialise_demo(
     kits_per_arm: int | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> DemoTrial:
-    """Migrate the schema, then in one transaction create the trial, lists, sites, kits, users.
+    """``sealroom init`` plus the demo's sites, stock and users, all in one transaction.
 
     ``kits_per_arm`` defaults to enough for 40 randomisations of 100 kg participants.
-    Refuses (Conflict) a database that already holds a trial before creating any key, so a
-    refused run leaves no stray key set behind.
+    Refuses (Conflict) a database that already holds a trial before creating any key.
     """
-    with database.engine.begin() as connection:
-        upgrade(connection)
-        trial_setup.refuse_second_trial(connection)
-    ensure_keys(keys_dir)
-    ring = load_master_keys(keys_dir)
-    signing_key = load_signing_key(keys_dir)
+    keys = trial_setup.prepare_database(database, keys_dir)
     if kits_per_arm is None:
         kits_per_arm = DEMO_RANDOMISATIONS * kits_for_visit(
             definition, DEMO_WEIGHT_KG, definition.first_visit()
         )
     tokens: list[dict[str, str | None]] = []
     with database.transaction() as session:
-        _trial, wrapped = trial_setup.create_trial(session, definition, definition_toml, ring)
-        ctx = build_context(definition, ring, wrapped, signing_key, clock)
-        slots = trial_setup.store_lists(session, ctx, SYSTEM, seed)
+        ctx, slots = trial_setup.create_trial_with_lists(
+            session, keys, definition, definition_toml, seed, SYSTEM, clock
+        )
         expiry = ctx.today() + timedelta(days=730)
         for site_id, name, region in DEMO_SITES:
             attributes = {

@@ -17,25 +17,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from keys import SealedArm
+from randomizer.domain.kits import ALLOCATED, AVAILABLE
 from randomizer.errors import InsufficientSupply
 from randomizer.models import Kit, Participant, Site
 from randomizer.roles import Actor
 from randomizer.services.context import TrialContext
 
-AVAILABLE = "available"
-ALLOCATED = "allocated"
-KIT_STATUSES = (
-    "in_depot",
-    "in_transit",
-    AVAILABLE,
-    ALLOCATED,
-    "dispensed",
-    "damaged",
-    "lost",
-    "returned",
-    "expired",
-    "quarantined",
-)
 KIT_SEAL_KIND = "kit"
 
 
@@ -117,7 +104,7 @@ def dispensable_kits_by_arm(
 
     Kits inside the do-not-dispense window before their expiry are left out. The query
     does not depend on any arm, and every kit is decrypted: same work whatever is needed.
-    Call only with the site's row locked (the caller holds the lock on its kits).
+    Call only with the site's row locked (:func:`randomizer.locks.lock_site`).
     """
     cutoff = ctx.today() + timedelta(days=ctx.definition.do_not_dispense_days)
     rows = session.execute(
@@ -171,8 +158,3 @@ def allocate_kits(
     if result.rowcount != needed:
         raise RuntimeError("a kit chosen for allocation was no longer available")
     return sorted(kit.kit_number for kit in chosen)
-
-
-def lock_site(session: Session, site_id: str) -> Site:
-    """Lock the site's row: it stands for the lock on the site's kits (see lock order)."""
-    return session.execute(select(Site).where(Site.id == site_id).with_for_update()).scalar_one()

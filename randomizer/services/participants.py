@@ -1,22 +1,18 @@
 """Screening and randomising participants (URS §2, §3, §4, §8; R-LIST-2, R-BLIND).
 
-Lock order, the same in every transaction so that none can wait on another in a cycle:
-participant row, then stratum row, then the site row (standing for the site's kits), then
-the audit head (taken by the audit log's append, always last). On SQLite the whole
-transaction holds the database's write lock from ``BEGIN IMMEDIATE`` on.
+Locks are taken through :mod:`randomizer.locks`, in its one order (participant, stratum,
+site, audit head).
 
 A randomisation does its checks in URS §8's order (role, visibility, state, input,
-screening window and eligibility, supply and list). A refusal rolls back to a savepoint,
-so nothing but its own audit entry remains, and that entry commits.
+screening window and eligibility, supply and list). A refusal is audited by
+:func:`randomizer.services.refusals.refusals_audited`: nothing but its own entry remains.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,54 +22,36 @@ from sqlalchemy.orm import Session
 
 from keys import SealedArm
 from randomizer.domain import failed_rules, kits_for_visit, randomisable_until
+from randomizer.domain.participants import (
+    RANDOMIZED,
+    SCREENED,
+    SCREENING_NUMBER,
+    SITE_CLOSED,
+    RandomizationRequest,
+    ScreeningRequest,
+)
 from randomizer.errors import (
     AlreadyRandomized,
     Conflict,
     Forbidden,
     Ineligible,
     NotFound,
-    Problem,
     ScreeningWindow,
     StratumExhausted,
     ValidationFailed,
 )
-from randomizer.models import Kit, Participant, Site, Slot, Stratum
-from randomizer.roles import RANDOMIZE, Actor
+from randomizer.locks import lock_participant, lock_site, lock_stratum
+from randomizer.models import Kit, Participant, Site, Slot
+from randomizer.roles import RANDOMIZE, SCREEN, Actor
 from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
+from randomizer.services.inputs import Submission
+from randomizer.services.refusals import printable, refusals_audited
 from randomizer.services.trial_setup import SLOT_SEAL_KIND
 
 log = logging.getLogger(__name__)
 
-#: ``\A``/``\Z``, not ``^``/``$``: ``$`` also matches before a trailing newline, which let
-#: "S-1\n" (and 33-character numbers, a 500 on PostgreSQL's VARCHAR(32)) through.
-SCREENING_NUMBER = re.compile(r"\A[A-Za-z0-9-]{1,32}\Z")
-#: The same rule in ECMA-262 syntax, for the OpenAPI document.
-SCREENING_NUMBER_PATTERN = "^[A-Za-z0-9-]{1,32}$"
 PARTICIPANT_SEAL_KIND = "participant"
-
-SCREENED = "screened"
-RANDOMIZED = "randomized"
-RANDOMIZED_IN_ERROR = "randomized_in_error"
-WITHDRAWN = "withdrawn"
-
-
-@dataclass(frozen=True)
-class ScreeningRequest:
-    """A validated screening request (``POST /participants``)."""
-
-    screening_number: str
-    site: str
-    screened_on: date
-    strata: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class RandomizationRequest:
-    """A validated randomisation request: weight and every eligibility answer, typed."""
-
-    weight_kg: Decimal
-    eligibility: Mapping[str, int | Decimal | bool]
 
 
 @dataclass(frozen=True)
@@ -92,12 +70,16 @@ def screen_participant(
     session: Session, ctx: TrialContext, actor: Actor, request: ScreeningRequest
 ) -> Participant:
     """Record a screened participant at the actor's own site."""
+    SCREEN.check(actor)
     if request.site != actor.site:
         raise Forbidden(f"You may screen participants only at your own site ({actor.site}).")
     if request.screened_on > ctx.today():
         raise ValidationFailed({"screened_on": ["Must not be in the future (UTC)."]})
-    if session.get(Site, request.site) is None:  # a user's site always exists; belt and braces
+    site = session.get(Site, request.site)
+    if site is None:  # a user's site always exists; belt and braces
         raise ValidationFailed({"site": ["No such site."]})
+    if site.status == SITE_CLOSED:
+        raise Conflict(f"Site {site.id} is closed: it screens no one.")
     participant = Participant(
         screening_number=request.screening_number,
         site_id=request.site,
@@ -132,11 +114,14 @@ def find_participant(
 ) -> Participant:
     """The participant, if the actor may see it; the same 404 whether absent or elsewhere."""
     participant = None
-    if SCREENING_NUMBER.fullmatch(screening_number):
-        query = select(Participant).where(Participant.screening_number == screening_number)
-        if lock:
-            query = query.with_for_update()
-        participant = session.execute(query).scalar_one_or_none()
+    if not SCREENING_NUMBER.fullmatch(screening_number):
+        pass
+    elif lock:
+        participant = lock_participant(session, screening_number)
+    else:
+        participant = session.execute(
+            select(Participant).where(Participant.screening_number == screening_number)
+        ).scalar_one_or_none()
     if participant is None or not actor.may_see_site(participant.site_id):
         raise NotFound("No participant with this screening number is visible to you.")
     return participant
@@ -172,20 +157,25 @@ def randomize_participant(
     ctx: TrialContext,
     actor: Actor,
     screening_number: str,
-    load_request: Callable[[], RandomizationRequest],
+    submission: Submission[RandomizationRequest],
 ) -> Randomization:
     """Randomise a screened participant: next slot of its stratum, week-1 kits of its arm.
 
-    ``load_request`` parses and validates the body; it is called only after the role,
-    visibility and state checks, as URS §8 orders them. Every refusal is audited as
-    ``participant.randomization_refused`` and leaves nothing else behind.
+    ``submission`` is validated only after the role, visibility and state checks, as URS §8
+    orders them. Every refusal is audited as ``participant.randomization_refused`` and
+    leaves nothing else behind.
     """
-    try:
-        with session.begin_nested():
-            return _randomize(session, ctx, actor, screening_number, load_request)
-    except Problem as refusal:
-        _record_refusal(session, ctx, actor, screening_number, refusal)
-        raise
+    valid = SCREENING_NUMBER.fullmatch(screening_number) is not None
+    with refusals_audited(
+        session,
+        ctx,
+        actor,
+        "participant.randomization_refused",
+        screening_number if valid else None,
+        site=actor.site,
+        data=None if valid else {"screening_number": printable(screening_number)},
+    ):
+        return _randomize(session, ctx, actor, screening_number, submission)
 
 
 def _randomize(
@@ -193,11 +183,10 @@ def _randomize(
     ctx: TrialContext,
     actor: Actor,
     screening_number: str,
-    load_request: Callable[[], RandomizationRequest],
+    submission: Submission[RandomizationRequest],
 ) -> Randomization:
     definition = ctx.definition
-    if actor.role not in RANDOMIZE:
-        raise Forbidden("Your role may not randomise participants.")
+    RANDOMIZE.check(actor)
     participant = find_participant(session, actor, screening_number, lock=True)
     if participant.status != SCREENED:
         if participant.randomization_number is not None:
@@ -207,7 +196,10 @@ def _randomize(
                 randomization_number=participant.randomization_number,
             )
         raise Conflict(f"Participant {screening_number} is {participant.status}.")
-    request = load_request()
+    site = session.get_one(Site, participant.site_id)
+    if site.status == SITE_CLOSED:
+        raise Conflict(f"Site {site.id} is closed: it randomises no one.")
+    request = submission.load()
     until = randomisable_until(participant.screened_on, definition.screening_window_days)
     if ctx.today() > until:
         raise ScreeningWindow(
@@ -224,12 +216,9 @@ def _randomize(
             failed_rules=[{"id": rule.id, "text": rule.text} for rule in failed],
         )
 
-    site = session.get_one(Site, participant.site_id)
     stratum = definition.stratum_for({**site.attributes, **participant.screening_strata})
-    stratum_row = session.execute(
-        select(Stratum).where(Stratum.number == stratum.number).with_for_update()
-    ).scalar_one()
-    kit_service.lock_site(session, site.id)
+    stratum_row = lock_stratum(session, stratum.number)
+    lock_site(session, site.id)
     visit = definition.first_visit()
     needed = kits_for_visit(definition, request.weight_kg, visit)
     by_arm = kit_service.dispensable_kits_by_arm(session, ctx, site.id)
@@ -301,37 +290,6 @@ def _randomize(
     )
 
 
-def _record_refusal(
-    session: Session, ctx: TrialContext, actor: Actor, screening_number: str, refusal: Problem
-) -> None:
-    """Audit a refused randomisation; the refusal then commits with its entry only."""
-    data: dict[str, Any] = {"reason": refusal.type_name, "status": refusal.status}
-    if "failed_rules" in refusal.extra:
-        data["failed_rules"] = [rule["id"] for rule in refusal.extra["failed_rules"]]
-    if "errors" in refusal.extra:
-        # Field paths may echo keys a client invented: keep them short and printable.
-        data["fields"] = sorted({_printable(path) for path in refusal.extra["errors"]})[:50]
-    if "randomization_number" in refusal.extra:
-        data["randomization_number"] = refusal.extra["randomization_number"]
-    valid = SCREENING_NUMBER.fullmatch(screening_number) is not None
-    if not valid:
-        data["screening_number"] = _printable(screening_number)
-    ctx.audit.append(
-        session,
-        actor,
-        "participant.randomization_refused",
-        screening_number if valid else None,
-        data,
-        site=actor.site,
-    )
-    refusal.recorded = True
-
-
 def _json_value(value: int | Decimal | bool) -> int | str | bool:
     """Audit data holds no floats: decimals are written as strings (URS §7)."""
     return str(value) if isinstance(value, Decimal) else value
-
-
-def _printable(text: str, limit: int = 64) -> str:
-    cleaned = "".join(c if c.isascii() and c.isprintable() else "?" for c in text)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."

@@ -1,29 +1,91 @@
-"""Initialising a trial: its data key, strata, sealed lists and sites (URS §3, §5, §9)."""
+"""Initialising a trial: schema, keys, data key, strata, sealed lists; sites (URS §3, §5, §9).
+
+``sealroom init`` is :func:`prepare_database` then :func:`create_trial_with_lists` in one
+transaction; ``sealroom init-demo`` adds the demo's sites, stock and users to that same
+transaction.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
-from keys import MasterKeyRing, WrappedDataKey, new_data_key
+from keys import (
+    MasterKeyRing,
+    WrappedDataKey,
+    create_keys_dir,
+    create_signing_key,
+    load_master_keys,
+    load_signing_key,
+    new_data_key,
+    signing_key_path,
+)
+from randomizer.db import Database
 from randomizer.domain import (
     TrialDefinition,
     generate_lists,
     randomization_number,
     seed_commitment,
 )
-from randomizer.errors import Conflict, ValidationFailed
+from randomizer.domain.participants import SITE_CLOSED, SITE_ID, SITE_OPEN
+from randomizer.errors import Conflict, NotFound, ValidationFailed
+from randomizer.locks import lock_site
+from randomizer.migrations import upgrade
 from randomizer.models import DataKey, Site, Slot, Stratum, Trial
-from randomizer.roles import Actor
-from randomizer.services.context import TrialContext, utc_now
+from randomizer.roles import MANAGE_SITES, Actor
+from randomizer.services.context import TrialContext, build_context, utc_now
 
 SLOT_SEAL_KIND = "slot"
-#: ``\A``/``\Z``, not ``^``/``$``: ``$`` also matches before a trailing newline.
-SITE_ID = re.compile(r"\A[A-Za-z0-9-]{1,16}\Z")
+
+
+@dataclass(frozen=True)
+class TrialKeys:
+    """The keys a new trial is created with: the master keys and the checkpoint signer."""
+
+    ring: MasterKeyRing
+    signing_key: Ed25519PrivateKey
+
+
+def ensure_keys(keys_dir: Path) -> None:
+    """Create the master and signing keys unless they exist (never overwrite a key)."""
+    if not (keys_dir / "master").exists():
+        create_keys_dir(keys_dir)
+    if not signing_key_path(keys_dir).exists():
+        create_signing_key(keys_dir)
+
+
+def prepare_database(database: Database, keys_dir: Path) -> TrialKeys:
+    """Migrate the schema to head, refuse a database that holds a trial, create the keys.
+
+    The refusal comes before any key is created, so a refused run leaves no stray key set.
+    """
+    with database.schema_transaction() as connection:
+        upgrade(connection)
+        refuse_second_trial(connection)
+    ensure_keys(keys_dir)
+    return TrialKeys(load_master_keys(keys_dir), load_signing_key(keys_dir))
+
+
+def create_trial_with_lists(
+    session: Session,
+    keys: TrialKeys,
+    definition: TrialDefinition,
+    definition_toml: str,
+    seed: bytes,
+    actor: Actor,
+    clock: Callable[[], datetime] = utc_now,
+) -> tuple[TrialContext, int]:
+    """Create the trial, its data key and its sealed lists; return its context and slots."""
+    _trial, wrapped = create_trial(session, definition, definition_toml, keys.ring)
+    ctx = build_context(definition, keys.ring, wrapped, keys.signing_key, clock)
+    return ctx, store_lists(session, ctx, actor, seed)
 
 
 def refuse_second_trial(connection: Session | Connection) -> None:
@@ -120,10 +182,13 @@ def add_site(
     name: str,
     attributes: Mapping[str, str],
 ) -> Site:
-    """Create a site with the levels of every site-derived stratification factor."""
+    """Create an open site with the levels of every site-derived stratification factor."""
+    MANAGE_SITES.check(actor)
     errors: dict[str, list[str]] = {}
     if not SITE_ID.fullmatch(site_id):
         errors["site"] = ["1 to 16 of A-Z a-z 0-9 -."]
+    if not 1 <= len(name) <= 128 or not name.isprintable():
+        errors["name"] = ["1 to 128 printable characters."]
     expected = {factor.id: factor for factor in ctx.definition.site_factors()}
     for key in set(attributes) - set(expected):
         errors[f"attributes.{key}"] = ["Not a site-derived stratification factor."]
@@ -135,7 +200,7 @@ def add_site(
         raise ValidationFailed(errors)
     if session.get(Site, site_id) is not None:
         raise Conflict(f"Site {site_id} already exists.")
-    site = Site(id=site_id, name=name, attributes=dict(attributes))
+    site = Site(id=site_id, name=name, attributes=dict(attributes), status=SITE_OPEN)
     session.add(site)
     session.flush()
     ctx.audit.append(
@@ -146,4 +211,22 @@ def add_site(
         {"site": site_id, "name": name, "attributes": dict(attributes)},
         site=site_id,
     )
+    return site
+
+
+def close_site(session: Session, ctx: TrialContext, actor: Actor, site_id: str) -> Site:
+    """Close a site: from now on it screens and randomises no one. Audited as site.closed.
+
+    Its participants, kits and records stay as they are; a site is never reopened.
+    """
+    MANAGE_SITES.check(actor)
+    if not SITE_ID.fullmatch(site_id) or session.get(Site, site_id) is None:
+        raise NotFound(f"No site {site_id}.")
+    site = lock_site(session, site_id)
+    if site.status == SITE_CLOSED:
+        raise Conflict(f"Site {site_id} is already closed.")
+    site.status = SITE_CLOSED
+    site.closed_at = ctx.clock()
+    session.flush()
+    ctx.audit.append(session, actor, "site.closed", site_id, {"site": site_id}, site=site_id)
     return site

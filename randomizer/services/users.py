@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from randomizer.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from randomizer.models import ApiToken, Site, User
-from randomizer.roles import ADMIN, ROLES, SITE_ROLES, STATISTICIAN, Actor
+from randomizer.roles import ADMIN, MANAGE_USERS, ROLES, SITE_ROLES, STATISTICIAN, Actor
 from randomizer.services.context import TrialContext
 
 #: ``\A``/``\Z``, not ``^``/``$``: ``$`` also matches before a trailing newline.
@@ -39,6 +39,7 @@ def add_user(
     site: str | None,
 ) -> tuple[User, str]:
     """Create a user with one role (and one site for site roles); return it and a token."""
+    MANAGE_USERS.check(actor)
     errors: dict[str, list[str]] = {}
     if not USER_NAME.fullmatch(name):
         errors["name"] = ["1 to 64 of A-Z a-z 0-9 . _ -."]
@@ -69,6 +70,7 @@ def add_user(
 
 def deactivate_user(session: Session, ctx: TrialContext, actor: Actor, name: str) -> User:
     """Deactivate a user: every token of theirs stops working at once."""
+    MANAGE_USERS.check(actor)
     user = _user(session, name)
     if not user.active:
         raise Conflict(f"User {name} is already deactivated.")
@@ -81,6 +83,7 @@ def deactivate_user(session: Session, ctx: TrialContext, actor: Actor, name: str
 
 def issue_token(session: Session, ctx: TrialContext, actor: Actor, name: str) -> str:
     """A new token for an active user; their older tokens stop working."""
+    MANAGE_USERS.check(actor)
     user = _user(session, name)
     if not user.active:
         raise Conflict(f"User {name} is deactivated.")

@@ -23,6 +23,7 @@ from keys import SealedArm
 from randomizer.models import AuditEntry, Kit, Participant, Slot, Stratum
 from randomizer.roles import SYSTEM, Actor
 from randomizer.services import users
+from randomizer.services.inputs import Submission
 from randomizer.services.participants import (
     RandomizationRequest,
     ScreeningRequest,
@@ -317,7 +318,7 @@ def test_a_randomisation_whose_entry_fails_leaves_slot_kits_and_participant_unto
     )
 
     with pytest.raises(AuditUnavailable), db.transaction() as session:
-        randomize_participant(session, ctx, COORDINATOR_101, "S-ATOM-3", lambda: request)
+        randomize_participant(session, ctx, COORDINATOR_101, "S-ATOM-3", Submission.of(request))
 
     assert randomisation_state(db) == before
     assert before["participant"] == [("screened", None, None, None)]

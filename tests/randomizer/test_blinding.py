@@ -8,7 +8,6 @@ numbers, row ids, creation order, lot and expiry; allocation of the right kits).
 from __future__ import annotations
 
 import base64
-import json
 import re
 import uuid
 from collections import Counter, defaultdict
@@ -39,7 +38,9 @@ from randomizer.models import (
     Stratum,
     Trial,
 )
+from randomizer.rendering import render_json
 from randomizer.roles import Actor
+from randomizer.services.inputs import Submission
 from randomizer.services.participants import RandomizationRequest, randomize_participant
 from tests.conftest import ELIGIBLE
 
@@ -319,7 +320,7 @@ def response_length_without_position(response) -> int:
     """
     receipt = response.get_json()["receipt"]
     positional = (receipt[key] for key in ("entry", "checkpoint", "inclusion_proof", "seq"))
-    encoded = sum(len(json.dumps(value)) for value in positional)  # as the response encodes
+    encoded = sum(len(render_json(value)) for value in positional)  # as the response encodes
     return len(response.get_data()) - encoded
 
 
@@ -382,7 +383,7 @@ def statements_of_one_randomisation(db, ctx, number: str) -> tuple[str, list[str
     with pytest.raises(Undo), db.transaction() as session:
         event.listen(db.engine, "before_cursor_execute", record)
         try:
-            randomize_participant(session, ctx, actor, number, lambda: request)
+            randomize_participant(session, ctx, actor, number, Submission.of(request))
         finally:
             event.remove(db.engine, "before_cursor_execute", record)
         sealed = session.scalars(

@@ -368,13 +368,17 @@ def test_audit_export_writes_one_canonical_entry_per_line_in_seq_order(demo, tmp
     exported = out.read_bytes()
     lines = exported.split(b"\n")
     assert lines.pop() == b""  # every line, the last too, ends with "\n"
-    assert [parse_entry(line)["seq"] for line in lines] == list(range(len(log)))
-    assert lines == [entry.encode() for entry in log]
-    # The export itself is audited, with the digest of what was written.
-    entry = parse_entry(demo.log()[len(log)].encode())
+    assert [parse_entry(line)["seq"] for line in lines] == list(range(len(log) + 1))
+    # The export ends with its own entry, as the log holds it, and nothing was left out.
+    assert lines == [entry.encode() for entry in demo.log()]
+    entry = parse_entry(lines[-1])
     assert entry["action"] == "export.created"
+    # It records the entries before it and the digest of their lines.
     assert entry["data"]["entries"] == len(log)
-    assert entry["data"]["sha256"] == hashlib.sha256(exported).hexdigest()
+    before = b"".join(line + b"\n" for line in lines[:-1])
+    assert entry["data"]["sha256"] == hashlib.sha256(before).hexdigest()
+    assert hashlib.sha256(exported).hexdigest() in result.output
+    assert not (tmp_path / "audit.jsonl.partial").exists()
 
 
 @pytest.mark.requirement("R-CLI")

@@ -1,0 +1,52 @@
+"""Participants as the domain knows them: identifiers, statuses and validated requests.
+
+Pure data shared by the request schemas (``randomizer.schemas``) and the services, so that
+neither imports the other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Final
+
+#: ``\A``/``\Z``, not ``^``/``$``: ``$`` also matches before a trailing newline, which let
+#: "S-1\n" (and 33-character numbers, a 500 on PostgreSQL's VARCHAR(32)) through.
+SCREENING_NUMBER: Final = re.compile(r"\A[A-Za-z0-9-]{1,32}\Z")
+#: The same rule in ECMA-262 syntax, for the OpenAPI document.
+SCREENING_NUMBER_PATTERN: Final = "^[A-Za-z0-9-]{1,32}$"
+#: A site id: 1 to 16 of A-Z a-z 0-9 -.
+SITE_ID: Final = re.compile(r"\A[A-Za-z0-9-]{1,16}\Z")
+
+SCREENED: Final = "screened"
+RANDOMIZED: Final = "randomized"
+RANDOMIZED_IN_ERROR: Final = "randomized_in_error"
+WITHDRAWN: Final = "withdrawn"
+#: Every status a participant may have (URS §8); the database refuses any other.
+PARTICIPANT_STATUSES: Final = (SCREENED, RANDOMIZED, RANDOMIZED_IN_ERROR, WITHDRAWN)
+
+SITE_OPEN: Final = "open"
+SITE_CLOSED: Final = "closed"
+#: A closed site screens and randomises no one; the database refuses any other status.
+SITE_STATUSES: Final = (SITE_OPEN, SITE_CLOSED)
+
+
+@dataclass(frozen=True)
+class ScreeningRequest:
+    """A validated screening request (``POST /participants``)."""
+
+    screening_number: str
+    site: str
+    screened_on: date
+    strata: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RandomizationRequest:
+    """A validated randomisation request: weight and every eligibility answer, typed."""
+
+    weight_kg: Decimal
+    eligibility: Mapping[str, int | Decimal | bool]

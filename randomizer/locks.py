@@ -1,0 +1,109 @@
+"""The row locks that serialise allocation, and the one order they are taken in.
+
+Every transaction takes these locks in this order, and only through these functions (a test
+checks that ``with_for_update`` appears nowhere else), so no two transactions can wait on
+each other in a cycle:
+
+1. the participant row: two requests for one participant act one after the other;
+2. the stratum row: its cursor gives slot n to the n-th randomisation (R-LIST-2);
+3. the site row: it stands for the site's kits, so the supply check and the allocation see
+   the same stock (R-BLIND-2) and no kit is given twice;
+4. the audit head: it serialises appends, so the chain never forks (taken last, by
+   :meth:`randomizer.services.audit_log.AuditLog.append`).
+
+Taking a lock of an earlier rank after one of a later rank is a programming error and
+raises :class:`LockOrderError` before any lock is requested. The same rank may be taken
+again (every append locks the head). On SQLite the whole transaction holds the database's
+write lock from ``BEGIN IMMEDIATE`` on, and these row locks are no-ops.
+
+Outside that order, :func:`claim_outbox_message` is taken alone, in a delivery round's own
+short transaction, never together with any lock above.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from randomizer.models import AuditHead, OutboxMessage, Participant, Site, Stratum
+
+PARTICIPANT: Final = 1
+STRATUM: Final = 2
+SITE: Final = 3
+AUDIT_HEAD: Final = 4
+_NAMES: Final = {
+    PARTICIPANT: "participant",
+    STRATUM: "stratum",
+    SITE: "site",
+    AUDIT_HEAD: "audit head",
+}
+_HELD = "sealroom.locks.highest"
+#: The audit log's single head row.
+HEAD_ID: Final = 1
+
+
+class LockOrderError(RuntimeError):
+    """A lock was requested out of the documented order (a bug, never a user's error)."""
+
+
+def _enter(session: Session, rank: int) -> None:
+    held = session.info.get(_HELD, 0)
+    if rank < held:
+        raise LockOrderError(
+            f"the {_NAMES[rank]} lock was requested after the {_NAMES[held]} lock; "
+            "the order is participant, stratum, site, audit head"
+        )
+    session.info[_HELD] = rank
+
+
+def lock_participant(session: Session, screening_number: str) -> Participant | None:
+    """Lock and return the participant with this screening number (None if there is none)."""
+    _enter(session, PARTICIPANT)
+    return session.execute(
+        select(Participant)
+        .where(Participant.screening_number == screening_number)
+        .with_for_update()
+    ).scalar_one_or_none()
+
+
+def lock_stratum(session: Session, number: int) -> Stratum:
+    """Lock and return the stratum's row (its cursor)."""
+    _enter(session, STRATUM)
+    return session.execute(
+        select(Stratum).where(Stratum.number == number).with_for_update()
+    ).scalar_one()
+
+
+def lock_site(session: Session, site_id: str) -> Site:
+    """Lock and return the site's row: the lock on the site's kits."""
+    _enter(session, SITE)
+    return session.execute(select(Site).where(Site.id == site_id).with_for_update()).scalar_one()
+
+
+def lock_audit_head(session: Session) -> AuditHead:
+    """Lock and return the audit log's head: the last lock of every appending transaction."""
+    _enter(session, AUDIT_HEAD)
+    return session.execute(
+        select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
+    ).scalar_one()
+
+
+def claim_outbox_message(session: Session, message_id: int) -> OutboxMessage | None:
+    """Lock one outbox message for delivery, or None if another round holds it (or it is gone).
+
+    ``SKIP LOCKED``: two delivery rounds never send the same message at once.
+    """
+    if held_rank(session):
+        raise LockOrderError("an outbox message is claimed alone, in a transaction of its own")
+    return session.execute(
+        select(OutboxMessage)
+        .where(OutboxMessage.id == message_id)
+        .with_for_update(skip_locked=True)
+    ).scalar_one_or_none()
+
+
+def held_rank(session: Session) -> int:
+    """The rank of the latest lock this session's transaction took (0: none)."""
+    return session.info.get(_HELD, 0)

@@ -1,0 +1,72 @@
+"""One audited refusal for every operation whose refusals the audit trail must show.
+
+Randomisation, dispensing, kit status changes and unblinding run their work inside
+:func:`refusals_audited`. A refusal (a :class:`~randomizer.errors.Problem`) rolls the work
+back to a savepoint, appends one refusal entry in its place and marks the problem
+``recorded``; :meth:`randomizer.db.Database.transaction` then commits that entry, and
+nothing else, before the refusal reaches the caller. Any other exception rolls back
+everything, the refusal entry included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from randomizer.db import savepoint
+from randomizer.errors import Problem
+from randomizer.roles import Actor
+from randomizer.services.context import TrialContext
+
+#: At most this many field paths of an invalid request are recorded.
+MAX_FIELDS = 50
+
+
+@contextmanager
+def refusals_audited(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    action: str,
+    subject: str | None,
+    *,
+    site: str | None,
+    data: Mapping[str, Any] | None = None,
+) -> Iterator[None]:
+    """Run the block in a savepoint; audit a refusal from it as ``action`` on ``subject``.
+
+    ``data`` is added to what the refusal itself says (its reason and status, the failed
+    rule ids, the invalid field paths and the extras its type declares auditable).
+    """
+    try:
+        with savepoint(session):
+            yield
+    except Problem as refusal:
+        ctx.audit.append(
+            session, actor, action, subject, {**refusal_data(refusal), **(data or {})}, site=site
+        )
+        refusal.recorded = True
+        raise
+
+
+def refusal_data(refusal: Problem) -> dict[str, Any]:
+    """What the audit trail records of a refusal: never anything from which an arm follows."""
+    data: dict[str, Any] = {"reason": refusal.type_name, "status": refusal.status}
+    if "failed_rules" in refusal.extra:
+        data["failed_rules"] = [rule["id"] for rule in refusal.extra["failed_rules"]]
+    if "errors" in refusal.extra:
+        # Field paths may echo keys a client invented: keep them short and printable.
+        data["fields"] = sorted({printable(path) for path in refusal.extra["errors"]})[:MAX_FIELDS]
+    for name in refusal.audited:
+        if name in refusal.extra:
+            data[name] = refusal.extra[name]
+    return data
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters, anything but printable ASCII replaced by ``?``."""
+    cleaned = "".join(c if c.isascii() and c.isprintable() else "?" for c in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."

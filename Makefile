@@ -5,7 +5,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
-DEMO_DB := instance/sealroom.db
 
 .PHONY: run test lint bench install install-test clean
 
@@ -25,12 +24,11 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 ## make run: install, create the RECLAIIM demo trial on SQLite (once), serve on http://$(HOST):$(PORT)
+## The database is the one SEALROOM_DATABASE_URL / SEALROOM_INSTANCE_DIR name (default
+## ./instance/sealroom.db): one that already holds a trial is upgraded and served as it is.
 run: $(VENV)/.installed
-	@if [ -e "$(DEMO_DB)" ]; then \
-		echo "Demo database $(DEMO_DB) exists: serving it (delete instance/ to start again)."; \
-	else \
-		$(BIN)/sealroom init-demo; \
-	fi
+	$(BIN)/sealroom init-demo --keep-existing
+	$(BIN)/sealroom db upgrade
 	$(BIN)/sealroom serve --host $(HOST) --port $(PORT)
 
 ## make test: install with the test extra and run the whole suite (slow and multi-process tests too)

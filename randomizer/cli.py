@@ -191,6 +191,8 @@ def init_demo(
     from randomizer.errors import Problem
     from randomizer.services.demo import DEMO_SITES, initialise_demo
 
+    settings = cli.settings
+    settings.instance_dir.mkdir(parents=True, exist_ok=True)
     if keep_existing and _holds_trial(cli):
         click.echo(f"The database {cli.db.engine.url} already holds a trial: keeping it.")
         return
@@ -199,8 +201,6 @@ def init_demo(
         seed = secrets.token_bytes(32) if seed_hex is None else parse_seed(seed_hex)
     except ValueError as exc:
         fail(f"--seed: {exc}")
-    settings = cli.settings
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
     try:
         demo = initialise_demo(cli.db, settings.keys_dir, definition, toml_text, seed)
     except (KeyStoreError, Problem) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,7 +21,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     ``config`` may hold ``settings`` (a :class:`randomizer.config.Settings`), ``database``
     (a :class:`randomizer.db.Database`, e.g. bound to a test transaction), ``clock`` (a
-    callable returning aware UTC datetimes) and any Flask setting. Without them, settings
+    callable returning aware UTC datetimes), ``transport`` (what sends notifications, instead
+    of the SMTP server the settings name) and any Flask setting. Without them, settings
     come from the ``SEALROOM_*`` variables.
     """
     from flask import Flask
@@ -30,13 +32,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from randomizer.db import Database
     from randomizer.migrations import check_schema_current
     from randomizer.schemas import build_trial_schemas
-    from randomizer.services.context import load_trial_context, utc_now
+    from randomizer.services.context import Notices, load_trial_context, utc_now
+    from randomizer.services.notifications import Dispatcher, transport_for
     from randomizer.state import EXTENSION, AppState
 
     options = dict(config or {})
     settings = options.pop("settings", None) or Settings.from_env()
     database = options.pop("database", None) or Database(settings.database_url)
     clock = options.pop("clock", utc_now)
+    transport = options.pop("transport", None)
 
     logging.basicConfig(level=settings.log_level)
     app = Flask(__name__)
@@ -48,7 +52,22 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # upgrade`; newer belongs to newer code.
         check_schema_current(session.connection())
         ctx = load_trial_context(session, settings.keys_dir, clock=clock)
+    # Messages are sent after the commits that write them, by a background dispatcher; with
+    # no mail server configured they wait in the outbox for `sealroom notifications send`.
+    transport = transport or transport_for(settings)
+    dispatcher = Dispatcher(database, ctx, transport) if transport is not None else None
+    ctx = replace(
+        ctx,
+        notices=Notices(
+            safety_contacts=settings.notify_unblinding,
+            wake=dispatcher.wake if dispatcher is not None else None,
+        ),
+    )
+    if dispatcher is not None:
+        dispatcher.ctx = ctx
     schemas = build_trial_schemas(ctx.definition)
-    app.extensions[EXTENSION] = AppState(settings=settings, db=database, ctx=ctx, schemas=schemas)
+    app.extensions[EXTENSION] = AppState(
+        settings=settings, db=database, ctx=ctx, schemas=schemas, dispatcher=dispatcher
+    )
     api.init_app(app, schemas)
     return app

@@ -296,14 +296,15 @@ def users_group() -> None:
     "medical_monitor, sponsor, statistician, auditor or admin.",
 )
 @click.option("--site", help="The site of a site role.")
+@click.option("--email", help="Where notifications reach the user (e.g. unblindings at its site).")
 @click.argument("name")
 @pass_cli
-def users_add(cli: Cli, role: str, site: str | None, name: str) -> None:
+def users_add(cli: Cli, role: str, site: str | None, email: str | None, name: str) -> None:
     """Add a user and print their first token."""
     from randomizer.roles import SYSTEM
     from randomizer.services import users
 
-    token = _run(cli, lambda s, c: users.add_user(s, c, SYSTEM, name, role, site)[1])
+    token = _run(cli, lambda s, c: users.add_user(s, c, SYSTEM, name, role, site, email)[1])
     click.echo(token)
 
 
@@ -511,6 +512,61 @@ def lists_export(cli: Cli, seed_hex: str, out: str) -> None:
     writer.writerows(rows)
     _write_secret(Path(out), table.getvalue())
     click.echo(f"{len(rows)} slots written to {out}")
+
+
+# notifications ----------------------------------------------------------------------------
+
+
+@main.group("notifications")
+def notifications_group() -> None:
+    """The outbox: notifications waiting for delivery, and their delivery."""
+
+
+@notifications_group.command("send")
+@click.option("--all", "everything", is_flag=True, help="Also those still in their back-off.")
+@pass_cli
+def notifications_send(cli: Cli, everything: bool) -> None:
+    """Deliver the pending notifications over SMTP (SEALROOM_SMTP_URL); for cron.
+
+    Each delivery is audited as notification.sent; a failure keeps the message pending.
+    Exits 1 if any message could not be delivered.
+    """
+    from randomizer.services.context import load_trial_context
+    from randomizer.services.notifications import transport_for
+    from randomizer.services.outbox import deliver_pending
+
+    transport = transport_for(cli.settings)
+    if transport is None:
+        fail("SEALROOM_SMTP_URL is not set: no mail server to deliver to")
+    with cli.db.reading() as session:
+        ctx = load_trial_context(session, cli.settings.keys_dir)
+    report = deliver_pending(cli.db, ctx, transport, ignore_back_off=everything)
+    click.echo(f"{len(report.delivered)} delivered, {len(report.failed)} failed")
+    if report.failed:
+        sys.exit(1)
+
+
+@notifications_group.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "delivered", "all"]),
+    default="pending",
+    show_default=True,
+)
+@pass_cli
+def notifications_list(cli: Cli, status: str) -> None:
+    """List notifications: id, status, attempts, recipient, subject, last error."""
+    from audit.entry import format_time
+    from randomizer.services.outbox import listed
+
+    with cli.db.reading() as session:
+        for row in listed(session, None if status == "all" else status):
+            when = format_time(row.delivered_at or row.created_at)
+            error = f"  last error: {row.last_error}" if row.last_error else ""
+            click.echo(
+                f"{row.id}\t{row.status}\t{row.attempts} attempts\t{when}\t{row.recipient}\t"
+                f"{row.subject}{error}"
+            )
 
 
 # sites ------------------------------------------------------------------------------------

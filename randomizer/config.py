@@ -8,10 +8,12 @@ silently at start-up.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 #: Every variable the service reads, with what it means (README.md lists the same).
 VARIABLES = {
@@ -23,7 +25,55 @@ VARIABLES = {
     "key file (takes precedence)",
     "SEALROOM_LOG_LEVEL": "logging level (default INFO)",
     "SEALROOM_MAX_BODY_BYTES": "largest request body accepted (default 65536)",
+    "SEALROOM_SMTP_URL": "mail server for notifications: smtp://[user:password@]host[:port], "
+    "smtp+starttls://... for STARTTLS (default: none; messages wait in the outbox)",
+    "SEALROOM_SMTP_FROM": "sender address of notifications (default sealroom@localhost)",
+    "SEALROOM_NOTIFY_UNBLINDING": "comma-separated e-mail addresses of the sponsor's blinded "
+    "safety contacts, told of every unblinding (default: none)",
 }
+
+#: A plausible e-mail address: one @, no spaces or controls, at most 254 characters.
+EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.-]{1,189}")
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where and how notifications are sent. The password never appears in a repr or a log."""
+
+    host: str
+    port: int
+    starttls: bool = False
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpServer:
+        """Parse ``smtp://[user:password@]host[:port]`` (``smtp+starttls://`` for STARTTLS)."""
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("smtp", "smtp+starttls"):
+            raise ConfigError("SEALROOM_SMTP_URL must start with smtp:// or smtp+starttls://")
+        try:
+            port = parsed.port or 25
+        except ValueError:
+            raise ConfigError("SEALROOM_SMTP_URL has a port that is not a number") from None
+        if not parsed.hostname or parsed.path not in ("", "/") or parsed.query:
+            raise ConfigError("SEALROOM_SMTP_URL must be smtp://[user:password@]host[:port]")
+        return cls(
+            host=parsed.hostname,
+            port=port,
+            starttls=parsed.scheme == "smtp+starttls",
+            user=unquote(parsed.username) if parsed.username else None,
+            password=unquote(parsed.password) if parsed.password else None,
+        )
+
+
+def parse_addresses(text: str, variable: str) -> tuple[str, ...]:
+    """A comma-separated list of e-mail addresses, each checked."""
+    addresses = tuple(part.strip() for part in text.split(",") if part.strip())
+    for address in addresses:
+        if len(address) > 254 or not EMAIL.fullmatch(address):
+            raise ConfigError(f"{variable}: {address!r} is not an e-mail address")
+    return addresses
 
 
 class ConfigError(ValueError):
@@ -39,6 +89,9 @@ class Settings:
     keys_dir: Path
     log_level: str = "INFO"
     max_body_bytes: int = 65536
+    smtp: SmtpServer | None = None
+    smtp_from: str = "sealroom@localhost"
+    notify_unblinding: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -66,6 +119,17 @@ class Settings:
         log_level = str(
             overrides.pop("log_level", None) or env.get("SEALROOM_LOG_LEVEL", "INFO")
         ).upper()
+        smtp_url = overrides.pop("smtp_url", None) or env.get("SEALROOM_SMTP_URL") or None
+        smtp_from = overrides.pop("smtp_from", None) or env.get(
+            "SEALROOM_SMTP_FROM", "sealroom@localhost"
+        )
+        if not EMAIL.fullmatch(smtp_from):
+            raise ConfigError("SEALROOM_SMTP_FROM must be an e-mail address")
+        notify = overrides.pop("notify_unblinding", None)
+        if notify is None:
+            notify = parse_addresses(
+                env.get("SEALROOM_NOTIFY_UNBLINDING", ""), "SEALROOM_NOTIFY_UNBLINDING"
+            )
         if overrides:
             raise ConfigError(f"unknown settings: {sorted(overrides)}")
         return cls(
@@ -74,4 +138,7 @@ class Settings:
             keys_dir=keys_dir,
             log_level=log_level,
             max_body_bytes=max_body,
+            smtp=SmtpServer.from_url(smtp_url) if smtp_url else None,
+            smtp_from=smtp_from,
+            notify_unblinding=tuple(notify),
         )

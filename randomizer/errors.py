@@ -103,6 +103,12 @@ class IdempotencyKeyReused(Problem):
     status, type_name, title = 422, "idempotency-key-reused", "Idempotency key reused"
 
 
+class ServiceUnavailable(Problem):
+    """The database did not answer or could not commit: nothing was changed (503)."""
+
+    status, type_name, title = 503, "unavailable", "Service unavailable"
+
+
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     """Flatten marshmallow's nested messages to URS §8's ``{"a.b": ["..."]}``.
 

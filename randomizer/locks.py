@@ -4,6 +4,7 @@ Every transaction takes these locks in this order, and only through these functi
 checks that ``with_for_update`` appears nowhere else), so no two transactions can wait on
 each other in a cycle:
 
+0. an outbox message (a delivery round claims it, then appends its audit entry);
 1. the participant row: two requests for one participant act one after the other;
 2. the stratum row: its cursor gives slot n to the n-th randomisation (R-LIST-2);
 3. the site row: it stands for the site's kits, so the supply check and the allocation see
@@ -15,9 +16,6 @@ Taking a lock of an earlier rank after one of a later rank is a programming erro
 raises :class:`LockOrderError` before any lock is requested. The same rank may be taken
 again (every append locks the head). On SQLite the whole transaction holds the database's
 write lock from ``BEGIN IMMEDIATE`` on, and these row locks are no-ops.
-
-Outside that order, :func:`claim_outbox_message` is taken alone, in a delivery round's own
-short transaction, never together with any lock above.
 """
 
 from __future__ import annotations
@@ -29,11 +27,13 @@ from sqlalchemy.orm import Session
 
 from randomizer.models import AuditHead, OutboxMessage, Participant, Site, Stratum
 
-PARTICIPANT: Final = 1
-STRATUM: Final = 2
-SITE: Final = 3
-AUDIT_HEAD: Final = 4
+OUTBOX_MESSAGE: Final = 1
+PARTICIPANT: Final = 2
+STRATUM: Final = 3
+SITE: Final = 4
+AUDIT_HEAD: Final = 5
 _NAMES: Final = {
+    OUTBOX_MESSAGE: "outbox message",
     PARTICIPANT: "participant",
     STRATUM: "stratum",
     SITE: "site",
@@ -53,7 +53,7 @@ def _enter(session: Session, rank: int) -> None:
     if rank < held:
         raise LockOrderError(
             f"the {_NAMES[rank]} lock was requested after the {_NAMES[held]} lock; "
-            "the order is participant, stratum, site, audit head"
+            "the order is outbox message, participant, stratum, site, audit head"
         )
     session.info[_HELD] = rank
 
@@ -95,8 +95,7 @@ def claim_outbox_message(session: Session, message_id: int) -> OutboxMessage | N
 
     ``SKIP LOCKED``: two delivery rounds never send the same message at once.
     """
-    if held_rank(session):
-        raise LockOrderError("an outbox message is claimed alone, in a transaction of its own")
+    _enter(session, OUTBOX_MESSAGE)
     return session.execute(
         select(OutboxMessage)
         .where(OutboxMessage.id == message_id)

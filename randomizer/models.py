@@ -222,6 +222,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(24))
     site_id: Mapped[str | None] = mapped_column(ForeignKey("site.id"), default=None)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Where notifications reach the user (an investigator hears of unblindings at its site).
+    email: Mapped[str | None] = mapped_column(String(254), default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     deactivated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
@@ -254,6 +256,27 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class Unblinding(Base):
+    """One emergency unblinding (URS §6): who learned a participant's arm, when and why.
+
+    The arm itself is not here: it is the participant's (sealed), and the audit entry of the
+    unblinding holds it sealed too. Append-only in practice: nothing updates a row.
+    """
+
+    __tablename__ = "unblinding"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=random_id)
+    participant_id: Mapped[str] = mapped_column(ForeignKey("participant.id"), index=True)
+    user_name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(24))
+    reason: Mapped[str] = mapped_column(String(32))
+    event_reference: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
+    unblinded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: The seq of its participant.unblinded audit entry.
+    audit_seq: Mapped[int] = mapped_column(Integer, unique=True)
+
+
 class OutboxMessage(Base):
     """A message to deliver once the transaction that wrote it has committed.
 
@@ -271,6 +294,8 @@ class OutboxMessage(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: What the message is about, e.g. ``participant.unblinded``.
     topic: Mapped[str] = mapped_column(String(64))
+    #: Whom or what it concerns (a screening number, a stratum), for the admin's list.
+    about: Mapped[str | None] = mapped_column(String(64), default=None)
     recipient: Mapped[str] = mapped_column(String(254))
     subject: Mapped[str] = mapped_column(String(200))
     body: Mapped[str] = mapped_column(Text)
@@ -278,6 +303,8 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    #: Not tried again before this time (back-off after a failed attempt).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
     last_error: Mapped[str | None] = mapped_column(String(500), default=None)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 

@@ -75,7 +75,8 @@ def _permission(does: str, roles: Iterable[str]) -> Permission:
 
 _EVERY_ROLE = frozenset(ROLES)
 
-#: URS §8, row by row. ``GET /health`` and ``GET /audit/verifier-key`` need no token at all.
+#: URS §8, row by row (and the rows issues added since). ``GET /health`` and
+#: ``GET /audit/verifier-key`` need no token at all.
 READ_TRIAL: Final = _permission("read the trial definition", _EVERY_ROLE)
 SCREEN: Final = _permission("screen participants", {COORDINATOR, INVESTIGATOR})
 READ_PARTICIPANT: Final = _permission("read participants", SITE_ROLES | {MEDICAL_MONITOR, SPONSOR})
@@ -88,6 +89,10 @@ READ_CHECKPOINT: Final = _permission("read audit checkpoints", _EVERY_ROLE)
 READ_AUDIT_ENTRIES: Final = _permission("read audit entries", {AUDITOR})
 PROVE_INCLUSION: Final = _permission("ask for inclusion proofs", SITE_ROLES | {AUDITOR})
 PROVE_CONSISTENCY: Final = _permission("ask for consistency proofs", _EVERY_ROLE)
+READ_UNBLINDINGS: Final = _permission(
+    "read the list of unblindings", {STATISTICIAN, SPONSOR, MEDICAL_MONITOR, AUDITOR}
+)
+READ_NOTIFICATIONS: Final = _permission("read the notifications", {ADMIN})
 REPORT_ENROLLMENT: Final = _permission("read the enrollment report", {SPONSOR, ADMIN, STATISTICIAN})
 REPORT_BALANCE: Final = _permission("read the balance report", {STATISTICIAN})
 READ_ALLOCATIONS: Final = _permission("read allocations", {STATISTICIAN})

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import marshmallow as ma
-from marshmallow import fields, post_load, validate
+from marshmallow import fields, post_load, validate, validates_schema
 
 from audit.entry import format_time
 from randomizer.domain import EligibilityField, TrialDefinition
@@ -29,6 +29,7 @@ from randomizer.domain.participants import (
     SCREENING_NUMBER_PATTERN,
     RandomizationRequest,
     ScreeningRequest,
+    UnblindRequest,
 )
 
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
@@ -179,6 +180,16 @@ class ParticipantSchema(ma.Schema):
     randomized_at = UtcDateTime(allow_none=True)
     kits = fields.List(fields.String())
     unblinded = fields.Boolean()
+    unblindings = fields.List(
+        fields.Nested(lambda: UnblinderSchema()),
+        metadata={"description": "who unblinded the participant and when; never the arm"},
+    )
+
+
+class UnblinderSchema(ma.Schema):
+    by = fields.String()
+    role = fields.String()
+    at = UtcDateTime()
 
 
 class ReceiptSchema(ma.Schema):
@@ -204,6 +215,53 @@ class ArmSchema(ma.Schema):
     id = fields.String()
     label = fields.String()
     ratio = fields.Integer()
+
+
+class RevealedArmSchema(ma.Schema):
+    id = fields.String()
+    label = fields.String()
+
+
+class UnblindingSchema(ma.Schema):
+    """The answer to an authorised unblinding: the arm, to the requester only."""
+
+    screening_number = fields.String()
+    arm = fields.Nested(RevealedArmSchema)
+    unblinded_at = UtcDateTime()
+    receipt = fields.Nested(ReceiptSchema)
+
+
+class UnblindingListItemSchema(ma.Schema):
+    """One unblinding (R-UNB-3); ``arm`` only for the statistician."""
+
+    screening_number = fields.String()
+    site = fields.String()
+    randomization_number = fields.String()
+    unblinded_at = UtcDateTime()
+    by = fields.String()
+    role = fields.String()
+    reason = fields.String()
+    event_reference = fields.String()
+    detail = fields.String(allow_none=True)
+    audit_seq = fields.Integer()
+    arm = fields.Nested(RevealedArmSchema, metadata={"description": "statistician only"})
+
+
+class NotificationSchema(ma.Schema):
+    """An outbox message, as the admin sees it (never an arm: none is in any message)."""
+
+    id = fields.Integer()
+    topic = fields.String()
+    about = fields.String(allow_none=True)
+    recipient = fields.String()
+    subject = fields.String()
+    status = fields.String()
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True)
+    created_at = UtcDateTime()
+    last_attempt_at = UtcDateTime(allow_none=True)
+    next_attempt_at = UtcDateTime(allow_none=True)
+    delivered_at = UtcDateTime(allow_none=True)
 
 
 class FactorSchema(ma.Schema):
@@ -235,6 +293,7 @@ class TrialSchema(ma.Schema):
     dosing = fields.Dict()
     visits = fields.Dict()
     audit = fields.Dict()
+    unblinding = fields.Dict()
 
 
 class ProblemSchema(ma.Schema):
@@ -263,6 +322,7 @@ class TrialSchemas:
 
     screening: type[ma.Schema]
     randomization: type[ma.Schema]
+    unblinding: type[ma.Schema]
 
 
 def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
@@ -309,4 +369,46 @@ def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
         def make_request(self, data: dict[str, Any], **_kwargs: Any) -> RandomizationRequest:
             return RandomizationRequest(**data)
 
-    return TrialSchemas(screening=ScreeningRequestSchema, randomization=RandomizationRequestSchema)
+    detail_required = frozenset(definition.unblinding_detail_required)
+
+    class UnblindRequestSchema(StrictSchema):
+        reason = SafeString(
+            required=True,
+            validate=validate.OneOf(definition.unblinding_reasons),
+            metadata={"enum": list(definition.unblinding_reasons)},
+        )
+        event_reference = SafeString(
+            required=True,
+            validate=[
+                validate.Length(min=1, max=64),
+                validate.Predicate("isprintable", error="Printable characters only."),
+            ],
+            metadata={"description": "the safety event's reference, e.g. the SAE number"},
+        )
+        detail = SafeString(
+            load_default=None,
+            allow_none=True,
+            validate=validate.Length(min=1, max=2000),
+            metadata={
+                "description": "free text, required for "
+                + ", ".join(definition.unblinding_detail_required)
+                + "; read by the sponsor's blinded team: never write the arm"
+            },
+        )
+
+        @validates_schema
+        def detail_when_required(self, data: dict[str, Any], **_kwargs: Any) -> None:
+            if data.get("reason") in detail_required and not data.get("detail"):
+                raise ma.ValidationError(
+                    f"Required when the reason is {data['reason']}.", field_name="detail"
+                )
+
+        @post_load
+        def make_request(self, data: dict[str, Any], **_kwargs: Any) -> UnblindRequest:
+            return UnblindRequest(**data)
+
+    return TrialSchemas(
+        screening=ScreeningRequestSchema,
+        randomization=RandomizationRequestSchema,
+        unblinding=UnblindRequestSchema,
+    )

@@ -10,6 +10,7 @@ from randomizer.config import Settings
 from randomizer.db import Database
 from randomizer.schemas import TrialSchemas
 from randomizer.services.context import TrialContext
+from randomizer.services.notifications import Dispatcher
 
 EXTENSION = "sealroom"
 
@@ -22,6 +23,8 @@ class AppState:
     db: Database
     ctx: TrialContext
     schemas: TrialSchemas
+    #: Delivers the outbox after commits; None where no mail server is configured.
+    dispatcher: Dispatcher | None = None
 
 
 def app_state() -> AppState:

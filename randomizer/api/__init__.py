@@ -5,7 +5,15 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from randomizer.api import audit, health, participants, problems, trial
+from randomizer.api import (
+    audit,
+    health,
+    notifications,
+    participants,
+    problems,
+    trial,
+    unblinding,
+)
 from randomizer.schemas import TrialSchemas
 
 
@@ -27,7 +35,14 @@ def init_app(app: Flask, schemas: TrialSchemas) -> Api:
     )
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.options["security"] = [{"bearer": []}]
-    for blp in (health.blp, trial.blp, participants.blueprint(schemas), audit.blp):
+    for blp in (
+        health.blp,
+        trial.blp,
+        participants.blueprint(schemas),
+        unblinding.blueprint(schemas),
+        audit.blp,
+        notifications.blp,
+    ):
         api.register_blueprint(blp)
     # After flask-smorest's own handler for HTTPException, which these replace.
     problems.init_app(app)

@@ -59,6 +59,10 @@ def trial_view(definition: TrialDefinition, *, blinded: bool) -> dict[str, Any]:
             ],
         },
         "audit": {"origin": definition.audit_origin},
+        "unblinding": {
+            "reasons": list(definition.unblinding_reasons),
+            "detail_required_for": list(definition.unblinding_detail_required),
+        },
     }
     if not blinded:
         view["randomisation"] = {

@@ -50,3 +50,12 @@ class RandomizationRequest:
 
     weight_kg: Decimal
     eligibility: Mapping[str, int | Decimal | bool]
+
+
+@dataclass(frozen=True)
+class UnblindRequest:
+    """A validated emergency unblinding request (URS §6)."""
+
+    reason: str
+    event_reference: str
+    detail: str | None = None

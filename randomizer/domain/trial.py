@@ -35,6 +35,11 @@ COMBINATIONS = ("all", "any")
 T = TypeVar("T")
 
 
+#: The reasons of ``[unblinding]`` when a definition (one stored before it existed) has none.
+DEFAULT_UNBLINDING_REASONS = ("serious_adverse_event", "pregnancy", "overdose", "other")
+REASON_ID = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
 class TrialDefinitionError(ValueError):
     """A trial definition is not valid; ``str()`` is ``"<dotted key path>: <problem>"``."""
 
@@ -165,6 +170,9 @@ class TrialDefinition:
     visit_window_days: int
     audit_origin: str
     source_sha256: str
+    #: Reasons an emergency unblinding may give (URS §6), and those that need a detail.
+    unblinding_reasons: tuple[str, ...] = DEFAULT_UNBLINDING_REASONS
+    unblinding_detail_required: tuple[str, ...] = ("other",)
 
     @cached_property
     def _strata(self) -> tuple[Stratum, ...]:
@@ -298,6 +306,8 @@ def parse_trial(text: str) -> TrialDefinition:
     audit = _section(root, "audit", optional=True)
     origin = _matching(AUDIT_ORIGIN, "printable ASCII without whitespace")
     audit_origin = _field(audit, "audit", "origin", origin, default=f"sealroom/{trial_id}")
+    unblinding = _section(root, "unblinding", optional=True)
+    reasons, detail_required = _parse_unblinding(unblinding)
 
     return TrialDefinition(
         id=trial_id,
@@ -319,7 +329,32 @@ def parse_trial(text: str) -> TrialDefinition:
         visit_window_days=visit_window_days,
         audit_origin=audit_origin,
         source_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        unblinding_reasons=reasons,
+        unblinding_detail_required=detail_required,
     )
+
+
+def _parse_unblinding(unblinding: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    reason = _matching(REASON_ID, "lower-case letters, digits and '_', at most 32")
+    listed = _field(unblinding, "unblinding", "reasons", _array, default=None)
+    if listed is None:
+        listed = list(DEFAULT_UNBLINDING_REASONS)
+    if not listed:
+        raise TrialDefinitionError("unblinding.reasons", "at least one reason is needed")
+    reasons = tuple(
+        reason(value, f"unblinding.reasons[{index}]") for index, value in enumerate(listed)
+    )
+    _require_unique("unblinding.reasons", None, reasons, "reason")
+    default = tuple(r for r in ("other",) if r in reasons)
+    detail_required = tuple(
+        _field(unblinding, "unblinding", "detail_required_for", _array, default=default)
+    )
+    for index, value in enumerate(detail_required):
+        if value not in reasons:
+            raise TrialDefinitionError(
+                f"unblinding.detail_required_for[{index}]", f"{value!r} is not one of the reasons"
+            )
+    return reasons, detail_required
 
 
 # Keys each table may hold; anything else is refused by name, so a typo cannot pass silently.
@@ -341,6 +376,7 @@ _SECTION_KEYS = {
     "dosing": ("grams_per_kg_per_week",),
     "visits": ("window_days", "schedule"),
     "audit": ("origin",),
+    "unblinding": ("reasons", "detail_required_for"),
 }
 _REQUIRED: Any = object()
 

@@ -184,6 +184,21 @@ class AuditLog:
                 f"{checkpoint.size}: refusing to sign; run `sealroom audit verify`"
             )
 
+    def receipt(self, session: Session, entry: AppendedEntry) -> dict[str, Any]:
+        """R-RCPT: the entry, the signed checkpoint that first includes it, its proof.
+
+        Signs (and stores) the checkpoint now, inside the transaction, so the receipt holds
+        the very checkpoint the commit stores.
+        """
+        checkpoint = self.checkpoint(session)
+        size = entry.seq + 1
+        return {
+            "seq": entry.seq,
+            "entry": entry.canonical.decode("utf-8"),
+            "checkpoint": checkpoint,
+            "inclusion_proof": self.inclusion_proof(session, entry.seq, size),
+        }
+
     # Reading ----------------------------------------------------------------------------
 
     @staticmethod

@@ -34,6 +34,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class Notices:
+    """Who hears of what (from the settings), and how delivery is woken after a commit."""
+
+    #: The sponsor's blinded safety contacts, told of every unblinding (R-UNB-2).
+    safety_contacts: tuple[str, ...] = ()
+    #: Starts a delivery round; None where no mail server is configured (messages wait).
+    wake: Callable[[], None] | None = None
+
+
 class NotInitialised(RuntimeError):
     """The database holds no trial yet: run ``sealroom init-demo`` first."""
 
@@ -48,6 +58,7 @@ class TrialContext:
     clock: Callable[[], datetime] = utc_now
     #: Source of the random choices among kits. SystemRandom: not predictable from outputs.
     rng: random.Random = field(default_factory=random.SystemRandom)
+    notices: Notices = field(default_factory=Notices)
 
     def today(self) -> date:
         """Today's calendar date in UTC (URS §8: dates are UTC calendar dates)."""

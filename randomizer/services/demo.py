@@ -21,7 +21,7 @@ DEMO_SITES = (
     ("102", "Demo site 102", "north_america"),
     ("201", "Demo site 201", "europe"),
 )
-#: Demo users: (name, role, site).
+#: Demo users: (name, role, site). Their e-mail addresses are in DEMO_EMAILS.
 DEMO_USERS = (
     ("coordinator-101", "coordinator", "101"),
     ("investigator-101", "investigator", "101"),
@@ -36,6 +36,11 @@ DEMO_USERS = (
     ("auditor", "auditor", None),
     ("admin", "admin", None),
 )
+#: Where the demo's notifications go (``.invalid``: no real address, RFC 2606).
+DEMO_EMAILS = {
+    "investigator-101": "investigator-101@sealroom-demo.invalid",
+    "statistician": "statistician@sealroom-demo.invalid",
+}
 #: Each site is stocked for this many randomisations of this weight, in every arm.
 DEMO_RANDOMISATIONS, DEMO_WEIGHT_KG = 40, Decimal(100)
 DEMO_LOT = "DEMO-LOT-01"
@@ -84,6 +89,8 @@ def initialise_demo(
             site = trial_setup.add_site(session, ctx, SYSTEM, site_id, name, attributes)
             kit_service.stock_site(session, ctx, SYSTEM, site, kits_per_arm, DEMO_LOT, expiry)
         for name, role, site_id in DEMO_USERS:
-            _user, token = users.add_user(session, ctx, SYSTEM, name, role, site_id)
+            _user, token = users.add_user(
+                session, ctx, SYSTEM, name, role, site_id, DEMO_EMAILS.get(name)
+            )
             tokens.append({"user": name, "role": role, "site": site_id, "token": token})
     return DemoTrial(slots=slots, kits_per_arm=kits_per_arm, tokens=tokens)

@@ -4,8 +4,14 @@
 :func:`randomizer.db.after_commit`, for delivery to be woken once that transaction has
 committed. A rolled-back change leaves no message, and a committed one always has its
 message, even if the process dies before delivering it: :func:`deliver_pending` picks up
-whatever is pending, whenever it runs. Delivery never runs inside the change's transaction,
-so a slow or broken mail server cannot delay or undo the change.
+whatever is due, whenever it runs (after later commits, or ``sealroom notifications send``
+from cron). Delivery never runs inside the change's transaction, so a slow or broken mail
+server cannot delay or undo the change.
+
+Each delivery is an audit entry (``notification.sent``), in the transaction that marks the
+message delivered: an inspector sees when who was told what. A failed attempt keeps the
+message pending with its attempts and last error, and it is not tried again before its
+back-off has passed (1, 2, 4, … minutes, at most an hour).
 """
 
 from __future__ import annotations
@@ -13,20 +19,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from randomizer.db import Database, after_commit
 from randomizer.locks import claim_outbox_message
-from randomizer.models import OUTBOX_DELIVERED, OUTBOX_PENDING, OutboxMessage
+from randomizer.models import OUTBOX_DELIVERED, OUTBOX_PENDING, OUTBOX_STATUSES, OutboxMessage
+from randomizer.roles import SYSTEM
 from randomizer.services.context import TrialContext
 
 log = logging.getLogger(__name__)
 
 #: At most this many characters of a delivery error are kept.
 ERROR_LENGTH = 500
+#: Back-off after the n-th failed attempt: FIRST_RETRY * 2**(n-1), at most LONGEST_WAIT.
+FIRST_RETRY = timedelta(minutes=1)
+LONGEST_WAIT = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class Message:
     recipient: str
     subject: str
     body: str
+    about: str | None = None
 
 
 class Transport(Protocol):
@@ -67,6 +79,7 @@ def enqueue(
     rows = [
         OutboxMessage(
             topic=message.topic,
+            about=message.about,
             recipient=message.recipient,
             subject=message.subject,
             body=message.body,
@@ -78,30 +91,51 @@ def enqueue(
     ]
     session.add_all(rows)
     session.flush()
-    if wake is not None:
+    if wake is not None and rows:
         after_commit(session, "outbox.wake", wake)
     return rows
 
 
-def pending(session: Session) -> list[OutboxMessage]:
-    """Messages not yet delivered, oldest first."""
+def listed(session: Session, status: str | None = OUTBOX_PENDING) -> list[OutboxMessage]:
+    """Messages of ``status`` (pending: not yet delivered; None: all), oldest first."""
+    query = select(OutboxMessage).order_by(OutboxMessage.id)
+    if status is not None:
+        if status not in OUTBOX_STATUSES:
+            raise ValueError(f"unknown outbox status {status!r}")
+        query = query.where(OutboxMessage.status == status)
+    return list(session.scalars(query))
+
+
+def due(session: Session, now: datetime) -> list[int]:
+    """Ids of pending messages whose back-off has passed, oldest first."""
     return list(
         session.scalars(
-            select(OutboxMessage)
-            .where(OutboxMessage.status == OUTBOX_PENDING)
+            select(OutboxMessage.id)
+            .where(
+                OutboxMessage.status == OUTBOX_PENDING,
+                or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now),
+            )
             .order_by(OutboxMessage.id)
         )
     )
 
 
-def deliver_pending(database: Database, ctx: TrialContext, transport: Transport) -> DeliveryReport:
-    """Try every pending message once; record each attempt, its outcome and its error.
+def back_off(attempts: int) -> timedelta:
+    """How long to wait after the ``attempts``-th failed attempt."""
+    return min(FIRST_RETRY * 2 ** max(attempts - 1, 0), LONGEST_WAIT)
 
-    Each message is marked in a transaction of its own, so one failure never undoes the
-    record of another's delivery. A message that fails stays pending, to be tried again.
+
+def deliver_pending(
+    database: Database, ctx: TrialContext, transport: Transport, *, ignore_back_off: bool = False
+) -> DeliveryReport:
+    """Try every due message once; record each attempt, its outcome and its error.
+
+    Each message is claimed (``SKIP LOCKED``: two rounds never send one message twice) and
+    marked in a transaction of its own, so one failure never undoes the record of another's
+    delivery. ``ignore_back_off`` tries every pending message now.
     """
     with database.reading() as session:
-        ids = [row.id for row in pending(session)]
+        ids = [row.id for row in listed(session)] if ignore_back_off else due(session, ctx.clock())
     delivered, failed = [], []
     for message_id in ids:
         with database.transaction() as session:
@@ -111,14 +145,29 @@ def deliver_pending(database: Database, ctx: TrialContext, transport: Transport)
             row.attempts += 1
             row.last_attempt_at = ctx.clock()
             try:
-                transport.send(Message(row.topic, row.recipient, row.subject, row.body))
+                transport.send(Message(row.topic, row.recipient, row.subject, row.body, row.about))
             except Exception as error:  # any failure of the transport: keep it, retry later
                 row.last_error = f"{type(error).__name__}: {error}"[:ERROR_LENGTH]
+                row.next_attempt_at = row.last_attempt_at + back_off(row.attempts)
                 failed.append(message_id)
                 log.warning("outbox message %s not delivered: %s", message_id, row.last_error)
-            else:
-                row.status = OUTBOX_DELIVERED
-                row.delivered_at = ctx.clock()
-                row.last_error = None
-                delivered.append(message_id)
+                continue
+            row.status = OUTBOX_DELIVERED
+            row.delivered_at = ctx.clock()
+            row.last_error = None
+            row.next_attempt_at = None
+            session.flush()
+            ctx.audit.append(
+                session,
+                SYSTEM,
+                "notification.sent",
+                row.about,
+                {
+                    "message": row.id,
+                    "topic": row.topic,
+                    "recipient": row.recipient,
+                    "attempts": row.attempts,
+                },
+            )
+            delivered.append(message_id)
     return DeliveryReport(delivered=delivered, failed=failed)

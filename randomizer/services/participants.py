@@ -36,16 +36,18 @@ from randomizer.errors import (
     Forbidden,
     Ineligible,
     NotFound,
+    Problem,
     ScreeningWindow,
     StratumExhausted,
     ValidationFailed,
 )
 from randomizer.locks import lock_participant, lock_site, lock_stratum
-from randomizer.models import Kit, Participant, Site, Slot
+from randomizer.models import Kit, Participant, Site, Slot, Unblinding
 from randomizer.roles import RANDOMIZE, SCREEN, Actor
 from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
+from randomizer.services.notifications import alert_stratum_exhausted
 from randomizer.services.refusals import printable, refusals_audited
 from randomizer.services.trial_setup import SLOT_SEAL_KIND
 
@@ -149,7 +151,18 @@ def participant_view(
         "randomized_at": participant.randomized_at,
         "kits": list(kits),
         "unblinded": participant.unblinded,
+        "unblindings": unblindings_of(session, participant),
     }
+
+
+def unblindings_of(session: Session, participant: Participant) -> list[dict[str, Any]]:
+    """Who unblinded a participant and when, oldest first: what blinded readers may see."""
+    rows = session.scalars(
+        select(Unblinding)
+        .where(Unblinding.participant_id == participant.id)
+        .order_by(Unblinding.audit_seq)
+    )
+    return [{"by": row.user_name, "role": row.role, "at": row.unblinded_at} for row in rows]
 
 
 def randomize_participant(
@@ -174,8 +187,14 @@ def randomize_participant(
         screening_number if valid else None,
         site=actor.site,
         data=None if valid else {"screening_number": printable(screening_number)},
+        on_refusal=lambda refusal: _alert(session, ctx, refusal),
     ):
         return _randomize(session, ctx, actor, screening_number, submission)
+
+
+def _alert(session: Session, ctx: TrialContext, refusal: Problem) -> None:
+    if isinstance(refusal, StratumExhausted):
+        alert_stratum_exhausted(session, ctx, refusal.extra["stratum"])
 
 
 def _randomize(
@@ -224,7 +243,7 @@ def _randomize(
     by_arm = kit_service.dispensable_kits_by_arm(session, ctx, site.id)
     kit_service.check_supply(by_arm, needed, site.id)
     if stratum_row.next_position > stratum_row.size:
-        log.warning("stratum %s is exhausted: alert the statistician", stratum.key)
+        log.warning("stratum %s is exhausted: the statistician is alerted", stratum.key)
         raise StratumExhausted(
             f"Every slot of stratum {stratum.key} is used; the statistician has been alerted. "
             "No slot is ever improvised.",
@@ -272,14 +291,7 @@ def _randomize(
         },
         site=site.id,
     )
-    checkpoint = ctx.audit.checkpoint(session)
-    size = entry.seq + 1
-    receipt = {
-        "seq": entry.seq,
-        "entry": entry.canonical.decode("utf-8"),
-        "checkpoint": checkpoint,
-        "inclusion_proof": ctx.audit.inclusion_proof(session, entry.seq, size),
-    }
+    receipt = ctx.audit.receipt(session, entry)
     return Randomization(
         screening_number=participant.screening_number,
         randomization_number=slot.randomization_number,

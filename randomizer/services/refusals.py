@@ -10,7 +10,7 @@ everything, the refusal entry included.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,11 +35,14 @@ def refusals_audited(
     *,
     site: str | None,
     data: Mapping[str, Any] | None = None,
+    on_refusal: Callable[[Problem], None] | None = None,
 ) -> Iterator[None]:
     """Run the block in a savepoint; audit a refusal from it as ``action`` on ``subject``.
 
     ``data`` is added to what the refusal itself says (its reason and status, the failed
     rule ids, the invalid field paths and the extras its type declares auditable).
+    ``on_refusal(refusal)`` runs after the refusal's entry, in the transaction that commits
+    it (an alert written to the outbox, say), since the block's own work is undone.
     """
     try:
         with savepoint(session):
@@ -48,6 +51,8 @@ def refusals_audited(
         ctx.audit.append(
             session, actor, action, subject, {**refusal_data(refusal), **(data or {})}, site=site
         )
+        if on_refusal is not None:
+            on_refusal(refusal)
         refusal.recorded = True
         raise
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from randomizer.config import EMAIL
 from randomizer.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from randomizer.models import ApiToken, Site, User
 from randomizer.roles import ADMIN, MANAGE_USERS, ROLES, SITE_ROLES, STATISTICIAN, Actor
@@ -37,10 +38,17 @@ def add_user(
     name: str,
     role: str,
     site: str | None,
+    email: str | None = None,
 ) -> tuple[User, str]:
-    """Create a user with one role (and one site for site roles); return it and a token."""
+    """Create a user with one role (and one site for site roles); return it and a token.
+
+    ``email`` is where notifications reach them (an investigator hears of every unblinding
+    at its site, a statistician of an exhausted stratum).
+    """
     MANAGE_USERS.check(actor)
     errors: dict[str, list[str]] = {}
+    if email is not None and (len(email) > 254 or not EMAIL.fullmatch(email)):
+        errors["email"] = ["Not an e-mail address."]
     if not USER_NAME.fullmatch(name):
         errors["name"] = ["1 to 64 of A-Z a-z 0-9 . _ -."]
     if role not in ROLES:
@@ -56,14 +64,21 @@ def add_user(
         raise Forbidden("An admin cannot create a statistician; use the command line.")
     if site is not None and session.get(Site, site) is None:
         raise ValidationFailed({"site": [f"No site {site}."]})
-    user = User(name=name, role=role, site_id=site, active=True, created_at=ctx.clock())
+    user = User(
+        name=name, role=role, site_id=site, active=True, email=email, created_at=ctx.clock()
+    )
     try:
         with session.begin_nested():
             session.add(user)
     except IntegrityError:
         raise Conflict(f"A user named {name} already exists.") from None
     ctx.audit.append(
-        session, actor, "user.created", name, {"user": name, "role": role, "site": site}, site=site
+        session,
+        actor,
+        "user.created",
+        name,
+        {"user": name, "role": role, "site": site, **({"email": email} if email else {})},
+        site=site,
     )
     return user, _new_token(session, ctx, user)
 

@@ -95,6 +95,7 @@ def test_site_staff_can_screen_and_the_201_body_equals_get(api, user):
         "randomized_at": None,
         "kits": [],
         "unblinded": False,
+        "unblindings": [],
     }
 
 

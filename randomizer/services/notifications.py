@@ -1,0 +1,210 @@
+"""Notifications by e-mail, through the outbox (R-UNB-2, the stratum alert of URS §3).
+
+Messages are composed here, written to the outbox in the transaction of the event they
+announce (:mod:`randomizer.services.outbox`) and sent after it commits, over SMTP with the
+standard library, by a background :class:`Dispatcher` (or ``sealroom notifications send``).
+Nothing in a message depends on an arm: subjects and bodies are fixed templates filled with
+identifiers, names and times only.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+import threading
+from collections.abc import Iterable
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from audit.entry import format_time
+from randomizer.config import Settings, SmtpServer
+from randomizer.db import Database
+from randomizer.models import OutboxMessage, Participant, Unblinding, User
+from randomizer.roles import INVESTIGATOR, STATISTICIAN
+from randomizer.services.context import TrialContext
+from randomizer.services.outbox import Message, Transport, deliver_pending, enqueue
+
+log = logging.getLogger(__name__)
+
+UNBLINDED_TOPIC = "participant.unblinded"
+STRATUM_EXHAUSTED_TOPIC = "stratum.exhausted"
+
+
+class SmtpTransport:
+    """Sends one message over SMTP (``smtplib``), with STARTTLS and login when configured."""
+
+    def __init__(self, server: SmtpServer, sender: str, timeout: float = 10.0) -> None:
+        self.server = server
+        self.sender = sender
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"SmtpTransport({self.server.host}:{self.server.port})"
+
+    def send(self, message: Message) -> None:
+        """Deliver ``message``; raises (smtplib.SMTPException, OSError) if it could not."""
+        email = EmailMessage()
+        email["From"] = self.sender
+        email["To"] = message.recipient
+        email["Subject"] = message.subject
+        email["Date"] = formatdate(usegmt=True)
+        email["Message-ID"] = make_msgid(domain=self.sender.rsplit("@", 1)[1])
+        email.set_content(message.body)
+        with smtplib.SMTP(self.server.host, self.server.port, timeout=self.timeout) as smtp:
+            if self.server.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if self.server.user:
+                smtp.login(self.server.user, self.server.password or "")
+            smtp.send_message(email)
+
+
+def transport_for(settings: Settings) -> Transport | None:
+    """The SMTP transport the settings name, or None when no mail server is configured."""
+    if settings.smtp is None:
+        return None
+    return SmtpTransport(settings.smtp, settings.smtp_from)
+
+
+class Dispatcher:
+    """Delivers the outbox in one background thread, woken after each commit that wrote to it.
+
+    A wake while a round is running asks for one more round, so nothing written meanwhile
+    waits for the next commit. The request that woke it never waits for delivery.
+    """
+
+    def __init__(self, database: Database, ctx: TrialContext, transport: Transport) -> None:
+        self.database = database
+        self.ctx = ctx
+        self.transport = transport
+        self._lock = threading.Lock()
+        self._again = False
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Start a delivery round now, in the background (or after the one running)."""
+        with self._lock:
+            self._again = True
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sealroom-outbox", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._again:
+                    self._thread = None
+                    return
+                self._again = False
+            try:
+                deliver_pending(self.database, self.ctx, self.transport)
+            except Exception:  # the database may be down: messages stay pending
+                log.exception("outbox delivery round failed; the messages stay pending")
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the running round, if any (tests, shutdown)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+
+def _recipients(*groups: Iterable[str | None]) -> list[str]:
+    return sorted({address for group in groups for address in group if address})
+
+
+def _emails_of(session: Session, role: str, site: str | None = None) -> list[str | None]:
+    query = select(User.email).where(User.role == role, User.active, User.email.is_not(None))
+    if site is not None:
+        query = query.where(User.site_id == site)
+    return list(session.scalars(query))
+
+
+def announce_unblinding(
+    session: Session, ctx: TrialContext, participant: Participant, unblinding: Unblinding
+) -> list[str]:
+    """Write the unblinding's messages to the outbox; return the recipients.
+
+    To the sponsor's blinded safety contacts and the investigators of the participant's
+    site. The message names the trial, participant, site, who, role, when, reason and
+    reference; never the arm, and not the free-text detail (which a hurried physician might
+    write the arm into, and which the mail would carry outside the service).
+    """
+    recipients = _recipients(
+        ctx.notices.safety_contacts,
+        _emails_of(session, INVESTIGATOR, participant.site_id),
+    )
+    definition = ctx.definition
+    subject = (
+        f"[{definition.id}] Emergency unblinding of participant {participant.screening_number} "
+        f"at site {participant.site_id}"
+    )
+    body = "\n".join(
+        [
+            f"The blind was broken for one participant of {definition.id} "
+            f"({definition.registry_id}).",
+            "",
+            f"Participant:     {participant.screening_number} "
+            f"(randomisation number {participant.randomization_number})",
+            f"Site:            {participant.site_id}",
+            f"Unblinded by:    {unblinding.user_name} ({unblinding.role})",
+            f"At:              {format_time(unblinding.unblinded_at)}",
+            f"Reason:          {unblinding.reason}",
+            f"Event reference: {unblinding.event_reference}",
+            f"Audit entry:     {unblinding.audit_seq}",
+            "",
+            "This message does not contain the treatment arm.",
+            "",
+        ]
+    )
+    enqueue(
+        session,
+        ctx,
+        (
+            Message(UNBLINDED_TOPIC, address, subject, body, participant.screening_number)
+            for address in recipients
+        ),
+        wake=ctx.notices.wake,
+    )
+    if not recipients:
+        log.warning("unblinding of %s: nobody to notify", participant.screening_number)
+    return recipients
+
+
+def alert_stratum_exhausted(session: Session, ctx: TrialContext, stratum_key: str) -> list[str]:
+    """Tell the statisticians (those with an e-mail address) that a stratum has no slot left.
+
+    Once per stratum: later refusals in it are audited but alert nobody again.
+    """
+    about = stratum_key[:64]
+    already = session.scalar(
+        select(OutboxMessage.id)
+        .where(OutboxMessage.topic == STRATUM_EXHAUSTED_TOPIC, OutboxMessage.about == about)
+        .limit(1)
+    )
+    if already is not None:
+        return []
+    recipients = _recipients(_emails_of(session, STATISTICIAN))
+    definition = ctx.definition
+    subject = f"[{definition.id}] Stratum exhausted: {stratum_key}"
+    body = "\n".join(
+        [
+            f"Every slot of stratum {stratum_key} of {definition.id} is used.",
+            "Randomisation in this stratum is refused (409 stratum-exhausted) until the list",
+            "is extended; the service never improvises a slot.",
+            "",
+        ]
+    )
+    enqueue(
+        session,
+        ctx,
+        (Message(STRATUM_EXHAUSTED_TOPIC, a, subject, body, about) for a in recipients),
+        wake=ctx.notices.wake,
+    )
+    if not recipients:
+        log.warning("stratum %s is exhausted; no statistician has an e-mail address", stratum_key)
+    return recipients

@@ -1,0 +1,168 @@
+"""Emergency unblinding (URS §6, R-UNB, R-UNB-2, R-UNB-3).
+
+One participant per request, by an investigator of its site or a medical monitor, with a
+declared reason and an event reference. Write-ahead: the ``participant.unblinded`` entry
+(the arm in it sealed) and its signed checkpoint are written in the transaction that marks
+the participant unblinded; the caller hands the arm out only once that transaction has
+committed (``randomizer.api.unblinding``), so no arm ever leaves the service unrecorded.
+Every refusal is one ``participant.unblind_refused`` entry, committed although the request
+failed.
+
+Refusals in URS §6's order: a role that may not unblind gets the same 403 whoever the
+participant is (the role is checked before anything is looked up); an investigator of
+another site gets the same 404 as for an unknown participant; one never randomised is 409;
+then the input (422).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from keys import SealedArm
+from randomizer.domain.participants import SCREENING_NUMBER, UnblindRequest
+from randomizer.errors import Conflict
+from randomizer.models import Participant, Unblinding
+from randomizer.roles import READ_UNBLINDINGS, UNBLIND, Actor
+from randomizer.services.context import TrialContext
+from randomizer.services.inputs import Submission
+from randomizer.services.notifications import announce_unblinding
+from randomizer.services.participants import PARTICIPANT_SEAL_KIND, find_participant
+from randomizer.services.refusals import printable, refusals_audited
+
+
+@dataclass(frozen=True)
+class UnblindingResult:
+    """What the physician who unblinded is told: the arm, and the receipt of the record."""
+
+    screening_number: str
+    arm_id: str
+    arm_label: str
+    unblinded_at: datetime
+    receipt: dict[str, Any]
+    notified: list[str]
+
+
+def unblind_participant(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    screening_number: str,
+    submission: Submission[UnblindRequest],
+) -> UnblindingResult:
+    """Break the blind for one participant; audited whether it succeeds or is refused."""
+    valid = SCREENING_NUMBER.fullmatch(screening_number) is not None
+    with refusals_audited(
+        session,
+        ctx,
+        actor,
+        "participant.unblind_refused",
+        screening_number if valid else None,
+        site=actor.site,
+        data={"screening_number": printable(screening_number)},
+    ):
+        return _unblind(session, ctx, actor, screening_number, submission)
+
+
+def _unblind(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    screening_number: str,
+    submission: Submission[UnblindRequest],
+) -> UnblindingResult:
+    UNBLIND.check(actor)
+    participant = find_participant(session, actor, screening_number, lock=True)
+    if participant.randomization_number is None or participant.sealed_arm is None:
+        raise Conflict(
+            f"Participant {screening_number} was never randomised: there is no arm to reveal."
+        )
+    request = submission.load()
+    arm_id = ctx.sealer.unseal_arm(
+        SealedArm.from_text(participant.sealed_arm), PARTICIPANT_SEAL_KIND, screening_number
+    )
+    arm = ctx.definition.arm(arm_id)
+    now = ctx.clock()
+    participant.unblinded = True
+    entry = ctx.audit.append(
+        session,
+        actor,
+        "participant.unblinded",
+        screening_number,
+        {
+            "site": participant.site_id,
+            "randomization_number": participant.randomization_number,
+            "reason": request.reason,
+            "event_reference": request.event_reference,
+            "detail": request.detail,
+            "sealed_arm": ctx.sealer.seal_arm(
+                arm_id, PARTICIPANT_SEAL_KIND, screening_number
+            ).to_json(),
+        },
+        site=participant.site_id,
+    )
+    unblinding = Unblinding(
+        participant_id=participant.id,
+        user_name=actor.name,
+        role=actor.role,
+        reason=request.reason,
+        event_reference=request.event_reference,
+        detail=request.detail,
+        unblinded_at=now,
+        audit_seq=entry.seq,
+    )
+    session.add(unblinding)
+    session.flush()
+    receipt = ctx.audit.receipt(session, entry)
+    notified = announce_unblinding(session, ctx, participant, unblinding)
+    return UnblindingResult(
+        screening_number=screening_number,
+        arm_id=arm.id,
+        arm_label=arm.label,
+        unblinded_at=now,
+        receipt=receipt,
+        notified=notified,
+    )
+
+
+def list_unblindings(session: Session, ctx: TrialContext, actor: Actor) -> list[dict[str, Any]]:
+    """R-UNB-3: every unblinding, oldest first; with its arm for the statistician only.
+
+    The sponsor, the medical monitor and the auditor get exactly the same list without the
+    ``arm`` key: the queries and the work are the same whatever the arms.
+    """
+    READ_UNBLINDINGS.check(actor)
+    rows = session.execute(
+        select(Unblinding, Participant)
+        .join(Participant, Participant.id == Unblinding.participant_id)
+        .order_by(Unblinding.audit_seq)
+    ).all()
+    listing = []
+    for unblinding, participant in rows:
+        item: dict[str, Any] = {
+            "screening_number": participant.screening_number,
+            "site": participant.site_id,
+            "randomization_number": participant.randomization_number,
+            "unblinded_at": unblinding.unblinded_at,
+            "by": unblinding.user_name,
+            "role": unblinding.role,
+            "reason": unblinding.reason,
+            "event_reference": unblinding.event_reference,
+            "detail": unblinding.detail,
+            "audit_seq": unblinding.audit_seq,
+        }
+        assert participant.sealed_arm is not None  # only randomised participants are unblinded
+        arm_id = ctx.sealer.unseal_arm(
+            SealedArm.from_text(participant.sealed_arm),
+            PARTICIPANT_SEAL_KIND,
+            participant.screening_number,
+        )
+        if not actor.blinded:
+            arm = ctx.definition.arm(arm_id)
+            item["arm"] = {"id": arm.id, "label": arm.label}
+        listing.append(item)
+    return listing

@@ -393,6 +393,76 @@ def test_eligibility_rules_at_their_boundaries(api, changes, failed):
         assert [rule["id"] for rule in response.get_json()["failed_rules"]] == failed
 
 
+@pytest.mark.requirement("R-API")
+@pytest.mark.parametrize(
+    ("field", "value", "failed"),
+    [
+        ("pga_vas_cm", 0, ["I4"]),  # well formed, but PGA < 2.0 cm fails I4
+        ("pga_vas_cm", 10, []),
+        ("mmt8", 0, []),
+        ("mmt8", 150, []),  # I5 still holds through CDASI 20
+        ("cdasi_activity", 0, []),  # I5 still holds through MMT-8 120
+        ("cdasi_activity", 100, []),
+        ("prednisolone_mg_per_day", 0, []),
+    ],
+)
+def test_eligibility_answer_bounds_are_inclusive(api, field, value, failed):
+    # The definition's minimum and maximum are valid answers: validation accepts them, and
+    # only an eligibility rule may refuse them (with a problem naming the rule, not a field).
+    assert api.screen("S-0001").status_code == 201
+
+    response = api.randomize("S-0001", eligibility=answers(**{field: value}))
+
+    if not failed:
+        assert response.status_code == 201, response.get_json()
+    else:
+        assert response.status_code == 422, response.get_json()
+        problem = response.get_json()
+        assert problem["type"] == "/problems/ineligible", problem
+        assert [rule["id"] for rule in problem["failed_rules"]] == failed
+
+
+#: The bounds reclaiim.toml gives the numeric answers tested here (inclusive at both ends).
+ANSWER_BOUNDS = {
+    "pga_vas_cm": (0, 10),
+    "mmt8": (0, 150),
+    "cdasi_activity": (0, 100),
+    "prednisolone_mg_per_day": (0, 1000),
+}
+
+
+@pytest.mark.requirement("R-API")
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pga_vas_cm", -0.001),
+        ("pga_vas_cm", 10.001),
+        ("mmt8", -1),
+        ("mmt8", 151),
+        ("cdasi_activity", -1),
+        ("cdasi_activity", 101),
+        ("prednisolone_mg_per_day", -0.001),
+    ],
+)
+def test_eligibility_answer_just_outside_its_bounds_is_a_validation_problem(api, db, field, value):
+    # One step past a bound: 1 for an integer, 0.001 (the places a decimal may have) else.
+    assert api.screen("S-0001").status_code == 201
+    state = trial_state(db)
+
+    response = api.randomize("S-0001", eligibility=answers(**{field: value}))
+
+    assert response.status_code == 422, response.get_json()
+    problem = response.get_json()
+    assert problem["type"] == "/problems/validation", problem
+    assert set(problem["errors"]) == {f"eligibility.{field}"}, problem
+    low, high = ANSWER_BOUNDS[field]
+    assert problem["errors"][f"eligibility.{field}"] == [
+        f"Must be greater than or equal to {low} and less than or equal to {high}."
+    ]
+    assert "failed_rules" not in problem
+    assert trial_state(db) == state
+
+
 @pytest.mark.requirement("R-AUD")
 def test_ineligible_refusal_is_audited_with_the_failed_rule_ids(api, db):
     assert api.screen("S-0001").status_code == 201

@@ -121,7 +121,11 @@ def test_trial_describes_reclaiim_as_its_definition_file_does(api):
 @pytest.mark.requirement("R-API")
 @pytest.mark.parametrize("user", [*BLINDED_USERS, "statistician"])
 def test_trial_holds_no_secret(api, user):
-    text = api.get("/trial", user).get_data(as_text=True).lower()
+    response = api.get("/trial", user)
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["id"] == "RECLAIIM"
+    text = response.get_data(as_text=True).lower()
 
     for secret in ("seed", "commitment", "sealed", "wrapped", "master", "token"):
         assert secret not in text

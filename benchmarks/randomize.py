@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -101,23 +102,28 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
-        admin, name = None, None
-        if args.database_url:
-            name = f"sealroom_bench_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(normalise_url(args.database_url), isolation_level="AUTOCOMMIT")
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-            url = make_url(normalise_url(args.database_url)).set(database=name)
-            url = url.render_as_string(hide_password=False)
-        else:
-            url = f"sqlite:///{root / 'bench.db'}"
-        try:
+        with scratch_database(args.database_url, root) as url:
             run(url, root, args.participants)
-        finally:
-            if admin is not None:
-                with admin.connect() as connection:
-                    connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-                admin.dispose()
+
+
+@contextmanager
+def scratch_database(server_url: str | None, root: Path) -> Iterator[str]:
+    """A new database: on the PostgreSQL server of ``server_url`` (dropped at the end), or
+    a SQLite file in ``root``."""
+    if not server_url:
+        yield f"sqlite:///{root / 'bench.db'}"
+        return
+    name = f"sealroom_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(normalise_url(server_url)).set(database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 def run(url: str, root: Path, participants: int) -> None:

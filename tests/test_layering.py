@@ -1,4 +1,4 @@
-"""The layers and the habits the code relies on, checked on the code itself (R-NF-2).
+"""The layers and the habits the code relies on, checked on the code itself (R-NF-1, R-NF-2).
 
 * The pure core (``randomizer.domain``) and the two libraries below the application
   (``keys``, ``audit``) load neither the web framework nor the database layer, nor each
@@ -52,7 +52,6 @@ def under(modules: set[str], *packages: str) -> set[str]:
     return {m for m in modules if any(m == p or m.startswith(p + ".") for p in packages)}
 
 
-@pytest.mark.requirement("R-NF-2")
 def test_the_domain_loads_no_framework_no_database_no_keys_and_no_audit():
     loaded = loaded_by("import randomizer.domain")
 
@@ -60,7 +59,6 @@ def test_the_domain_loads_no_framework_no_database_no_keys_and_no_audit():
     assert under(loaded, *FRAMEWORKS, "cryptography", "keys", "audit") == set()
 
 
-@pytest.mark.requirement("R-NF-2")
 def test_keys_loads_no_framework_no_database_and_nothing_of_the_application():
     loaded = loaded_by("import keys")
 
@@ -68,7 +66,6 @@ def test_keys_loads_no_framework_no_database_and_nothing_of_the_application():
     assert under(loaded, *FRAMEWORKS, "randomizer", "audit") == set()
 
 
-@pytest.mark.requirement("R-NF-2")
 def test_audit_loads_no_framework_no_database_and_nothing_of_the_application():
     loaded = loaded_by("import audit")
 
@@ -99,7 +96,6 @@ def imported_names(source: str) -> set[str]:
     return names
 
 
-@pytest.mark.requirement("R-NF-2")
 def test_the_schemas_do_not_import_the_services():
     source = (ROOT / "randomizer" / "schemas.py").read_text(encoding="utf-8")
 
@@ -145,7 +141,7 @@ def test_only_randomizer_db_begins_a_transaction_on_the_engine():
     assert sources_matching(ENGINE_BEGIN) == {"randomizer/db.py"}
 
 
-@pytest.mark.requirement("R-NF-2")
+@pytest.mark.requirement("R-NF-1")
 def test_only_randomizer_locks_takes_row_locks():
     assert sources_matching(ROW_LOCK) == {"randomizer/locks.py"}
 

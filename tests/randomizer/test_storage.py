@@ -1,15 +1,15 @@
-"""Storage: the schema, its one transaction boundary and its row ids (URS §4, §7, R-NF-2).
+"""Storage: the schema and its row ids (URS §4, §7, R-NF-2).
 
 The schema is built by the Alembic migrations and declared again by the models; these tests
 hold the two together on SQLite and PostgreSQL, and check the habits the storage relies on.
+Its one transaction boundary is checked with the other layering rules, in
+``tests/test_layering.py``.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alembic import command
@@ -20,8 +20,6 @@ from sqlalchemy import Column, Engine, MetaData, String, inspect, select
 from randomizer.db import make_engine
 from randomizer.migrations import alembic_config, upgrade
 from randomizer.models import AuditHead, Base, Kit, Participant
-
-RANDOMIZER = Path(__file__).resolve().parents[2] / "randomizer"
 
 
 @pytest.fixture
@@ -76,24 +74,6 @@ def test_the_audit_head_exists_after_migration_with_size_0(migrated):
         heads = connection.execute(select(AuditHead.id, AuditHead.size, AuditHead.last_hash)).all()
 
     assert heads == [(1, 0, "0" * 64)]
-
-
-@pytest.mark.requirement("R-NF-2")
-def test_only_randomizer_db_commits():
-    """One transaction boundary: a commit call appears in randomizer/db.py and nowhere else.
-
-    The pattern is a call of ``commit`` itself (``session.commit()``, ``self._commit(``
-    excluded by the word boundary, like ``before_commit(`` which only registers a
-    callback) or a ``COMMIT`` statement in SQL text.
-    """
-    commit = re.compile(r"\bcommit\(|['\"]\s*COMMIT\b", re.IGNORECASE)
-    committing = {
-        path.relative_to(RANDOMIZER.parent).as_posix()
-        for path in RANDOMIZER.rglob("*.py")
-        if commit.search(path.read_text(encoding="utf-8"))
-    }
-
-    assert committing == {"randomizer/db.py"}
 
 
 def is_uuid4(text: str) -> bool:

@@ -1,0 +1,279 @@
+"""URS §8's role table, endpoint by endpoint, as every role (R-ROLE).
+
+:data:`ROWS` is URS §8's table as far as its endpoints are built: each row names the route,
+the :class:`randomizer.roles.Permission` that guards it, the roles URS §8's "who" column
+names (written out here, not read from :mod:`randomizer.roles`, so that a permission that
+strays from the specification is caught), and a valid request. The table test calls every
+route as one demo user of every role, and without a token: a role the row does not allow
+gets 403 with exactly :func:`randomizer.roles.role_refusal`'s detail; an allowed role is
+never refused by role, and since the requests are valid (site roles act at their own site,
+101), it succeeds. A route registered under ``/api/v1`` without a row fails the last test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from randomizer import roles
+from randomizer.models import AuditEntry
+from randomizer.roles import (
+    ADMIN,
+    AUDITOR,
+    COORDINATOR,
+    INVESTIGATOR,
+    MEDICAL_MONITOR,
+    PHARMACIST,
+    SPONSOR,
+    STATISTICIAN,
+    Permission,
+    role_refusal,
+)
+
+#: One demo user per role; the site roles' users all belong to site 101.
+USERS = {
+    COORDINATOR: "coordinator-101",
+    INVESTIGATOR: "investigator-101",
+    PHARMACIST: "pharmacist-101",
+    MEDICAL_MONITOR: "medical-monitor",
+    SPONSOR: "sponsor",
+    STATISTICIAN: "statistician",
+    AUDITOR: "auditor",
+    ADMIN: "admin",
+}
+SITE = "101"
+EVERY_ROLE = frozenset(roles.ROLES)
+SITE_ROLES = frozenset({COORDINATOR, INVESTIGATOR, PHARMACIST})
+
+
+def dashed(role: str) -> str:
+    """A role's name as part of a screening number (``A-Z a-z 0-9 -`` only)."""
+    return role.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What the requests refer to, set before the first of them."""
+
+    participant: str  # a participant of site 101, screened but not randomised
+    index: int  # an audit entry about site 101
+    size: int  # the audit log's size then
+
+    @staticmethod
+    def to_screen(role: str) -> str:
+        return f"S-SCR-{dashed(role)}"
+
+    @staticmethod
+    def to_randomize(role: str) -> str:
+        return f"S-RND-{dashed(role)}"
+
+
+Call = Callable[[Any, str | None, Scene], Any]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of URS §8's table: a route, its permission, who may call it, a valid call."""
+
+    method: str
+    rule: str  # as Flask's url_map spells it
+    permission: Permission | None  # None: no token needed
+    who: frozenset[str] | None  # URS §8's "who"; None: anyone, without a token
+    succeeds_with: int
+    call: Call
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.rule}"
+
+
+def _screen(api: Any, user: str | None, scene: Scene) -> Any:
+    role = next((r for r, u in USERS.items() if u == user), "nobody")
+    return api.screen(Scene.to_screen(role), user=user, site=SITE)
+
+
+def _randomize(api: Any, user: str | None, scene: Scene) -> Any:
+    role = next((r for r, u in USERS.items() if u == user), "nobody")
+    return api.randomize(Scene.to_randomize(role), user=user)
+
+
+ROWS = (
+    Row("GET", "/api/v1/health", None, None, 200, lambda api, user, s: api.get("/health", user)),
+    Row(
+        "GET",
+        "/api/v1/trial",
+        roles.READ_TRIAL,
+        EVERY_ROLE,  # "any user"
+        200,
+        lambda api, user, s: api.get("/trial", user),
+    ),
+    Row(
+        "POST",
+        "/api/v1/participants",
+        roles.SCREEN,
+        frozenset({COORDINATOR, INVESTIGATOR}),
+        201,
+        _screen,
+    ),
+    Row(
+        "GET",
+        "/api/v1/participants/<string:screening_number>",
+        roles.READ_PARTICIPANT,
+        SITE_ROLES | {MEDICAL_MONITOR, SPONSOR},  # "site roles of its site, medical_monitor, …"
+        200,
+        lambda api, user, s: api.get(f"/participants/{s.participant}", user),
+    ),
+    Row(
+        "POST",
+        "/api/v1/participants/<string:screening_number>/randomize",
+        roles.RANDOMIZE,
+        frozenset({COORDINATOR, INVESTIGATOR}),
+        201,
+        _randomize,
+    ),
+    Row(
+        "GET",
+        "/api/v1/audit/checkpoint",
+        roles.READ_CHECKPOINT,
+        EVERY_ROLE,  # "any authenticated user"
+        200,
+        lambda api, user, s: api.get("/audit/checkpoint", user),
+    ),
+    Row(
+        "GET",
+        "/api/v1/audit/verifier-key",
+        None,
+        None,
+        200,
+        lambda api, user, s: api.get("/audit/verifier-key", user),
+    ),
+    Row(
+        "GET",
+        "/api/v1/audit/entries",
+        roles.READ_AUDIT_ENTRIES,
+        frozenset({AUDITOR}),
+        200,
+        lambda api, user, s: api.get(f"/audit/entries?start=0&end={s.size}", user),
+    ),
+    Row(
+        "GET",
+        "/api/v1/audit/proof/inclusion",
+        roles.PROVE_INCLUSION,
+        SITE_ROLES | {AUDITOR},  # "auditor; site roles for entries about their own site's …"
+        200,
+        lambda api, user, s: api.get(f"/audit/proof/inclusion?index={s.index}&size={s.size}", user),
+    ),
+    Row(
+        "GET",
+        "/api/v1/audit/proof/consistency",
+        roles.PROVE_CONSISTENCY,
+        EVERY_ROLE,  # "any authenticated user"
+        200,
+        lambda api, user, s: api.get(f"/audit/proof/consistency?first=1&second={s.size}", user),
+    ),
+)
+
+#: URS §8's rows whose endpoints are not built yet: their permissions are held to the
+#: specification already, so the endpoints start out with the right roles.
+UNBUILT = {
+    roles.DISPENSE: frozenset({COORDINATOR, INVESTIGATOR, PHARMACIST}),
+    roles.CHANGE_KIT_STATUS: frozenset({PHARMACIST}),
+    roles.READ_INVENTORY: frozenset({PHARMACIST, ADMIN}),
+    roles.UNBLIND: frozenset({INVESTIGATOR, MEDICAL_MONITOR}),
+    roles.REPORT_ENROLLMENT: frozenset({SPONSOR, ADMIN, STATISTICIAN}),
+    roles.REPORT_BALANCE: frozenset({STATISTICIAN}),
+    roles.READ_ALLOCATIONS: frozenset({STATISTICIAN}),
+}
+
+
+def set_scene(api: Any, db: Any) -> Scene:
+    """Screen, at site 101, the participant to read and one to randomise per role."""
+    for number in ["S-READ", *(Scene.to_randomize(role) for role in roles.ROLES)]:
+        response = api.screen(number, user=USERS[COORDINATOR], site=SITE)
+        assert response.status_code == 201, response.get_json()
+    with db.reading() as session:
+        index = session.scalar(select(func.max(AuditEntry.seq)).where(AuditEntry.site_id == SITE))
+        size = session.scalar(select(func.count()).select_from(AuditEntry))
+    return Scene(participant="S-READ", index=index, size=size)
+
+
+def problem_detail(response: Any) -> str | None:
+    if response.mimetype != "application/problem+json":
+        return None
+    return response.get_json().get("detail")
+
+
+def judge(row: Row, role: str | None, response: Any) -> str | None:
+    """What is wrong with this answer of this row to this role (None: token-less), if anything."""
+    status, detail = response.status_code, problem_detail(response)
+    answer = f"{status} {detail!r}"
+    if row.permission is None:
+        if status != row.succeeds_with:
+            return f"needs no token, yet answered {answer}"
+        return None
+    if role is None:
+        return None if status == 401 else f"answered {answer} without a token"
+    refusal = role_refusal(role, row.permission.does)
+    if role not in row.who:
+        if status != 403 or detail != refusal:
+            return f"should refuse by role ({refusal!r}) but answered {answer}"
+        if response.get_json()["type"] != "/problems/forbidden":
+            return f"refused by role with type {response.get_json()['type']!r}"
+        return None
+    if detail == refusal:
+        return f"refused by role although URS §8 allows it: {answer}"
+    if status != row.succeeds_with:
+        return f"allowed, and the request is valid, yet answered {answer}"
+    return None
+
+
+@pytest.mark.requirement("R-ROLE")
+def test_every_role_may_call_exactly_the_endpoints_urs_8_gives_it(api, db):
+    assert set(USERS) == set(roles.ROLES), "every role needs a demo user in USERS"
+    scene = set_scene(api, db)
+    wrong = []
+
+    for row in ROWS:
+        for role in [*roles.ROLES, None]:
+            user = None if role is None else USERS[role]
+            problem = judge(row, role, row.call(api, user, scene))
+            if problem is not None:
+                wrong.append(f"{row} as {role or 'no token'}: {problem}")
+
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.requirement("R-ROLE")
+def test_each_permission_allows_the_roles_its_row_of_urs_8_names():
+    table = {row.permission: row.who for row in ROWS if row.permission is not None}
+    assert not table.keys() & UNBUILT.keys()
+
+    for permission, who in {**table, **UNBUILT}.items():
+        assert permission.roles == who, permission.does
+
+
+def api_routes(app: Flask) -> set[tuple[str, str]]:
+    """Every (method, rule) under ``/api/v1`` but the OpenAPI document."""
+    return {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/v1/") and rule.rule != "/api/v1/openapi.json"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+
+
+@pytest.mark.requirement("R-ROLE")
+def test_every_api_route_has_a_row_in_the_role_table(app):
+    assert api_routes(app) == {(row.method, row.rule) for row in ROWS}
+
+
+@pytest.mark.requirement("R-ROLE")
+def test_a_route_without_a_row_would_be_noticed(app):
+    app.add_url_rule("/api/v1/kits/<kit_number>/status", "planted", lambda: "", methods=["POST"])
+
+    assert ("POST", "/api/v1/kits/<kit_number>/status") in api_routes(app)
+    assert api_routes(app) != {(row.method, row.rule) for row in ROWS}

@@ -61,6 +61,7 @@ class Scene:
     """What the requests refer to, set before the first of them."""
 
     participant: str  # a participant of site 101, screened but not randomised
+    randomised: str  # a participant of site 101, randomised
     index: int  # an audit entry about site 101
     size: int  # the audit log's size then
 
@@ -136,6 +137,34 @@ ROWS = (
         _randomize,
     ),
     Row(
+        "POST",
+        "/api/v1/participants/<string:screening_number>/unblind",
+        roles.UNBLIND,
+        frozenset({INVESTIGATOR, MEDICAL_MONITOR}),  # "investigator (own site), medical_monitor"
+        200,
+        lambda api, user, s: api.post(
+            f"/participants/{s.randomised}/unblind",
+            user,
+            json={"reason": "serious_adverse_event", "event_reference": "SAE-ROLES"},
+        ),
+    ),
+    Row(
+        "GET",
+        "/api/v1/unblindings",
+        roles.READ_UNBLINDINGS,
+        frozenset({STATISTICIAN, SPONSOR, MEDICAL_MONITOR, AUDITOR}),  # R-UNB-3
+        200,
+        lambda api, user, s: api.get("/unblindings", user),
+    ),
+    Row(
+        "GET",
+        "/api/v1/notifications",
+        roles.READ_NOTIFICATIONS,
+        frozenset({ADMIN}),  # the emergency unblinding issue: "listed for the admin"
+        200,
+        lambda api, user, s: api.get("/notifications", user),
+    ),
+    Row(
         "GET",
         "/api/v1/audit/checkpoint",
         roles.READ_CHECKPOINT,
@@ -183,7 +212,6 @@ UNBUILT = {
     roles.DISPENSE: frozenset({COORDINATOR, INVESTIGATOR, PHARMACIST}),
     roles.CHANGE_KIT_STATUS: frozenset({PHARMACIST}),
     roles.READ_INVENTORY: frozenset({PHARMACIST, ADMIN}),
-    roles.UNBLIND: frozenset({INVESTIGATOR, MEDICAL_MONITOR}),
     roles.REPORT_ENROLLMENT: frozenset({SPONSOR, ADMIN, STATISTICIAN}),
     roles.REPORT_BALANCE: frozenset({STATISTICIAN}),
     roles.READ_ALLOCATIONS: frozenset({STATISTICIAN}),
@@ -191,14 +219,17 @@ UNBUILT = {
 
 
 def set_scene(api: Any, db: Any) -> Scene:
-    """Screen, at site 101, the participant to read and one to randomise per role."""
+    """Screen, at site 101, the participant to read and one to randomise per role; randomise
+    one to unblind."""
     for number in ["S-READ", *(Scene.to_randomize(role) for role in roles.ROLES)]:
         response = api.screen(number, user=USERS[COORDINATOR], site=SITE)
         assert response.status_code == 201, response.get_json()
+    randomised = api.screen_and_randomize("S-UNBLIND", user=USERS[COORDINATOR], site=SITE)
+    assert randomised.status_code == 201, randomised.get_json()
     with db.reading() as session:
         index = session.scalar(select(func.max(AuditEntry.seq)).where(AuditEntry.site_id == SITE))
         size = session.scalar(select(func.count()).select_from(AuditEntry))
-    return Scene(participant="S-READ", index=index, size=size)
+    return Scene(participant="S-READ", randomised="S-UNBLIND", index=index, size=size)
 
 
 def problem_detail(response: Any) -> str | None:

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 LANDED_REVISION = "d46e5e1965443cfabb5a141c682fea1311d8d63c"
 LANDED_SCHEMA = "0002"
 SEED = APPENDIX_A_SEED.hex()
-#: Tables whose every row must survive the upgrade unchanged (the brief's list plus the rest).
+#: Tables the landed code must have written rows to (every table is compared, these too).
 KEPT_TABLES = ("participant", "kit", "slot", "site", "user_account", "audit_entry")
 
 # Run by the landed code: screen three participants (one at each demo site), randomise two of
@@ -265,7 +265,7 @@ def test_a_database_made_by_the_landed_revision_upgrades_keeping_every_row(
         "OLD-0002": 201,
     }
     assert revision(url) == LANDED_SCHEMA
-    # Before the upgrade this code neither serves the old schema nor pretends to.
+    # Before the upgrade this code reports the old revision and will not serve it.
     assert "database: 0002; code: 0003" in sealroom(url, instance, "db", "revision").output
     with pytest.raises(SchemaMismatch, match="run `sealroom db upgrade`"):
         create_app({"settings": settings_for(url, instance), "TESTING": True})

@@ -39,10 +39,12 @@ class Cli:
 
     @contextmanager
     def transaction(self) -> Iterator[tuple[Any, Any]]:
-        """A transaction and the trial context (the trial must exist)."""
+        """A transaction and the trial context (the schema must be current, the trial exist)."""
+        from randomizer.migrations import check_schema_current
         from randomizer.services.context import load_trial_context
 
         with self.db.transaction() as session:
+            check_schema_current(session.connection())
             yield session, load_trial_context(session, self.settings.keys_dir)
 
 
@@ -333,10 +335,14 @@ def users_token(cli: Cli, name: str) -> None:
 
 def _run(cli: Cli, action: Any) -> Any:
     from randomizer.errors import Problem, ValidationFailed
+    from randomizer.migrations import SchemaMismatch
+    from randomizer.services.context import NotInitialised
 
     try:
         with cli.transaction() as (session, ctx):
             return action(session, ctx)
+    except (SchemaMismatch, NotInitialised) as problem:
+        fail(str(problem))
     except ValidationFailed as problem:
         fail("; ".join(f"{k}: {' '.join(v)}" for k, v in problem.extra["errors"].items()))
     except Problem as problem:
@@ -603,7 +609,8 @@ def sites_add(cli: Cli, pairs: tuple[str, ...], name: str | None, site_id: str) 
     from randomizer.services.trial_setup import add_site
 
     attributes = _attributes(pairs)
-    _run(cli, lambda s, c: add_site(s, c, SYSTEM, site_id, name or f"Site {site_id}", attributes))
+    shown_name = f"Site {site_id}" if name is None else name
+    _run(cli, lambda s, c: add_site(s, c, SYSTEM, site_id, shown_name, attributes))
     shown = ", ".join(f"{k}={v}" for k, v in sorted(attributes.items()))
     click.echo(f"site {site_id} added ({shown})")
 

@@ -45,7 +45,7 @@ class Notices:
 
 
 class NotInitialised(RuntimeError):
-    """The database holds no trial yet: run ``sealroom init-demo`` first."""
+    """The database holds no trial yet: run ``sealroom init`` (or ``init-demo``) first."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ def load_trial_context(
     trial = session.scalars(select(Trial)).one_or_none()
     if trial is None:
         raise NotInitialised(
-            "the database holds no trial: run `sealroom init-demo` (or point "
-            "SEALROOM_DATABASE_URL at an initialised database)"
+            "the database holds no trial: run `sealroom init` (or `sealroom init-demo`), or "
+            "point SEALROOM_DATABASE_URL at an initialised database"
         )
     ring = load_master_keys(keys_dir, environ)
     definition = parse_trial(trial.definition_toml)

@@ -251,6 +251,7 @@ def test_sites_add_creates_an_open_site_audited_as_site_created(trial_only):
         ("316", ["--attr", "=europe"], "--attr '=europe': write it as FACTOR=LEVEL"),
         ("317", ["--attr", "region=europe", "--name", "x" * 129], "name: 1 to 128 printable"),
         ("318", ["--attr", "region=europe", "--name", "Ly\non"], "name: 1 to 128 printable"),
+        ("319", ["--attr", "region=europe", "--name", ""], "name: 1 to 128 printable"),
     ],
     ids=[
         "unknown factor",
@@ -264,6 +265,7 @@ def test_sites_add_creates_an_open_site_audited_as_site_created(trial_only):
         "no factor",
         "long name",
         "control character in name",
+        "empty name",
     ],
 )
 def test_sites_add_refuses_bad_input_with_a_clear_error_and_adds_nothing(

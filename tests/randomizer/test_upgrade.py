@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parents[2]
 #: The revision that landed before migration 0003: its schema is at revision 0002.
 LANDED_REVISION = "d46e5e1965443cfabb5a141c682fea1311d8d63c"
 LANDED_SCHEMA = "0002"
+#: The code's own revision.
+HEAD = head_revision()
 SEED = APPENDIX_A_SEED.hex()
 #: Tables the landed code must have written rows to (every table is compared, these too).
 KEPT_TABLES = ("participant", "kit", "slot", "site", "user_account", "audit_entry")
@@ -266,7 +268,7 @@ def test_a_database_made_by_the_landed_revision_upgrades_keeping_every_row(
     }
     assert revision(url) == LANDED_SCHEMA
     # Before the upgrade this code reports the old revision and will not serve it.
-    assert "database: 0002; code: 0003" in sealroom(url, instance, "db", "revision").output
+    assert f"database: 0002; code: {HEAD}" in sealroom(url, instance, "db", "revision").output
     with pytest.raises(SchemaMismatch, match="run `sealroom db upgrade`"):
         create_app({"settings": settings_for(url, instance), "TESTING": True})
     before = snapshot(url)
@@ -274,11 +276,11 @@ def test_a_database_made_by_the_landed_revision_upgrades_keeping_every_row(
     upgraded = sealroom(url, instance, "db", "upgrade")
 
     assert upgraded.exit_code == 0, upgraded.output
-    assert "Schema upgraded from revision 0002 to 0003." in upgraded.output
-    assert revision(url) == head_revision() == "0003"
+    assert f"Schema upgraded from revision 0002 to {HEAD}." in upgraded.output
+    assert revision(url) == HEAD
     after = snapshot(url)
-    assert set(after) == set(before) | {"outbox_message"}
-    assert after["outbox_message"] == []
+    assert set(after) == set(before) | {"outbox_message", "unblinding"}
+    assert after["outbox_message"] == after["unblinding"] == []
     for table, rows in before.items():
         # Every row is still there, every old column as it was.
         if table != "alembic_version":
@@ -343,8 +345,8 @@ def test_a_database_made_by_the_landed_revision_upgrades_keeping_every_row(
     again = sealroom(url, instance, "db", "upgrade")
 
     assert again.exit_code == 0, again.output
-    assert "already at revision 0003" in again.output
-    assert revision(url) == "0003"
+    assert f"already at revision {HEAD}" in again.output
+    assert revision(url) == HEAD
 
 
 # Refusals ----------------------------------------------------------------------------------
@@ -409,7 +411,7 @@ def test_db_upgrade_refuses_a_schema_of_an_unknown_revision_and_changes_nothing(
     assert snapshot(url) == rows
     assert revision(url) == "9999"
     shown = sealroom(url, instance, "db", "revision")
-    assert "database: 9999; code: 0003" in shown.output
+    assert f"database: 9999; code: {HEAD}" in shown.output
 
 
 @pytest.mark.requirement("R-NF-2")
@@ -441,7 +443,7 @@ def test_the_service_refuses_a_schema_older_than_its_code_until_db_upgrade(
         create_app({"settings": settings_for(url, instance), "TESTING": True})
     served = sealroom(url, instance, "serve", "--port", "1")
 
-    message = "the database's schema is at revision 0002, the code's at 0003"
+    message = f"the database's schema is at revision 0002, the code's at {HEAD}"
     assert message in str(refused.value) and "run `sealroom db upgrade`" in str(refused.value)
     assert served.exit_code == 1, served.output
     assert f"error: {message}: run `sealroom db upgrade` first" in served.output
@@ -450,6 +452,31 @@ def test_the_service_refuses_a_schema_older_than_its_code_until_db_upgrade(
     assert sealroom(url, instance, "db", "upgrade").exit_code == 0
     app = create_app({"settings": settings_for(url, instance), "TESTING": True})
     app.extensions["sealroom"].db.dispose()
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("sites", "add", "301", "--attr", "region=europe"),
+        ("sites", "close", "101"),
+        ("users", "add", "--role", "auditor", "late-auditor"),
+        ("audit", "export", "--out", "never.jsonl"),
+    ],
+    ids=["sites add", "sites close", "users add", "audit export"],
+)
+def test_commands_refuse_a_schema_older_than_their_code_with_a_clear_error(
+    scratch, tmp_path, backend, command
+):
+    instance = tmp_path / "instance"
+    url = demo_at_landed_schema(scratch, backend, instance)
+
+    result = sealroom(url, instance, *command)
+
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "run `sealroom db upgrade` first" in result.output
+    assert revision(url) == LANDED_SCHEMA
 
 
 @pytest.mark.requirement("R-NF-2")

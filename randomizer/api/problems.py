@@ -100,6 +100,11 @@ class RenderingJSONProvider(DefaultJSONProvider):
     def dumps(self, obj: Any, **_kwargs: Any) -> str:
         return render_json(obj)
 
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        """``jsonify``'s answer: the rendering alone (Flask's default appends a newline)."""
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(self.dumps(obj), mimetype=self.mimetype)
+
 
 def init_app(app: Flask) -> None:
     """Register the handlers (after flask-smorest's, which they replace) and the rendering."""

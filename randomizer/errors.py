@@ -67,6 +67,13 @@ class AlreadyRandomized(Problem):
     audited = ("randomization_number",)
 
 
+class AlreadyDispensed(Problem):
+    """The visit's kits were given already: the answer names them (URS §8)."""
+
+    status, type_name, title = 409, "conflict", "Already dispensed"
+    audited = ("visit", "kits")
+
+
 class InsufficientSupply(Problem):
     status, type_name, title = 409, "insufficient-supply", "Insufficient supply"
 
@@ -97,6 +104,10 @@ class Ineligible(Problem):
 
 class ScreeningWindow(Problem):
     status, type_name, title = 422, "screening-window", "Outside the screening window"
+
+
+class VisitWindow(Problem):
+    status, type_name, title = 422, "visit-window", "Outside the visit's window"
 
 
 class IdempotencyKeyReused(Problem):

@@ -90,16 +90,16 @@ def lock_audit_head(session: Session) -> AuditHead:
     ).scalar_one()
 
 
-def claim_outbox_message(session: Session, message_id: int) -> OutboxMessage | None:
-    """Lock one outbox message for delivery, or None if another round holds it (or it is gone).
-
-    ``SKIP LOCKED``: two delivery rounds never send the same message at once.
-    """
+def claim_outbox_message(
+    session: Session, message_id: int, *, wait: bool = False
+) -> OutboxMessage | None:
+    """Lock one outbox message, or None if it is gone (or, unless ``wait``, locked by another
+    delivery round: ``SKIP LOCKED``, so two rounds never claim one message at once)."""
     _enter(session, OUTBOX_MESSAGE)
     return session.execute(
         select(OutboxMessage)
         .where(OutboxMessage.id == message_id)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=not wait)
     ).scalar_one_or_none()
 
 

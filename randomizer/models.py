@@ -210,6 +210,8 @@ class Kit(Base):
     )
     visit: Mapped[str | None] = mapped_column(String(32), default=None)
     allocated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    #: The kit (damaged or lost while allocated) that this one replaced (R-KIT-2).
+    replaces_kit_id: Mapped[str | None] = mapped_column(String(36), default=None)
 
 
 class User(Base):
@@ -277,6 +279,24 @@ class Unblinding(Base):
     audit_seq: Mapped[int] = mapped_column(Integer, unique=True)
 
 
+class StratumCorrection(Base):
+    """A correction of a participant's screening factors, beside the original (R-FIX).
+
+    The stratum used at randomisation (``participant.stratum_number``) never changes; this
+    records what it should have been, who said so, when and why.
+    """
+
+    __tablename__ = "stratum_correction"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=random_id)
+    participant_id: Mapped[str] = mapped_column(ForeignKey("participant.id"), index=True)
+    strata: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stratum_number: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    user_name: Mapped[str] = mapped_column(String(64))
+    corrected_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class OutboxMessage(Base):
     """A message to deliver once the transaction that wrote it has committed.
 
@@ -305,6 +325,8 @@ class OutboxMessage(Base):
     last_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
     #: Not tried again before this time (back-off after a failed attempt).
     next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    #: A delivery round is sending it until then (a lease: no lock is held while sending).
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
     last_error: Mapped[str | None] = mapped_column(String(500), default=None)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 

@@ -89,6 +89,11 @@ READ_CHECKPOINT: Final = _permission("read audit checkpoints", _EVERY_ROLE)
 READ_AUDIT_ENTRIES: Final = _permission("read audit entries", {AUDITOR})
 PROVE_INCLUSION: Final = _permission("ask for inclusion proofs", SITE_ROLES | {AUDITOR})
 PROVE_CONSISTENCY: Final = _permission("ask for consistency proofs", _EVERY_ROLE)
+READ_KIT: Final = _permission("read kits", {PHARMACIST, ADMIN})
+CHANGE_PARTICIPANT_STATUS: Final = _permission(
+    "withdraw or discontinue participants", {COORDINATOR, INVESTIGATOR}
+)
+CORRECT_PARTICIPANT: Final = _permission("correct participants' records", {ADMIN})
 READ_UNBLINDINGS: Final = _permission(
     "read the list of unblindings", {STATISTICIAN, SPONSOR, MEDICAL_MONITOR, AUDITOR}
 )

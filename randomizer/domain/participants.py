@@ -25,8 +25,22 @@ SCREENED: Final = "screened"
 RANDOMIZED: Final = "randomized"
 RANDOMIZED_IN_ERROR: Final = "randomized_in_error"
 WITHDRAWN: Final = "withdrawn"
-#: Every status a participant may have (URS §8); the database refuses any other.
-PARTICIPANT_STATUSES: Final = (SCREENED, RANDOMIZED, RANDOMIZED_IN_ERROR, WITHDRAWN)
+DISCONTINUED: Final = "discontinued"
+#: Every status a participant may have (URS §8, R-LIFE); the database refuses any other.
+PARTICIPANT_STATUSES: Final = (SCREENED, RANDOMIZED, RANDOMIZED_IN_ERROR, WITHDRAWN, DISCONTINUED)
+
+#: Lifecycle (R-LIFE, R-FIX): from each status, the statuses a participant may move to.
+#: Randomisation itself (screened -> randomized) is the randomisation service's. Withdrawal
+#: ends the participant's part in the trial; discontinuation ends treatment only (follow-up
+#: visits stay in the schedule); either ends dispensing. A participant randomised in error
+#: is flagged by an admin; its slot stays consumed. Nothing moves back to ``randomized``.
+PARTICIPANT_TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
+    SCREENED: frozenset({RANDOMIZED, WITHDRAWN}),
+    RANDOMIZED: frozenset({WITHDRAWN, DISCONTINUED, RANDOMIZED_IN_ERROR}),
+    DISCONTINUED: frozenset({WITHDRAWN, RANDOMIZED_IN_ERROR}),
+    WITHDRAWN: frozenset({RANDOMIZED_IN_ERROR}),
+    RANDOMIZED_IN_ERROR: frozenset(),
+}
 
 SITE_OPEN: Final = "open"
 SITE_CLOSED: Final = "closed"
@@ -50,6 +64,37 @@ class RandomizationRequest:
 
     weight_kg: Decimal
     eligibility: Mapping[str, int | Decimal | bool]
+
+
+@dataclass(frozen=True)
+class DispenseRequest:
+    """A validated dispensing request: the visit and today's weight."""
+
+    visit: str
+    weight_kg: Decimal
+
+
+@dataclass(frozen=True)
+class KitStatusRequest:
+    """A validated kit status change: the new status and why."""
+
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReasonRequest:
+    """A validated lifecycle change (withdraw, discontinue, flag as randomised in error)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class StratumCorrectionRequest:
+    """The right screening factors of a participant, and why the recorded ones were wrong."""
+
+    strata: Mapping[str, str]
+    reason: str
 
 
 @dataclass(frozen=True)

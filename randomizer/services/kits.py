@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from keys import SealedArm
 from randomizer.domain.kits import ALLOCATED, AVAILABLE
 from randomizer.errors import InsufficientSupply
+from randomizer.locks import lock_site
 from randomizer.models import Kit, Participant, Site
 from randomizer.roles import Actor
 from randomizer.services.context import TrialContext
@@ -132,6 +133,19 @@ def check_supply(by_arm: Mapping[str, Sequence[DispensableKit]], needed: int, si
         )
 
 
+def reserve_supply(
+    session: Session, ctx: TrialContext, site_id: str, needed: int
+) -> dict[str, list[DispensableKit]]:
+    """Lock the site's kits and check that it holds ``needed`` of EVERY arm (R-BLIND-2).
+
+    Returns the dispensable kits by arm, for :func:`allocate_kits` in the same transaction.
+    """
+    lock_site(session, site_id)
+    by_arm = dispensable_kits_by_arm(session, ctx, site_id)
+    check_supply(by_arm, needed, site_id)
+    return by_arm
+
+
 def allocate_kits(
     session: Session,
     ctx: TrialContext,
@@ -139,6 +153,8 @@ def allocate_kits(
     needed: int,
     participant: Participant,
     visit: str,
+    *,
+    replaces: str | None = None,
 ) -> list[str]:
     """Allocate ``needed`` kits chosen at random among ``candidates`` (one arm's kits).
 
@@ -151,7 +167,11 @@ def allocate_kits(
         update(Kit)
         .where(Kit.id.in_([kit.id for kit in chosen]), Kit.status == AVAILABLE)
         .values(
-            status=ALLOCATED, participant_id=participant.id, visit=visit, allocated_at=ctx.clock()
+            status=ALLOCATED,
+            participant_id=participant.id,
+            visit=visit,
+            allocated_at=ctx.clock(),
+            replaces_kit_id=replaces,
         )
         .execution_options(synchronize_session=False)
     )

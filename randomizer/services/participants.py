@@ -41,7 +41,7 @@ from randomizer.errors import (
     StratumExhausted,
     ValidationFailed,
 )
-from randomizer.locks import lock_participant, lock_site, lock_stratum
+from randomizer.locks import lock_participant, lock_stratum
 from randomizer.models import Kit, Participant, Site, Slot, Unblinding
 from randomizer.roles import RANDOMIZE, SCREEN, Actor
 from randomizer.services import kits as kit_service
@@ -155,6 +155,20 @@ def participant_view(
     }
 
 
+def participant_arm(ctx: TrialContext, participant: Participant) -> str:
+    """The participant's arm id, unsealed: for the allocation of its kits and for unblinding.
+
+    Never put it in anything a blinded role receives.
+    """
+    if participant.sealed_arm is None:
+        raise ValueError(f"participant {participant.screening_number} has no arm")
+    return ctx.sealer.unseal_arm(
+        SealedArm.from_text(participant.sealed_arm),
+        PARTICIPANT_SEAL_KIND,
+        participant.screening_number,
+    )
+
+
 def unblindings_of(session: Session, participant: Participant) -> list[dict[str, Any]]:
     """Who unblinded a participant and when, oldest first: what blinded readers may see."""
     rows = session.scalars(
@@ -237,11 +251,9 @@ def _randomize(
 
     stratum = definition.stratum_for({**site.attributes, **participant.screening_strata})
     stratum_row = lock_stratum(session, stratum.number)
-    lock_site(session, site.id)
     visit = definition.first_visit()
     needed = kits_for_visit(definition, request.weight_kg, visit)
-    by_arm = kit_service.dispensable_kits_by_arm(session, ctx, site.id)
-    kit_service.check_supply(by_arm, needed, site.id)
+    by_arm = kit_service.reserve_supply(session, ctx, site.id, needed)
     if stratum_row.next_position > stratum_row.size:
         log.warning("stratum %s is exhausted: the statistician is alerted", stratum.key)
         raise StratumExhausted(

@@ -23,7 +23,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from keys import SealedArm
 from randomizer.domain.participants import SCREENING_NUMBER, UnblindRequest
 from randomizer.errors import Conflict
 from randomizer.models import Participant, Unblinding
@@ -31,7 +30,11 @@ from randomizer.roles import READ_UNBLINDINGS, UNBLIND, Actor
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
 from randomizer.services.notifications import announce_unblinding
-from randomizer.services.participants import PARTICIPANT_SEAL_KIND, find_participant
+from randomizer.services.participants import (
+    PARTICIPANT_SEAL_KIND,
+    find_participant,
+    participant_arm,
+)
 from randomizer.services.refusals import printable, refusals_audited
 
 
@@ -82,9 +85,7 @@ def _unblind(
             f"Participant {screening_number} was never randomised: there is no arm to reveal."
         )
     request = submission.load()
-    arm_id = ctx.sealer.unseal_arm(
-        SealedArm.from_text(participant.sealed_arm), PARTICIPANT_SEAL_KIND, screening_number
-    )
+    arm_id = participant_arm(ctx, participant)
     arm = ctx.definition.arm(arm_id)
     now = ctx.clock()
     participant.unblinded = True
@@ -155,12 +156,8 @@ def list_unblindings(session: Session, ctx: TrialContext, actor: Actor) -> list[
             "detail": unblinding.detail,
             "audit_seq": unblinding.audit_seq,
         }
-        assert participant.sealed_arm is not None  # only randomised participants are unblinded
-        arm_id = ctx.sealer.unseal_arm(
-            SealedArm.from_text(participant.sealed_arm),
-            PARTICIPANT_SEAL_KIND,
-            participant.screening_number,
-        )
+        # Unsealed for every reader, blinded or not: the same work whatever the arms.
+        arm_id = participant_arm(ctx, participant)
         if not actor.blinded:
             arm = ctx.definition.arm(arm_id)
             item["arm"] = {"id": arm.id, "label": arm.label}

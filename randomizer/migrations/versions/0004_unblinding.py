@@ -42,11 +42,15 @@ def upgrade() -> None:
         "outbox_message", sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True)
     )
     op.add_column("outbox_message", sa.Column("about", sa.String(length=64), nullable=True))
+    op.add_column(
+        "outbox_message", sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True)
+    )
 
 
 def downgrade() -> None:
     sqlite = op.get_bind().dialect.name == "sqlite"
     for table, column in (
+        ("outbox_message", "claimed_until"),
         ("outbox_message", "about"),
         ("outbox_message", "next_attempt_at"),
         ("user_account", "email"),

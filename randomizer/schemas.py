@@ -27,8 +27,12 @@ from randomizer.domain.participants import (
     PARTICIPANT_STATUSES,
     SCREENING_NUMBER,
     SCREENING_NUMBER_PATTERN,
+    DispenseRequest,
+    KitStatusRequest,
     RandomizationRequest,
+    ReasonRequest,
     ScreeningRequest,
+    StratumCorrectionRequest,
     UnblindRequest,
 )
 
@@ -184,6 +188,63 @@ class ParticipantSchema(ma.Schema):
         fields.Nested(lambda: UnblinderSchema()),
         metadata={"description": "who unblinded the participant and when; never the arm"},
     )
+    corrected_stratum = fields.String(
+        allow_none=True,
+        metadata={"description": "the stratum a correction says was right (R-FIX); null if none"},
+    )
+    visits = fields.List(fields.Nested(lambda: VisitStatusSchema()))
+
+
+class VisitStatusSchema(ma.Schema):
+    """One visit of a participant's schedule: never the arm."""
+
+    visit = fields.String()
+    week = fields.Integer()
+    target_day = fields.String()
+    window = fields.Dict(keys=fields.String(), values=fields.String())
+    dispenses = fields.Boolean()
+    status = fields.String(
+        metadata={"enum": ["dispensed", "due", "missed", "stopped", "assessment"]}
+    )
+    kits = fields.List(fields.String())
+    dispensed_on = fields.String(allow_none=True)
+
+
+class DispensingSchema(ma.Schema):
+    """The answer to a dispensing: the visit and its kit numbers, never an arm."""
+
+    visit = fields.String()
+    kits = fields.List(fields.String())
+    dispensed_on = fields.Date()
+
+
+class KitStatusChangeSchema(ma.Schema):
+    kit_number = fields.String()
+    previous = fields.String()
+    status = fields.String()
+    replacement = fields.String(
+        allow_none=True, metadata={"description": "the replacement kit's number, if one was due"}
+    )
+
+
+class KitSchema(ma.Schema):
+    """A kit as its site's pharmacist or an admin sees it: never its arm."""
+
+    kit_number = fields.String()
+    status = fields.String()
+    site = fields.String()
+    lot = fields.String(metadata={"description": "blinded lot"})
+    expires_on = fields.Date(metadata={"description": "blinded expiry"})
+    participant = fields.String(allow_none=True)
+    visit = fields.String(allow_none=True)
+    allocated_at = UtcDateTime(allow_none=True)
+    replaces = fields.String(allow_none=True)
+
+
+class InventorySchema(ma.Schema):
+    site = fields.String()
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer())
+    as_of = UtcDateTime()
 
 
 class UnblinderSchema(ma.Schema):
@@ -323,6 +384,10 @@ class TrialSchemas:
     screening: type[ma.Schema]
     randomization: type[ma.Schema]
     unblinding: type[ma.Schema]
+    dispensing: type[ma.Schema]
+    kit_status: type[ma.Schema]
+    reason: type[ma.Schema]
+    stratum_correction: type[ma.Schema]
 
 
 def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
@@ -407,8 +472,66 @@ def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
         def make_request(self, data: dict[str, Any], **_kwargs: Any) -> UnblindRequest:
             return UnblindRequest(**data)
 
+    visit_ids = [visit.id for visit in definition.visits]
+
+    class DispenseRequestSchema(StrictSchema):
+        visit = SafeString(
+            required=True, validate=validate.OneOf(visit_ids), metadata={"enum": visit_ids}
+        )
+        weight_kg = StrictDecimal(required=True, validate=validate.Range(min=30, max=250))
+
+        @post_load
+        def make_request(self, data: dict[str, Any], **_kwargs: Any) -> DispenseRequest:
+            return DispenseRequest(**data)
+
+    class KitStatusRequestSchema(StrictSchema):
+        status = SafeString(
+            required=True,
+            validate=validate.OneOf(KIT_STATUS_CHANGES),
+            metadata={"enum": list(KIT_STATUS_CHANGES)},
+        )
+        reason = reason_field()
+
+        @post_load
+        def make_request(self, data: dict[str, Any], **_kwargs: Any) -> KitStatusRequest:
+            return KitStatusRequest(**data)
+
+    class ReasonRequestSchema(StrictSchema):
+        reason = reason_field()
+
+        @post_load
+        def make_request(self, data: dict[str, Any], **_kwargs: Any) -> ReasonRequest:
+            return ReasonRequest(**data)
+
+    class StratumCorrectionRequestSchema(StrictSchema):
+        strata = fields.Nested(strata_schema, required=True)
+        reason = reason_field()
+
+        @post_load
+        def make_request(self, data: dict[str, Any], **_kwargs: Any) -> StratumCorrectionRequest:
+            return StratumCorrectionRequest(**data)
+
     return TrialSchemas(
         screening=ScreeningRequestSchema,
         randomization=RandomizationRequestSchema,
         unblinding=UnblindRequestSchema,
+        dispensing=DispenseRequestSchema,
+        kit_status=KitStatusRequestSchema,
+        reason=ReasonRequestSchema,
+        stratum_correction=StratumCorrectionRequestSchema,
+    )
+
+
+#: The statuses a pharmacist may set on a kit (URS §8); the state machine says from which.
+KIT_STATUS_CHANGES = ("dispensed", "damaged", "lost", "returned")
+
+
+def reason_field() -> fields.Field:
+    """Why: 1 to 500 printable characters (audited as written)."""
+    return SafeString(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=500),
+            validate.Predicate("isprintable", error="Printable characters only."),
+        ],
     )

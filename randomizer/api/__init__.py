@@ -7,6 +7,7 @@ from flask_smorest import Api
 
 from randomizer.api import (
     audit,
+    dispensing,
     health,
     notifications,
     participants,
@@ -40,6 +41,7 @@ def init_app(app: Flask, schemas: TrialSchemas) -> Api:
         trial.blp,
         participants.blueprint(schemas),
         unblinding.blueprint(schemas),
+        dispensing.blueprint(schemas),
         audit.blp,
         notifications.blp,
     ):

@@ -150,51 +150,6 @@ def _dispense(
     return Dispensing(screening_number, visit.id, numbers, today)
 
 
-def visit_schedule(
-    session: Session, ctx: TrialContext, participant: Participant
-) -> list[dict[str, Any]]:
-    """The participant's visits: target day, window and status; never the arm.
-
-    Status: ``dispensed`` (with its kits and day), ``due`` (its window has not closed),
-    ``missed`` (closed without dispensing), ``stopped`` (a dispensing visit after withdrawal,
-    discontinuation or a randomisation in error), or ``assessment`` (a visit that dispenses
-    nothing). Empty before randomisation.
-    """
-    if participant.randomized_at is None:
-        return []
-    definition = ctx.definition
-    kits: dict[str, list[Kit]] = {}
-    for kit in session.scalars(
-        select(Kit).where(Kit.participant_id == participant.id).order_by(Kit.kit_number)
-    ):
-        kits.setdefault(kit.visit or "", []).append(kit)
-    randomized_on, today = participant.randomized_at.date(), ctx.today()
-    schedule = []
-    for visit in definition.visits:
-        opens, closes = visit_window(randomized_on, visit, definition.visit_window_days)
-        given = kits.get(visit.id, [])
-        item: dict[str, Any] = {
-            "visit": visit.id,
-            "week": visit.week,
-            "target_day": (opens + (closes - opens) / 2).isoformat(),
-            "window": {"from": opens.isoformat(), "to": closes.isoformat()},
-            "dispenses": visit.dispenses,
-        }
-        if given:
-            allocated = [kit.allocated_at for kit in given if kit.allocated_at is not None]
-            item["status"] = "dispensed"
-            item["kits"] = [kit.kit_number for kit in given]
-            item["dispensed_on"] = min(allocated).date().isoformat() if allocated else None
-        elif not visit.dispenses:
-            item["status"] = "assessment"
-        elif participant.status != RANDOMIZED:
-            item["status"] = "stopped"
-        else:
-            item["status"] = "due" if today <= closes else "missed"
-        schedule.append(item)
-    return schedule
-
-
 # Kits --------------------------------------------------------------------------------------
 
 

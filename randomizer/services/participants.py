@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keys import SealedArm
-from randomizer.domain import failed_rules, kits_for_visit, randomisable_until
+from randomizer.domain import failed_rules, kits_for_visit, randomisable_until, visit_window
 from randomizer.domain.participants import (
     RANDOMIZED,
     SCREENED,
@@ -42,7 +42,7 @@ from randomizer.errors import (
     ValidationFailed,
 )
 from randomizer.locks import lock_participant, lock_stratum
-from randomizer.models import Kit, Participant, Site, Slot, Unblinding
+from randomizer.models import Kit, Participant, Site, Slot, StratumCorrection, Unblinding
 from randomizer.roles import RANDOMIZE, SCREEN, Actor
 from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
@@ -141,6 +141,10 @@ def participant_view(
         if participant.stratum_number is not None
         else None
     )
+    correction = latest_correction(session, participant)
+    corrected = (
+        ctx.definition.stratum(correction.stratum_number).key if correction is not None else None
+    )
     return {
         "screening_number": participant.screening_number,
         "site": participant.site_id,
@@ -152,7 +156,64 @@ def participant_view(
         "kits": list(kits),
         "unblinded": participant.unblinded,
         "unblindings": unblindings_of(session, participant),
+        "corrected_stratum": corrected,
+        "visits": visit_schedule(session, ctx, participant),
     }
+
+
+def visit_schedule(
+    session: Session, ctx: TrialContext, participant: Participant
+) -> list[dict[str, Any]]:
+    """The participant's visits: target day, window and status; never the arm.
+
+    Status: ``dispensed`` (with its kits and day), ``due`` (its window has not closed),
+    ``missed`` (closed without dispensing), ``stopped`` (a dispensing visit after withdrawal,
+    discontinuation or a randomisation in error), or ``assessment`` (a visit that dispenses
+    nothing). Empty before randomisation.
+    """
+    if participant.randomized_at is None:
+        return []
+    definition = ctx.definition
+    kits: dict[str, list[Kit]] = {}
+    for kit in session.scalars(
+        select(Kit).where(Kit.participant_id == participant.id).order_by(Kit.kit_number)
+    ):
+        kits.setdefault(kit.visit or "", []).append(kit)
+    randomized_on, today = participant.randomized_at.date(), ctx.today()
+    schedule = []
+    for visit in definition.visits:
+        opens, closes = visit_window(randomized_on, visit, definition.visit_window_days)
+        given = kits.get(visit.id, [])
+        item: dict[str, Any] = {
+            "visit": visit.id,
+            "week": visit.week,
+            "target_day": (opens + (closes - opens) / 2).isoformat(),
+            "window": {"from": opens.isoformat(), "to": closes.isoformat()},
+            "dispenses": visit.dispenses,
+        }
+        if given:
+            allocated = [kit.allocated_at for kit in given if kit.allocated_at is not None]
+            item["status"] = "dispensed"
+            item["kits"] = [kit.kit_number for kit in given]
+            item["dispensed_on"] = min(allocated).date().isoformat() if allocated else None
+        elif not visit.dispenses:
+            item["status"] = "assessment"
+        elif participant.status != RANDOMIZED:
+            item["status"] = "stopped"
+        else:
+            item["status"] = "due" if today <= closes else "missed"
+        schedule.append(item)
+    return schedule
+
+
+def latest_correction(session: Session, participant: Participant) -> StratumCorrection | None:
+    """The participant's latest stratum correction, if any."""
+    return session.scalars(
+        select(StratumCorrection)
+        .where(StratumCorrection.participant_id == participant.id)
+        .order_by(StratumCorrection.corrected_at.desc())
+        .limit(1)
+    ).one_or_none()
 
 
 def participant_arm(ctx: TrialContext, participant: Participant) -> str:

@@ -96,6 +96,8 @@ def test_site_staff_can_screen_and_the_201_body_equals_get(api, user):
         "kits": [],
         "unblinded": False,
         "unblindings": [],
+        "corrected_stratum": None,
+        "visits": [],
     }
 
 

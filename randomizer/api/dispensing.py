@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from randomizer import roles
 from randomizer.api.auth import authenticated, current_actor, requires
-from randomizer.api.idempotency import run_idempotent
+from randomizer.api.idempotency import body_doc, run_idempotent
 from randomizer.api.parsing import StrictBlueprint, submission
 from randomizer.schemas import (
     DispensingSchema,
@@ -34,21 +34,6 @@ from randomizer.services.dispensing import (
 from randomizer.services.participants import participant_view
 from randomizer.state import app_state
 
-IDEMPOTENCY_HEADER = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string", "maxLength": 255},
-    "description": "Retry safely: the same key and body return the first response again.",
-}
-
-
-def _body_doc(schema: Any) -> dict[str, Any]:
-    return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
-        "parameters": [IDEMPOTENCY_HEADER],
-    }
-
 
 def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
     """The dispensing blueprint, with the trial's own visits and factors."""
@@ -63,7 +48,7 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
     @blp.route("/participants/<string:screening_number>/dispense")
     class Dispense(MethodView):
         @authenticated
-        @blp.doc(**_body_doc(schemas.dispensing))
+        @blp.doc(**body_doc(schemas.dispensing))
         @blp.response(201, DispensingSchema)
         @blp.alt_response(
             409,
@@ -89,7 +74,7 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
     @blp.route("/kits/<string:kit_number>/status")
     class KitStatus(MethodView):
         @authenticated
-        @blp.doc(**_body_doc(schemas.kit_status))
+        @blp.doc(**body_doc(schemas.kit_status))
         @blp.response(200, KitStatusChangeSchema)
         @blp.alt_response(
             409,
@@ -134,7 +119,7 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
     ) -> None:
         class Change(MethodView):
             @authenticated
-            @blp.doc(**_body_doc(schema))
+            @blp.doc(**body_doc(schema))
             @blp.response(200, ParticipantSchema)
             @blp.alt_response(409, schema=ProblemSchema, description="Not from its status")
             def post(self, screening_number: str) -> Response:

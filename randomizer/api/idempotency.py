@@ -26,6 +26,23 @@ from randomizer.services.idempotency import (
 from randomizer.state import app_state
 
 HEADER = "Idempotency-Key"
+#: The header in the OpenAPI document of every state-changing POST.
+IDEMPOTENCY_HEADER = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "Retry safely: the same key and body return the first response again.",
+}
+
+
+def body_doc(schema: Any) -> dict[str, Any]:
+    """``@blp.doc`` arguments of an idempotent POST whose JSON body ``schema`` validates."""
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "parameters": [IDEMPOTENCY_HEADER],
+    }
+
 
 Action = Callable[[Session], tuple[int, Mapping[str, Any]]]
 

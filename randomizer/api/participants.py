@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from randomizer import roles
 from randomizer.api.auth import authenticated, current_actor, requires
-from randomizer.api.idempotency import run_idempotent
+from randomizer.api.idempotency import IDEMPOTENCY_HEADER, body_doc, run_idempotent
 from randomizer.api.parsing import StrictBlueprint, submission
 from randomizer.domain.participants import ScreeningRequest
 from randomizer.schemas import ParticipantSchema, ProblemSchema, RandomizationSchema, TrialSchemas
@@ -22,14 +22,6 @@ from randomizer.services.participants import (
     screen_participant,
 )
 from randomizer.state import app_state
-
-IDEMPOTENCY_HEADER = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string", "maxLength": 255},
-    "description": "Retry safely: the same key and body return the first response again.",
-}
 
 
 def blueprint(schemas: TrialSchemas) -> Blueprint:
@@ -76,13 +68,7 @@ def blueprint(schemas: TrialSchemas) -> Blueprint:
     @blp.route("/<string:screening_number>/randomize")
     class Randomize(MethodView):
         @authenticated
-        @blp.doc(
-            requestBody={
-                "required": True,
-                "content": {"application/json": {"schema": schemas.randomization}},
-            },
-            parameters=[IDEMPOTENCY_HEADER],
-        )
+        @blp.doc(**body_doc(schemas.randomization))
         @blp.response(201, RandomizationSchema)
         @blp.alt_response(403, schema=ProblemSchema, description="Role may not randomise")
         @blp.alt_response(404, schema=ProblemSchema, description="Unknown or not yours")

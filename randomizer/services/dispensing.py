@@ -42,7 +42,7 @@ from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
 from randomizer.services.participants import find_participant, participant_arm
-from randomizer.services.refusals import printable, refusals_audited
+from randomizer.services.refusals import refusals_audited
 
 #: Kit numbers as :func:`randomizer.services.kits.new_kit_number` makes them.
 KIT_NUMBER = re.compile(r"\AK\d{4}-\d{4}\Z")
@@ -76,15 +76,15 @@ def dispense_kits(
     submission: Submission[DispenseRequest],
 ) -> Dispensing:
     """Allocate a visit's kits to a randomised participant; audited either way."""
-    valid = SCREENING_NUMBER.fullmatch(screening_number) is not None
     with refusals_audited(
         session,
         ctx,
         actor,
         "participant.dispense_refused",
-        screening_number if valid else None,
+        screening_number,
         site=actor.site,
-        data=None if valid else {"screening_number": printable(screening_number)},
+        pattern=SCREENING_NUMBER,
+        field="screening_number",
     ):
         return _dispense(session, ctx, actor, screening_number, submission)
 
@@ -186,15 +186,15 @@ def change_kit_status(
     supply, decided over every arm) when a replacement is due and the site cannot give one:
     then nothing changes. Audited either way.
     """
-    valid = KIT_NUMBER.fullmatch(kit_number) is not None
     with refusals_audited(
         session,
         ctx,
         actor,
         "kit.status_change_refused",
-        kit_number if valid else None,
+        kit_number,
         site=actor.site,
-        data=None if valid else {"kit_number": printable(kit_number)},
+        pattern=KIT_NUMBER,
+        field="kit_number",
     ):
         return _change_kit_status(session, ctx, actor, kit_number, submission)
 

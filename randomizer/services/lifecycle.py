@@ -29,7 +29,7 @@ from randomizer.roles import CHANGE_PARTICIPANT_STATUS, CORRECT_PARTICIPANT, Act
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
 from randomizer.services.participants import find_participant, latest_correction
-from randomizer.services.refusals import printable, refusals_audited
+from randomizer.services.refusals import refusals_audited
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,15 @@ FLAG_ERROR = LifecycleStep(
 
 
 def _audited(session: Session, ctx: TrialContext, actor: Actor, action: str, number: str) -> Any:
-    valid = SCREENING_NUMBER.fullmatch(number) is not None
     return refusals_audited(
         session,
         ctx,
         actor,
         f"{action}_refused",
-        number if valid else None,
+        number,
         site=actor.site,
-        data=None if valid else {"screening_number": printable(number)},
+        pattern=SCREENING_NUMBER,
+        field="screening_number",
     )
 
 

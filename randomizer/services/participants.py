@@ -48,7 +48,7 @@ from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
 from randomizer.services.notifications import alert_stratum_exhausted
-from randomizer.services.refusals import printable, refusals_audited
+from randomizer.services.refusals import refusals_audited
 from randomizer.services.trial_setup import SLOT_SEAL_KIND
 
 log = logging.getLogger(__name__)
@@ -253,15 +253,15 @@ def randomize_participant(
     orders them. Every refusal is audited as ``participant.randomization_refused`` and
     leaves nothing else behind.
     """
-    valid = SCREENING_NUMBER.fullmatch(screening_number) is not None
     with refusals_audited(
         session,
         ctx,
         actor,
         "participant.randomization_refused",
-        screening_number if valid else None,
+        screening_number,
         site=actor.site,
-        data=None if valid else {"screening_number": printable(screening_number)},
+        pattern=SCREENING_NUMBER,
+        field="screening_number",
         on_refusal=lambda refusal: _alert(session, ctx, refusal),
     ):
         return _randomize(session, ctx, actor, screening_number, submission)

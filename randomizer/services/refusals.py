@@ -10,6 +10,7 @@ everything, the refusal entry included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -34,22 +35,35 @@ def refusals_audited(
     subject: str | None,
     *,
     site: str | None,
+    pattern: re.Pattern[str] | None = None,
+    field: str = "subject",
+    record_as_sent: bool = False,
     data: Mapping[str, Any] | None = None,
     on_refusal: Callable[[Problem], None] | None = None,
 ) -> Iterator[None]:
     """Run the block in a savepoint; audit a refusal from it as ``action`` on ``subject``.
 
-    ``data`` is added to what the refusal itself says (its reason and status, the failed
-    rule ids, the invalid field paths and the extras its type declares auditable).
-    ``on_refusal(refusal)`` runs after the refusal's entry, in the transaction that commits
-    it (an alert written to the outbox, say), since the block's own work is undone.
+    ``subject`` is the identifier as the caller sent it. With a ``pattern``, one that does
+    not match is not used as the entry's subject (it may be anything a client typed): its
+    printable form is recorded under ``field`` instead, and under ``field`` always with
+    ``record_as_sent``. ``data`` is added to what the refusal itself says (its reason and
+    status, the failed rule ids, the invalid field paths and the extras its type declares
+    auditable). ``on_refusal(refusal)`` runs after the refusal's entry, in the transaction
+    that commits it (an alert written to the outbox, say), since the block's work is undone.
     """
+    extra = dict(data or {})
+    if subject is not None and pattern is not None:
+        well_formed = pattern.fullmatch(subject) is not None
+        if not well_formed or record_as_sent:
+            extra[field] = printable(subject)
+        if not well_formed:
+            subject = None
     try:
         with savepoint(session):
             yield
     except Problem as refusal:
         ctx.audit.append(
-            session, actor, action, subject, {**refusal_data(refusal), **(data or {})}, site=site
+            session, actor, action, subject, {**refusal_data(refusal), **extra}, site=site
         )
         if on_refusal is not None:
             on_refusal(refusal)

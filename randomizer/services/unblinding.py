@@ -35,7 +35,7 @@ from randomizer.services.participants import (
     find_participant,
     participant_arm,
 )
-from randomizer.services.refusals import printable, refusals_audited
+from randomizer.services.refusals import refusals_audited
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,16 @@ def unblind_participant(
     submission: Submission[UnblindRequest],
 ) -> UnblindingResult:
     """Break the blind for one participant; audited whether it succeeds or is refused."""
-    valid = SCREENING_NUMBER.fullmatch(screening_number) is not None
     with refusals_audited(
         session,
         ctx,
         actor,
         "participant.unblind_refused",
-        screening_number if valid else None,
+        screening_number,
         site=actor.site,
-        data={"screening_number": printable(screening_number)},
+        pattern=SCREENING_NUMBER,
+        field="screening_number",
+        record_as_sent=True,
     ):
         return _unblind(session, ctx, actor, screening_number, submission)
 

@@ -54,7 +54,6 @@ def export_lists(session: Session, ctx: TrialContext, seed_hex: str) -> list[tup
         ctx.definition.id,
         {
             "kind": "randomisation-lists",
-            "slots": len(rows),
             "seed_commitment": trial.seed_commitment,
         },
     )

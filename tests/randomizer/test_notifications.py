@@ -369,6 +369,37 @@ def test_the_investigators_of_the_participants_site_are_told_and_no_others(servi
         assert detail not in content
 
 
+@pytest.mark.requirement("R-UNB-2")
+@pytest.mark.requirement("R-CLI")
+def test_an_investigator_added_with_an_email_hears_of_unblindings_at_its_site(service, mail_server):
+    refused = service.cli(
+        "users", "add", "--role", "investigator", "--site", "102", "--email", "no address", "x"
+    )
+    assert refused.exit_code != 0
+    assert "email" in refused.output
+    added = service.cli(
+        "users", "add", "--role", "investigator", "--site", "102", "--email", "pi@site102.test",
+        "investigator-102",
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    client = service.app(mail_server.url)
+    client.tokens = {**client.tokens, "investigator-102": added.output.strip()}
+    response = client.screen_and_randomize("S-NEW-1", user="coordinator-102", site="102")
+    assert response.status_code == 201
+
+    assert unblind(client, "S-NEW-1", "investigator-101").status_code == 404
+    assert unblind(client, "S-NEW-1", "investigator-102").status_code == 200
+
+    received = mail_server.inbox.wait_for(2)
+    service.settle()
+    time.sleep(0.2)
+    assert sorted(r.rcpt_tos[0] for r in mail_server.inbox.received) == sorted(
+        [SAFETY, "pi@site102.test"]
+    )
+    assert all("investigator-102 (investigator)" in r.message.get_content() for r in received)
+    assert all("at site 102" in r.message["Subject"] for r in received)
+
+
 # A dead or slow mail server never delays an unblinding -------------------------------------
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
 from audit.checkpoint import parse_verifier_key, verify_checkpoint
@@ -343,22 +343,30 @@ def test_the_longest_reference_and_detail_are_accepted_and_recorded(api, db):
 
 
 @pytest.mark.requirement("R-UNB")
-@pytest.mark.parametrize("status", ["withdrawn", "randomized_in_error"])
-def test_any_participant_ever_randomised_can_be_unblinded(api, ctx, db, status):
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("withdraw", "coordinator-101")],
+        [("discontinue", "coordinator-101")],
+        [("flag-error", "admin")],
+        [("discontinue", "investigator-101"), ("withdraw", "coordinator-101")],
+    ],
+)
+def test_any_participant_ever_randomised_can_be_unblinded_whatever_its_status(api, ctx, db, steps):
     enrol(api)
-    with db.transaction() as session:
-        session.execute(
-            update(Participant)
-            .where(Participant.screening_number.in_([R101, S101]))
-            .values(status=status)
-        )
+    for path, user in steps:
+        changed = api.post(f"/participants/{R101}/{path}", user, json={"reason": "Test."})
+        assert changed.status_code == 200, changed.get_json()
+    withdrawn = api.post(f"/participants/{S101}/withdraw", "coordinator-101", json={"reason": "x"})
+    assert withdrawn.get_json()["status"] == "withdrawn"
 
     randomised = unblind(api, R101, "investigator-101")
     never = unblind(api, S101, "investigator-101")
 
     assert randomised.status_code == 200
     assert randomised.get_json()["arm"]["id"] == arm_of(db, ctx, R101)
-    assert never.status_code == 409
+    assert never.status_code == 409  # withdrawn before randomisation: there is no arm
+    assert never.get_json()["type"] == "/problems/conflict"
 
 
 @pytest.mark.requirement("R-UNB")

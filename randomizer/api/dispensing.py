@@ -28,6 +28,8 @@ from randomizer.services import lifecycle
 from randomizer.services.dispensing import (
     change_kit_status,
     dispense_kits,
+    dispense_refusal,
+    kit_status_refusal,
     kit_view,
     site_inventory,
 )
@@ -69,7 +71,9 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                 result = dispense_kits(session, state.ctx, actor, screening_number, body)
                 return 201, DispensingSchema().dump(result)
 
-            return run_idempotent("participants.dispense", actor, act)
+            return run_idempotent(
+                "participants.dispense", actor, act, dispense_refusal(screening_number)
+            )
 
     @blp.route("/kits/<string:kit_number>/status")
     class KitStatus(MethodView):
@@ -91,7 +95,7 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                 result = change_kit_status(session, state.ctx, actor, kit_number, body)
                 return 200, KitStatusChangeSchema().dump(result)
 
-            return run_idempotent("kits.status", actor, act)
+            return run_idempotent("kits.status", actor, act, kit_status_refusal(kit_number))
 
     @blp.route("/kits/<string:kit_number>")
     class KitResource(MethodView):
@@ -115,7 +119,7 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                 return site_inventory(session, state.ctx, current_actor(), site)
 
     def participant_change(
-        path: str, name: str, schema: Any, change: Callable[..., Any], doc: str
+        path: str, action: str, schema: Any, change: Callable[..., Any], doc: str
     ) -> None:
         class Change(MethodView):
             @authenticated
@@ -132,10 +136,15 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                         participant_view(session, state.ctx, participant)
                     )
 
-                return run_idempotent(f"participants.{name}", actor, act)
+                return run_idempotent(
+                    f"participants.{path}",
+                    actor,
+                    act,
+                    lifecycle.lifecycle_refusal(action, screening_number),
+                )
 
         Change.post.__doc__ = doc
-        Change.__name__ = f"Participant{name.title().replace('-', '')}"
+        Change.__name__ = f"Participant{path.title().replace('-', '')}"
         blp.route(f"/participants/<string:screening_number>/{path}")(Change)
 
     for path, step, doc in (
@@ -143,10 +152,10 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
         ("discontinue", lifecycle.DISCONTINUE, "Discontinue treatment: follow-up visits stay."),
         ("flag-error", lifecycle.FLAG_ERROR, "Flag a participant randomised in error (admin)."),
     ):
-        participant_change(path, path, schemas.reason, _status_change(step), doc)
+        participant_change(path, step.action, schemas.reason, _status_change(step), doc)
     participant_change(
         "correct-stratum",
-        "correct-stratum",
+        lifecycle.STRATUM_CORRECTED,
         schemas.stratum_correction,
         lifecycle.correct_stratum,
         "Record the right screening factors beside the original (admin, R-FIX).",

@@ -18,6 +18,7 @@ from randomizer.schemas import ParticipantSchema, ProblemSchema, RandomizationSc
 from randomizer.services.participants import (
     find_participant,
     participant_view,
+    randomization_refusal,
     randomize_participant,
     screen_participant,
 )
@@ -95,6 +96,8 @@ def blueprint(schemas: TrialSchemas) -> Blueprint:
                 result = randomize_participant(session, state.ctx, actor, screening_number, body)
                 return 201, RandomizationSchema().dump(result)
 
-            return run_idempotent("participants.randomize", actor, act)
+            return run_idempotent(
+                "participants.randomize", actor, act, randomization_refusal(screening_number)
+            )
 
     return blp

@@ -65,9 +65,23 @@ def record_refusal(
     site: str | None,
     data: Mapping[str, Any] | None = None,
 ) -> None:
-    """Append ``problem``'s refusal entry and mark it recorded (once: a recorded one is left)."""
+    """Append ``problem``'s refusal entry and mark it recorded, unless this transaction's
+    service has recorded it already (an adapter calls this for every refusal it sees)."""
     if problem.recorded:
         return
+    _append(session, ctx, actor, refusal, problem, site=site, data=data)
+
+
+def _append(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    refusal: Refusal,
+    problem: Problem,
+    *,
+    site: str | None,
+    data: Mapping[str, Any] | None,
+) -> None:
     subject, about = refusal.entry_subject_and_data()
     ctx.audit.append(
         session,
@@ -119,9 +133,8 @@ def refusals_audited(
         with savepoint(session):
             yield
     except Problem as problem:
-        already = problem.recorded
-        record_refusal(session, ctx, actor, refusal, problem, site=site, data=data)
-        if on_refusal is not None and not already:
+        _append(session, ctx, actor, refusal, problem, site=site, data=data)
+        if on_refusal is not None:
             on_refusal(problem)
         raise
     finally:

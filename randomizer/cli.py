@@ -389,26 +389,23 @@ def audit_verify(cli: Cli, verifier_key: str | None, checkpoint_file: str | None
         )
     trusted = [Path(checkpoint_file).read_text(encoding="utf-8")] if checkpoint_file else []
     with cli.db.reading() as session:
-        # Read the head first and nothing beyond it: entries and checkpoints are append-only,
-        # so what lies below the head is stable while the service keeps appending.
-        size, head = session.execute(select(AuditHead.size, AuditHead.last_hash)).one()
+        # One snapshot: the service may go on appending, but what this reads is one state
+        # of the log. Every stored entry and checkpoint is read, whatever audit_head says:
+        # the head is a lock and a cache, and verify_log reports one that disagrees.
+        _snapshot(session)
         checkpoints = list(
-            session.scalars(
-                select(AuditCheckpoint.note)
-                .where(AuditCheckpoint.size <= size)
-                .order_by(AuditCheckpoint.size)
-            )
+            session.scalars(select(AuditCheckpoint.note).order_by(AuditCheckpoint.size))
         )
+        size, head = session.execute(select(AuditHead.size, AuditHead.last_hash)).one()
         entries = (
             canonical.encode("utf-8")
             for canonical in session.scalars(
                 select(AuditEntry.canonical)
-                .where(AuditEntry.seq < size)
                 .order_by(AuditEntry.seq)
                 .execution_options(yield_per=2000)
             )
         )
-        report = verify_log(entries, checkpoints, key, trusted, head_hash=head)
+        report = verify_log(entries, checkpoints, key, trusted, head_hash=head, head_size=size)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if not report.ok:
@@ -664,6 +661,24 @@ def db_revision(cli: Cli) -> None:
     with cli.db.reading() as session:
         current = current_revision(session.connection())
     click.echo(f"database: {current or 'none'}; code: {head_revision()}")
+
+
+def _snapshot(session: Any) -> None:
+    """Make every read of ``session`` see one state of the database, however long it runs.
+
+    PostgreSQL: a read-only REPEATABLE READ transaction (never a serialisation failure for
+    reads). SQLite: any open transaction is a snapshot (WAL); one is opened if the session
+    has none yet.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        session.connection(
+            execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        )
+        return
+    connection = session.connection()
+    if not connection.connection.driver_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN")
 
 
 def _origin(session: Any) -> str:

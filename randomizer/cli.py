@@ -57,7 +57,30 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _expected_failures() -> tuple[type[Exception], ...]:
+    """What a command reports as one ``error:`` line: refusals of the set-up, not bugs."""
+    from keys import KeysError
+    from randomizer.config import ConfigError
+    from randomizer.migrations import SchemaMismatch
+    from randomizer.services.context import NotInitialised
+
+    return (KeysError, ConfigError, SchemaMismatch, NotInitialised)
+
+
+class _Commands(click.Group):
+    """The ``sealroom`` group: a key store, setting or schema that refuses to serve ends any
+    command with ``error: ...`` and exit 1, never with a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if isinstance(exc, _expected_failures()):
+                fail(str(exc))
+            raise
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--database-url",
     envvar="SEALROOM_DATABASE_URL",

@@ -82,15 +82,21 @@ class Instance:
     def tokens_path(self) -> Path:
         return self.directory / "tokens.json"
 
-    def run(self, *args: str) -> Result:
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> Result:
         """``sealroom --database-url <url> <args>`` with this instance's directory."""
         environment = {
             "SEALROOM_INSTANCE_DIR": str(self.directory),
             "SEALROOM_DATABASE_URL": None,
             "SEALROOM_KEYS_DIR": None,
             "SEALROOM_MASTER_KEY": None,
+            "SEALROOM_LIST_SEED": None,
+            **(env or {}),
         }
-        return CliRunner().invoke(main, ["--database-url", self.url, *args], env=environment)
+        return CliRunner().invoke(
+            main, ["--database-url", self.url, *args], env=environment, input=stdin
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -488,6 +494,138 @@ def test_lists_export_with_a_wrong_seed_exits_1_and_writes_nothing(demo, tmp_pat
     assert result.exit_code == 1
     assert not out.exists()
     assert "igpro20" not in result.output and "placebo" not in result.output
+
+
+# keys with loose permissions (issue 7, finding 13) -----------------------------------------
+
+
+@contextmanager
+def loosened(path: Path, new_mode: int) -> Iterator[None]:
+    """``path`` with ``new_mode`` for the block, then as it was."""
+    before = mode(path)
+    path.chmod(new_mode)
+    try:
+        yield
+    finally:
+        path.chmod(before)
+
+
+def refused_cleanly(result: Result, *words: str) -> None:
+    """One ``error:`` line and exit 1: no exception escaped the command."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.stderr.startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+#: Every command that needs the keys, with arguments it would otherwise accept.
+NEEDS_KEYS = {
+    "users add": ["users", "add", "--role", "auditor", "loose-keys"],
+    "users token": ["users", "token", "auditor"],
+    "users deactivate": ["users", "deactivate", "auditor"],
+    "audit verify": ["audit", "verify"],
+    "audit export": ["audit", "export", "--out", "{tmp}/audit.jsonl"],
+    "lists export": ["lists", "export", "--seed", SEED, "--out", "{tmp}/lists.csv"],
+    "sites add": ["sites", "add", "--attr", "region=europe", "301"],
+    "sites close": ["sites", "close", "102"],
+    "notifications send": ["notifications", "send"],
+    "serve": ["serve", "--port", "1"],
+}
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize("command", list(NEEDS_KEYS))
+def test_a_keys_directory_others_may_read_is_refused_with_an_error_line(demo, tmp_path, command):
+    args = [arg.format(tmp=tmp_path) for arg in NEEDS_KEYS[command]]
+    size = len(demo.log())
+
+    with loosened(demo.keys_dir, 0o755):
+        result = demo.run(*args, env={"SEALROOM_SMTP_URL": "smtp://127.0.0.1:1"})
+
+    refused_cleanly(result, "mode 0o755", "chmod 700")
+    assert len(demo.log()) == size
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize(
+    ("command", "key_file"),
+    [
+        ("users add", "master"),
+        ("lists export", "master"),
+        ("audit verify", "signing"),
+        ("audit export", "signing"),
+        ("serve", "signing"),
+    ],
+)
+def test_a_key_file_others_may_read_is_refused_with_an_error_line(
+    demo, tmp_path, command, key_file
+):
+    args = [arg.format(tmp=tmp_path) for arg in NEEDS_KEYS[command]]
+    (path,) = (demo.keys_dir / key_file).glob("*.key")
+
+    with loosened(path, 0o644):
+        result = demo.run(*args)
+
+    refused_cleanly(result, "mode 0o644", "chmod 600")
+
+
+@pytest.mark.requirement("R-CLI")
+def test_a_malformed_master_key_variable_is_refused_with_an_error_line(demo):
+    result = demo.run("users", "token", "auditor", env={"SEALROOM_MASTER_KEY": "mk-1:not-base64"})
+
+    refused_cleanly(result, "SEALROOM_MASTER_KEY")
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize("command", ["init-demo", "init"])
+def test_creating_a_trial_beside_a_loose_keys_directory_is_refused_with_an_error_line(
+    scratch, tmp_path, command
+):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+    instance.keys_dir.mkdir(parents=True)
+    instance.keys_dir.chmod(0o755)
+    seed_file = tmp_path / "seed.txt"
+    seed_file.write_text(SEED + "\n")
+    seed_file.chmod(0o600)
+    args = ["init-demo", "--seed", SEED]
+    if command == "init":
+        args = ["init", "--trial", str(bundled_trial()), "--seed-file", str(seed_file)]
+
+    refused_cleanly(instance.run(*args), "mode 0o755")
+
+
+def bundled_trial() -> Path:
+    from randomizer.domain import bundled_trial_path
+
+    return bundled_trial_path()
+
+
+@pytest.mark.requirement("R-CLI")
+def test_the_console_script_prints_no_traceback_for_loose_keys(demo):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("sealroom")
+    environment = {
+        **os.environ,
+        "SEALROOM_INSTANCE_DIR": str(demo.directory),
+        "SEALROOM_DATABASE_URL": demo.url,
+    }
+    for name in ("SEALROOM_KEYS_DIR", "SEALROOM_MASTER_KEY"):
+        environment.pop(name, None)
+    with loosened(demo.keys_dir, 0o755):
+        result = subprocess.run(
+            [str(script), "audit", "verify"], env=environment, capture_output=True, text=True
+        )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: key directory "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 # --help ------------------------------------------------------------------------------------

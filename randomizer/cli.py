@@ -109,20 +109,101 @@ def _load_definition(trial_file: str | None) -> tuple[Any, str]:
         raise  # unreachable: fail() exits
 
 
-def _read_seed_file(path: Path) -> bytes:
-    """The seed from a file of 64 hex digits, refused if others than its owner may read it."""
+#: The variable that may hold the list seed: unlike an argument, no other user can read it.
+LIST_SEED_ENV = "SEALROOM_LIST_SEED"
+#: A seed file holds 64 hex digits and a newline; anything much larger is not a seed file.
+_MAX_SEED_TEXT = 4096
+
+
+def _seed_file_option(required_help: str = "") -> Any:
+    return click.option(
+        "--seed-file",
+        type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+        help="File holding the list seed (64 hex digits; mode 0600), or - for standard input"
+        f"{required_help}. Or set {LIST_SEED_ENV}.",
+    )
+
+
+def _seed_hex_option(what: str) -> Any:
+    return click.option(
+        "--seed",
+        "seed_hex",
+        metavar="HEX",
+        help=f"{what}, 64 hex digits, on the command line: for scripted demos only, since "
+        "other local users can read it (process list) and the shell's history keeps it.",
+    )
+
+
+def _seed_text(seed_hex: str | None, seed_file: str | None) -> Any:
+    """Where the list seed comes from: a function reading its text, or None if none was given.
+
+    One source: ``--seed-file FILE`` (``-``: standard input), else ``SEALROOM_LIST_SEED``,
+    else ``--seed HEX`` (with a warning: the command line is visible to other local users).
+    The function raises ``ValueError`` when the seed cannot be read; no message ever holds
+    the seed. ``init``, ``init-demo`` and ``lists export`` all read the seed through here.
+    """
+    if seed_hex is not None and seed_file is not None:
+        raise click.UsageError("give the seed once: --seed-file or --seed, not both")
+    if seed_file is not None:
+        return lambda: _read_seed_file(seed_file)
+    if seed_hex is not None:
+        click.echo(
+            "warning: --seed puts the list seed on the command line, where other local users "
+            "can read it (process list) and the shell's history keeps it; use --seed-file "
+            f"FILE (- for standard input) or {LIST_SEED_ENV} instead",
+            err=True,
+        )
+        return lambda: seed_hex
+    from_env = os.environ.get(LIST_SEED_ENV)
+    if from_env is not None:
+
+        def read_env() -> str:
+            if len(from_env) > _MAX_SEED_TEXT:
+                raise ValueError(f"{LIST_SEED_ENV} is too long to hold a seed")
+            return from_env.strip()
+
+        return read_env
+    return None
+
+
+def _read_seed_file(name: str) -> str:
+    """The seed's text from a file (refused if others than its owner may read it) or ``-``."""
+    if name == "-":
+        stream = sys.stdin
+        if stream.isatty():
+            return click.prompt("List seed", hide_input=True, err=True).strip()
+        text = stream.read(_MAX_SEED_TEXT + 1)
+    else:
+        path = Path(name)
+        try:
+            with path.open("rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if mode & 0o077:
+                    raise ValueError(
+                        f"--seed-file: {path} may be read by others (mode {mode & 0o777:04o}); "
+                        f"chmod 600 {path} first"
+                    )
+                raw = handle.read(_MAX_SEED_TEXT + 1)
+        except OSError as exc:
+            raise ValueError(f"--seed-file: cannot read {path}: {exc.strerror}") from None
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError("--seed-file: a seed file holds hexadecimal digits only") from None
+    if len(text) > _MAX_SEED_TEXT:
+        raise ValueError("--seed-file: too large to be a seed file")
+    return text.strip()
+
+
+def _parse_seed_or_fail(read: Any) -> bytes:
+    """The seed's bytes from a reader of :func:`_seed_text`; exit 1 saying why not."""
     from randomizer.domain import parse_seed
 
-    mode = path.stat().st_mode
-    if mode & 0o077:
-        fail(
-            f"--seed-file: {path} may be read by others (mode {mode & 0o777:04o}); "
-            f"chmod 600 {path} first"
-        )
     try:
-        return parse_seed(path.read_text(encoding="ascii").strip())
-    except (ValueError, UnicodeDecodeError) as exc:
-        fail(f"--seed-file: {exc}")
+        return parse_seed(read())
+    except ValueError as exc:
+        message = str(exc)
+        fail(message if message.startswith("--") else f"seed: {message}")
         raise  # unreachable: fail() exits
 
 
@@ -145,14 +226,9 @@ def _holds_trial(cli: Cli) -> bool:
     type=click.Path(exists=True, dir_okay=False),
     help="The trial definition (TOML).",
 )
-@click.option(
-    "--seed-file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="File holding the statistician's list seed (64 hex digits; mode 0600).",
-)
+@_seed_file_option(" (required, or the variable)")
 @pass_cli
-def init(cli: Cli, trial_file: str, seed_file: str) -> None:
+def init(cli: Cli, trial_file: str, seed_file: str | None) -> None:
     """Create the schema, keys, the trial and its sealed lists: no sites, kits or users.
 
     For a real trial; add sites with `sealroom sites add` and users with `sealroom users add`.
@@ -163,7 +239,10 @@ def init(cli: Cli, trial_file: str, seed_file: str) -> None:
     from randomizer.services import trial_setup
 
     definition, toml_text = _load_definition(trial_file)
-    seed = _read_seed_file(Path(seed_file))
+    read = _seed_text(None, seed_file)
+    if read is None:
+        raise click.UsageError(f"give the list seed with --seed-file FILE or {LIST_SEED_ENV}")
+    seed = _parse_seed_or_fail(read)
     cli.settings.instance_dir.mkdir(parents=True, exist_ok=True)
     try:
         keys = trial_setup.prepare_database(cli.db, cli.settings.keys_dir)
@@ -179,7 +258,8 @@ def init(cli: Cli, trial_file: str, seed_file: str) -> None:
     )
     click.echo(f"Database: {cli.db.engine.url}")
     click.echo(f"Keys: {cli.settings.keys_dir} (losing them loses the ability to unblind)")
-    click.echo(f"The seed file {seed_file} is no longer needed here: keep it offline.")
+    if seed_file not in (None, "-"):
+        click.echo(f"The seed file {seed_file} is no longer needed here: keep it offline.")
 
 
 @main.command("init-demo")
@@ -194,9 +274,8 @@ def init(cli: Cli, trial_file: str, seed_file: str) -> None:
     type=click.Path(dir_okay=False),
     help="Where to write the demo users' tokens (default: <instance>/tokens.json).",
 )
-@click.option(
-    "--seed", "seed_hex", help="List seed, 64 hex digits (default: a fresh one, printed once)."
-)
+@_seed_file_option(" (default: a fresh seed, printed once)")
+@_seed_hex_option("List seed")
 @click.option(
     "--keep-existing",
     is_flag=True,
@@ -207,25 +286,23 @@ def init_demo(
     cli: Cli,
     trial_file: str | None,
     tokens_out: str | None,
+    seed_file: str | None,
     seed_hex: str | None,
     keep_existing: bool,
 ) -> None:
     """`init` plus the demo's sites, kits and one user per role."""
     from keys import KeyStoreError
-    from randomizer.domain import parse_seed
     from randomizer.errors import Problem
     from randomizer.services.demo import DEMO_SITES, initialise_demo
 
     settings = cli.settings
+    read = _seed_text(seed_hex, seed_file)
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
     if keep_existing and _holds_trial(cli):
         click.echo(f"The database {cli.db.engine.url} already holds a trial: keeping it.")
         return
     definition, toml_text = _load_definition(trial_file)
-    try:
-        seed = secrets.token_bytes(32) if seed_hex is None else parse_seed(seed_hex)
-    except ValueError as exc:
-        fail(f"--seed: {exc}")
+    seed = secrets.token_bytes(32) if read is None else _parse_seed_or_fail(read)
     try:
         demo = initialise_demo(cli.db, settings.keys_dir, definition, toml_text, seed)
     except (KeyStoreError, Problem) as exc:
@@ -241,7 +318,7 @@ def init_demo(
     click.echo(f"Database: {cli.db.engine.url}")
     click.echo(f"Keys: {settings.keys_dir} (losing them loses the ability to unblind)")
     click.echo(f"Tokens of {len(demo.tokens)} demo users: {tokens_path} (mode 0600)")
-    if seed_hex is None:
+    if read is None:
         click.echo(
             "List seed (hand it to the statistician now: it is not stored and will not "
             f"be shown again):\n{seed.hex()}"
@@ -523,14 +600,25 @@ def lists_group() -> None:
 
 
 @lists_group.command("export")
-@click.option("--seed", "seed_hex", required=True, help="The list seed (64 hex digits).")
+@_seed_file_option()
+@_seed_hex_option("The list seed")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
 @pass_cli
-def lists_export(cli: Cli, seed_hex: str, out: str) -> None:
-    """Write the unblinded lists (stratum,randomization_number,arm); needs the right seed."""
+def lists_export(cli: Cli, seed_file: str | None, seed_hex: str | None, out: str) -> None:
+    """Write the unblinded lists (stratum,randomization_number,arm); needs the right seed.
+
+    Every refused attempt (a seed that cannot be read, is malformed or is not the lists')
+    is audited as export.refused, without the seed.
+    """
     from randomizer.services.lists import export_lists
 
-    rows = _run(cli, lambda s, c: export_lists(s, c, seed_hex))
+    read = _seed_text(seed_hex, seed_file)
+    if read is None:
+        raise click.UsageError(
+            f"give the list seed with --seed-file FILE (- for standard input), {LIST_SEED_ENV}"
+            " or --seed HEX"
+        )
+    rows = _run(cli, lambda s, c: export_lists(s, c, read))
     # The unblinded allocation: written only for its owner, like the tokens.
     table = io.StringIO(newline="")
     writer = csv.writer(table)

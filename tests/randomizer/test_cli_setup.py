@@ -148,6 +148,37 @@ def test_init_refuses_a_seed_file_others_may_read_and_creates_nothing(
 
 
 @pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-LIST-3")
+@pytest.mark.parametrize("source", ["stdin", "environment"])
+def test_init_takes_the_seed_from_stdin_or_the_environment(scratch, tmp_path, source):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+    if source == "stdin":
+        args, env, stdin = ["--seed-file", "-"], {}, SEED + "\n"
+    else:
+        args, env, stdin = [], {"SEALROOM_LIST_SEED": SEED}, None
+
+    result = instance.run("init", "--trial", TRIAL_FILE, *args, env=env, stdin=stdin)
+
+    assert result.exit_code == 0, result.output
+    assert not HEX_64.search(result.output)
+    exported = instance.run(
+        "lists", "export", "--out", str(tmp_path / "lists.csv"), env={"SEALROOM_LIST_SEED": SEED}
+    )
+    assert exported.exit_code == 0, exported.output
+
+
+@pytest.mark.requirement("R-CLI")
+def test_init_without_a_seed_is_a_usage_error_and_creates_nothing(scratch, tmp_path):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+
+    result = instance.run("init", "--trial", TRIAL_FILE)
+
+    assert result.exit_code == 2, result.output
+    assert "--seed-file" in result.output and "SEALROOM_LIST_SEED" in result.output
+    assert not instance.keys_dir.exists()
+
+
+@pytest.mark.requirement("R-CLI")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", [SEED, WRONG_SEED], ids=["same seed", "other seed"])
 def test_a_second_init_is_refused_and_changes_nothing(scratch, tmp_path, backend, seed):

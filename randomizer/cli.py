@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from randomizer.config import Settings
 from randomizer.db import Database
+from randomizer.files import create_private_file, make_private_dir, write_private_file
 
 
 class Cli:
@@ -243,7 +244,7 @@ def init(cli: Cli, trial_file: str, seed_file: str | None) -> None:
     if read is None:
         raise click.UsageError(f"give the list seed with --seed-file FILE or {LIST_SEED_ENV}")
     seed = _parse_seed_or_fail(read)
-    cli.settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(cli.settings.instance_dir)
     try:
         keys = trial_setup.prepare_database(cli.db, cli.settings.keys_dir)
         with cli.db.transaction() as session:
@@ -297,7 +298,7 @@ def init_demo(
 
     settings = cli.settings
     read = _seed_text(seed_hex, seed_file)
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.instance_dir)
     if keep_existing and _holds_trial(cli):
         click.echo(f"The database {cli.db.engine.url} already holds a trial: keeping it.")
         return
@@ -309,7 +310,7 @@ def init_demo(
         fail(str(exc))
 
     tokens_path = Path(tokens_out) if tokens_out else settings.instance_dir / "tokens.json"
-    _write_secret(tokens_path, json.dumps(demo.tokens, indent=2) + "\n")
+    write_private_file(tokens_path, json.dumps(demo.tokens, indent=2) + "\n")
     click.echo(
         f"Trial {definition.id} initialised: {len(definition.strata())} strata, "
         f"{demo.slots} slots, {len(DEMO_SITES)} sites with {demo.kits_per_arm} kits "
@@ -323,16 +324,6 @@ def init_demo(
             "List seed (hand it to the statistician now: it is not stored and will not "
             f"be shown again):\n{seed.hex()}"
         )
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Write a file only its owner may read (tokens are secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
 
 
 # serve ------------------------------------------------------------------------------------
@@ -535,7 +526,8 @@ def audit_export(cli: Cli, out: str) -> None:
     partial = target.with_name(target.name + ".partial")
 
     def export(session: Any, ctx: Any) -> Any:
-        with open(partial, "wb") as handle:
+        # The trail names participants and users: its owner's only, like the database.
+        with os.fdopen(create_private_file(partial), "wb") as handle:
             return export_audit(session, ctx, SYSTEM, handle)
 
     try:
@@ -624,7 +616,7 @@ def lists_export(cli: Cli, seed_file: str | None, seed_hex: str | None, out: str
     writer = csv.writer(table)
     writer.writerow(["stratum", "randomization_number", "arm"])
     writer.writerows(rows)
-    _write_secret(Path(out), table.getvalue())
+    write_private_file(Path(out), table.getvalue())
     click.echo(f"{len(rows)} slots written to {out}")
 
 

@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from randomizer.errors import Problem
+from randomizer.files import sqlite_do_connect
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def make_engine(url: str, *, busy_seconds: float = SQLITE_BUSY_SECONDS, **kwargs
     url = normalise_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": busy_seconds}, **kwargs)
+        # The database file holds trial data: created 0600 (its -wal and -shm take its mode).
+        event.listen(engine, "do_connect", sqlite_do_connect)
         event.listen(
             engine,
             "connect",

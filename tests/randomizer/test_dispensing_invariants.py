@@ -1016,6 +1016,7 @@ class Hostile:
     json: Any = None
     raw: bytes | None = None
     content_type: str = "application/json"
+    headers: dict[str, str] | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -1062,6 +1063,8 @@ HOSTILE = [
     _dispense("not JSON", 415, raw=b"visit=week5", content_type="text/plain"),
     _dispense("too large", 413, raw=b'{"visit": "' + b"x" * 70_000 + b'"}'),
     _dispense("another site's participant", 404, WEEK5, user="pharmacist-102"),
+    _dispense("Idempotency-Key with a space", 400, WEEK5, headers={"Idempotency-Key": "a b"}),
+    _dispense("Idempotency-Key too long", 400, WEEK5, headers={"Idempotency-Key": "k" * 256}),
     *(
         _post(
             f"screening number {number!r}",
@@ -1095,6 +1098,12 @@ HOSTILE = [
     _kit("no reason", 422, {"status": "dispensed"}),
     _kit("unknown field", 422, {"status": "dispensed", "reason": REASON, "participant": "S-1"}),
     _kit("malformed JSON", 400, raw=b'{"status": "dispensed", "reason": "x"'),
+    _kit(
+        "Idempotency-Key empty",
+        400,
+        {"status": "dispensed", "reason": REASON},
+        headers={"Idempotency-Key": ""},
+    ),
     # Withdrawal, discontinuation, flags and corrections.
     *(
         _life(f"{path} reason {reason[:12]!r}", path, user, action, {"reason": reason})
@@ -1111,6 +1120,15 @@ HOSTILE = [
         "coordinator-101",
         "participant.withdrawn",
         {"reason": "moved away", "status": "screened"},
+    ),
+    _life(
+        "withdraw Idempotency-Key with a space",
+        "withdraw",
+        "coordinator-101",
+        "participant.withdrawn",
+        {"reason": "moved away"},
+        status=400,
+        headers={"Idempotency-Key": "a b"},
     ),
     _life(
         "discontinue malformed JSON",
@@ -1207,7 +1225,7 @@ def test_wrong_and_hostile_input_gets_a_4xx_and_changes_nothing_but_one_refusal(
             kwargs = {"json": case.json}
         else:
             kwargs = {}
-        response = api.request(case.method, path, case.user, **kwargs)
+        response = api.request(case.method, path, case.user, headers=case.headers, **kwargs)
         after_kits, after_people, after_corrections, after_log = _snapshot(db)
 
         body = response.get_json(silent=True) or {}

@@ -12,6 +12,7 @@ from randomizer.api import (
     notifications,
     participants,
     problems,
+    refused_methods,
     trial,
     unblinding,
 )
@@ -48,4 +49,5 @@ def init_app(app: Flask, schemas: TrialSchemas) -> Api:
         api.register_blueprint(blp)
     # After flask-smorest's own handler for HTTPException, which these replace.
     problems.init_app(app)
+    refused_methods.init_app(app)
     return api

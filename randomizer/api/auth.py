@@ -43,6 +43,14 @@ def _authenticate_request() -> Actor:
     return actor
 
 
+def optional_actor() -> Actor | None:
+    """The actor of a valid bearer token sent with this request, or None (never raises)."""
+    try:
+        return _authenticate_request()
+    except Unauthorized:
+        return None
+
+
 def authenticated(view: F) -> F:
     """Require a valid bearer token (401 otherwise)."""
 

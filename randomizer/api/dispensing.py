@@ -49,6 +49,8 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
 
     @blp.route("/participants/<string:screening_number>/dispense")
     class Dispense(MethodView):
+        refusal_of = staticmethod(lambda args: dispense_refusal(args["screening_number"]))
+
         @authenticated
         @blp.doc(**body_doc(schemas.dispensing))
         @blp.response(201, DispensingSchema)
@@ -72,11 +74,13 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                 return 201, DispensingSchema().dump(result)
 
             return run_idempotent(
-                "participants.dispense", actor, act, dispense_refusal(screening_number)
+                "participants.dispense", actor, act, self.refusal_of(request.view_args)
             )
 
     @blp.route("/kits/<string:kit_number>/status")
     class KitStatus(MethodView):
+        refusal_of = staticmethod(lambda args: kit_status_refusal(args["kit_number"]))
+
         @authenticated
         @blp.doc(**body_doc(schemas.kit_status))
         @blp.response(200, KitStatusChangeSchema)
@@ -95,7 +99,7 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                 result = change_kit_status(session, state.ctx, actor, kit_number, body)
                 return 200, KitStatusChangeSchema().dump(result)
 
-            return run_idempotent("kits.status", actor, act, kit_status_refusal(kit_number))
+            return run_idempotent("kits.status", actor, act, self.refusal_of(request.view_args))
 
     @blp.route("/kits/<string:kit_number>")
     class KitResource(MethodView):
@@ -122,6 +126,10 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
         path: str, action: str, schema: Any, change: Callable[..., Any], doc: str
     ) -> None:
         class Change(MethodView):
+            refusal_of = staticmethod(
+                lambda args: lifecycle.lifecycle_refusal(action, args["screening_number"])
+            )
+
             @authenticated
             @blp.doc(**body_doc(schema))
             @blp.response(200, ParticipantSchema)
@@ -137,10 +145,7 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                     )
 
                 return run_idempotent(
-                    f"participants.{path}",
-                    actor,
-                    act,
-                    lifecycle.lifecycle_refusal(action, screening_number),
+                    f"participants.{path}", actor, act, self.refusal_of(request.view_args)
                 )
 
         Change.post.__doc__ = doc

@@ -68,6 +68,8 @@ def blueprint(schemas: TrialSchemas) -> Blueprint:
 
     @blp.route("/<string:screening_number>/randomize")
     class Randomize(MethodView):
+        refusal_of = staticmethod(lambda args: randomization_refusal(args["screening_number"]))
+
         @authenticated
         @blp.doc(**body_doc(schemas.randomization))
         @blp.response(201, RandomizationSchema)
@@ -97,7 +99,7 @@ def blueprint(schemas: TrialSchemas) -> Blueprint:
                 return 201, RandomizationSchema().dump(result)
 
             return run_idempotent(
-                "participants.randomize", actor, act, randomization_refusal(screening_number)
+                "participants.randomize", actor, act, self.refusal_of(request.view_args)
             )
 
     return blp

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     dispatcher = Dispatcher(database, ctx, transport) if transport is not None else None
     ctx = replace(
         ctx,
+        token_lifetime=timedelta(days=settings.token_days),
         notices=Notices(
             safety_contacts=settings.notify_unblinding,
             wake=dispatcher.wake if dispatcher is not None else None,

@@ -14,6 +14,8 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,8 @@ class Cli:
 
         with self.db.transaction() as session:
             check_schema_current(session.connection())
-            yield session, load_trial_context(session, self.settings.keys_dir)
+            ctx = load_trial_context(session, self.settings.keys_dir)
+            yield session, replace(ctx, token_lifetime=timedelta(days=self.settings.token_days))
 
 
 pass_cli = click.make_pass_decorator(Cli)

@@ -36,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from randomizer.services.context import Notices, load_trial_context, utc_now
     from randomizer.services.notifications import Dispatcher, transport_for
     from randomizer.state import EXTENSION, AppState
+    from randomizer.wsgi import BodyDeadline
 
     options = dict(config or {})
     settings = options.pop("settings", None) or Settings.from_env()
@@ -72,4 +73,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         settings=settings, db=database, ctx=ctx, schemas=schemas, dispatcher=dispatcher
     )
     api.init_app(app, schemas)
+    app.wsgi_app = BodyDeadline(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -342,8 +342,15 @@ def init_demo(
     type=int,
     help="Server processes (gunicorn); they may serve one database at once.",
 )
+@click.option(
+    "--threads",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Request threads per server process.",
+)
 @pass_cli
-def serve(cli: Cli, host: str, port: int, workers: int) -> None:
+def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
     """Serve the API with gunicorn."""
     from gunicorn.app.base import BaseApplication
 
@@ -361,6 +368,12 @@ def serve(cli: Cli, host: str, port: int, workers: int) -> None:
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
+            # Threaded workers whose client sockets never wait without a deadline: a few
+            # slow clients cannot take every worker (randomizer/serving.py says how).
+            self.cfg.set("worker_class", "randomizer.serving.Worker")
+            self.cfg.set("threads", threads)
+            self.cfg.set("timeout", 60)
+            self.cfg.set("keepalive", 5)
             # A request line of a few thousand characters must reach the application's
             # own error handling (a problem detail), not gunicorn's HTML 400.
             self.cfg.set("limit_request_line", 8190)

@@ -15,6 +15,7 @@ from randomizer.api import (
     trial,
     unblinding,
 )
+from randomizer.api.parsing import BoundedChunkedBodies
 from randomizer.schemas import TrialSchemas
 
 
@@ -48,4 +49,7 @@ def init_app(app: Flask, schemas: TrialSchemas) -> Api:
         api.register_blueprint(blp)
     # After flask-smorest's own handler for HTTPException, which these replace.
     problems.init_app(app)
+    app.wsgi_app = BoundedChunkedBodies(  # type: ignore[method-assign]
+        app.wsgi_app, lambda: app.config.get("MAX_CONTENT_LENGTH")
+    )
     return api

@@ -37,6 +37,11 @@ from randomizer.domain.participants import (
 )
 
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+ASCII_DIGITS = re.compile(r"[0-9]+")
+#: Bounds of every integer a request may carry (URS §8, R-NF-3): what PostgreSQL's 32-bit
+#: ``integer`` holds, so no value sent can overflow a column, a bound or a comparison.
+DB_INT_MAX = 2**31 - 1
+DB_INT_MIN = -(2**31)
 #: Decimal places accepted in a decimal input (weights, scores, doses).
 DECIMAL_PLACES = 3
 
@@ -118,11 +123,57 @@ class StrictDecimal(fields.Decimal):
         return None if value is None else str(value)
 
 
-class StrictInteger(fields.Integer):
-    """A JSON integer (``18``), never a string or a boolean."""
+def within_database_bounds(validators: Any, *, minimum: int = DB_INT_MIN) -> list[Any]:
+    """``validators`` and a range for the sides they leave open: ``minimum`` to DB_INT_MAX.
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(strict=True, **kwargs)
+    An integer without a stated bound on one side gets the database's bound there, so that no
+    request can carry a number the database cannot hold (a 500 on PostgreSQL, whose
+    ``integer`` is 32 bits, and on SQLite beyond 64 bits); one with both bounds stated keeps
+    them alone (one message, and the document shows the field's own range).
+    """
+    if validators is None:
+        validators = []
+    elif callable(validators):
+        validators = [validators]
+    validators = list(validators)
+    ranges = [v for v in validators if isinstance(v, validate.Range)]
+    has_min = any(r.min is not None and r.min >= minimum for r in ranges)
+    has_max = any(r.max is not None and r.max <= DB_INT_MAX for r in ranges)
+    if not (has_min and has_max):
+        validators.append(
+            validate.Range(min=None if has_min else minimum, max=None if has_max else DB_INT_MAX)
+        )
+    return validators
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer (``18``), never a string or a boolean, within the database's bounds."""
+
+    def __init__(self, *, validate: Any = None, **kwargs: Any) -> None:
+        super().__init__(strict=True, validate=within_database_bounds(validate), **kwargs)
+
+
+class QueryInteger(fields.Integer):
+    """An integer in a query string (URS §8: strict input): ASCII digits only, 0 to DB_INT_MAX.
+
+    Python's ``int()`` also takes ``" 1"``, ``"1_0"``, ``"+1"`` and other scripts' digits
+    (``"\u0661"``); none of those is an integer here. No sign: no query integer is negative.
+    """
+
+    default_error_messages: ClassVar[dict[str, str]] = {
+        "invalid": "Not a valid integer: ASCII digits 0-9 only.",
+    }
+
+    def __init__(self, *, validate: Any = None, **kwargs: Any) -> None:
+        super().__init__(validate=within_database_bounds(validate, minimum=0), **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, str) or not ASCII_DIGITS.fullmatch(value):
+            raise self.make_error("invalid")
+        digits = value.lstrip("0") or "0"
+        # More digits than DB_INT_MAX has: too large, whatever they say (and int() of
+        # thousands of digits is refused by Python itself). The range gives the message.
+        return int(digits) if len(digits) <= len(str(DB_INT_MAX)) else DB_INT_MAX + 1
 
 
 class StrictDate(fields.Date):

@@ -7,12 +7,12 @@ from typing import Any
 import marshmallow as ma
 from flask import Response
 from flask.views import MethodView
-from marshmallow import fields, validate
+from marshmallow import fields
 
 from randomizer import roles
 from randomizer.api.auth import current_actor, requires
 from randomizer.api.parsing import StrictBlueprint
-from randomizer.schemas import ProblemSchema, StrictSchema
+from randomizer.schemas import ProblemSchema, QueryInteger, StrictSchema
 from randomizer.services import audit_queries
 from randomizer.state import app_state
 
@@ -23,22 +23,20 @@ blp = StrictBlueprint(
     description="The audit trail: signed checkpoints, entries and RFC 9162 proofs.",
 )
 
-_COUNT = {"validate": validate.Range(min=0), "required": True}
-
 
 class EntriesQuery(StrictSchema):
-    start = fields.Integer(**_COUNT)
-    end = fields.Integer(validate=validate.Range(min=0))
+    start = QueryInteger(required=True)
+    end = QueryInteger()
 
 
 class InclusionQuery(StrictSchema):
-    index = fields.Integer(**_COUNT)
-    size = fields.Integer(**_COUNT)
+    index = QueryInteger(required=True)
+    size = QueryInteger(required=True)
 
 
 class ConsistencyQuery(StrictSchema):
-    first = fields.Integer(**_COUNT)
-    second = fields.Integer(**_COUNT)
+    first = QueryInteger(required=True)
+    second = QueryInteger(required=True)
 
 
 class InclusionProofSchema(ma.Schema):

@@ -117,10 +117,23 @@ class BoundedChunkedBodies:
 
 
 class StrictFlaskParser(FlaskParser):
-    """webargs' parser, reading JSON bodies with :func:`loads_strict`."""
+    """webargs' parser, reading JSON bodies with :func:`loads_strict`, and refusing a query
+    parameter sent twice (``start=0&start=5``) instead of silently taking the first."""
 
     def _raw_load_json(self, req: Request) -> Any:
         return request_json(req)
+
+    def load_querystring(self, req: Request, schema: ma.Schema) -> Any:
+        proxy = super().load_querystring(req, schema)
+        declared = {field.data_key or name for name, field in schema.fields.items()}
+        repeated = sorted(
+            key
+            for key, values in req.args.lists()
+            if len(values) > 1 and key in declared and key not in proxy.multiple_keys
+        )
+        if repeated:
+            raise ValidationFailed({key: ["Send this parameter once."] for key in repeated})
+        return proxy
 
 
 class StrictBlueprint(Blueprint):

@@ -409,12 +409,26 @@ class TrialSchema(ma.Schema):
 
 
 class ProblemSchema(ma.Schema):
-    """RFC 9457 problem details (``application/problem+json``)."""
+    """RFC 9457 problem details (``application/problem+json``).
 
-    type = fields.String(metadata={"example": "/problems/validation"})
-    title = fields.String()
-    status = fields.Integer()
-    detail = fields.String()
+    ``type``, ``title``, ``status`` and ``detail`` are always there; a refusal may add members
+    of its own (RFC 9457 §3.2), e.g. ``randomization_number`` when already randomised.
+    """
+
+    class Meta:
+        unknown = ma.INCLUDE  # documents "additionalProperties": true (extension members)
+
+    type = fields.String(
+        required=True,
+        metadata={
+            "example": "/problems/validation",
+            "description": "/problems/ and the kind of refusal (URS §8); "
+            "/problems/method-not-allowed for a method the path does not take (405)",
+        },
+    )
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
     errors = fields.Dict(
         keys=fields.String(),
         values=fields.List(fields.String()),
@@ -455,7 +469,8 @@ def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
             strata_fields[factor.id] = fields.Raw(
                 load_only=True,
                 validate=_refuse_site_factor(factor.id),
-                metadata={"description": "derived from the site: never send it"},
+                # JSON Schema's "not": {} admits no value: the factor is never sent.
+                metadata={"description": "derived from the site: never send it", "not": {}},
             )
     strata_schema = StrictSchema.from_dict(strata_fields, name="ScreeningStrata")
     eligibility_schema = StrictSchema.from_dict(

@@ -24,6 +24,10 @@ blp = StrictBlueprint(
 )
 
 
+#: The document's schema of a text answer (signed notes, key lines, JSON Lines).
+TEXT = {"type": "string"}
+
+
 class EntriesQuery(StrictSchema):
     start = QueryInteger(required=True)
     end = QueryInteger()
@@ -58,7 +62,7 @@ def _text(body: str) -> Response:
 @blp.route("/checkpoint")
 class LatestCheckpoint(MethodView):
     @requires(roles.READ_CHECKPOINT)
-    @blp.response(200, content_type="text/plain")
+    @blp.response(200, TEXT, content_type="text/plain")
     @blp.alt_response(404, schema=ProblemSchema, description="No checkpoint yet")
     def get(self) -> Response:
         """The latest signed checkpoint (C2SP signed note). Reveals only size and root."""
@@ -68,7 +72,8 @@ class LatestCheckpoint(MethodView):
 
 @blp.route("/verifier-key")
 class VerifierKeyLine(MethodView):
-    @blp.response(200, content_type="text/plain")
+    @blp.response(200, TEXT, content_type="text/plain")
+    @blp.doc(security=[])
     def get(self) -> Response:
         """The verifier key line. Trust the one you obtained out of band, not this one."""
         return _text(app_state().ctx.audit.verifier_key.line() + "\n")
@@ -78,7 +83,7 @@ class VerifierKeyLine(MethodView):
 class Entries(MethodView):
     @requires(roles.READ_AUDIT_ENTRIES)
     @blp.arguments(EntriesQuery, location="query")
-    @blp.response(200, content_type="application/jsonl")
+    @blp.response(200, TEXT, content_type="application/jsonl")
     def get(self, query: dict[str, Any]) -> Response:
         """Entries with start <= seq < end (at most 10,000), as JSON Lines of canonical bytes."""
         with app_state().db.reading() as session:

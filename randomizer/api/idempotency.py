@@ -17,6 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from randomizer.api.problems import json_response
 from randomizer.roles import Actor
 from randomizer.services.idempotency import (
+    KEY,
     Outcome,
     canonical_json,
     check_key,
@@ -31,7 +32,7 @@ IDEMPOTENCY_HEADER = {
     "name": HEADER,
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": 255},
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{KEY.pattern}$"},
     "description": "Retry safely: the same key and body return the first response again.",
 }
 

@@ -24,14 +24,43 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+class _DuplicateMember(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _object_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose every member is named once (Python's JSON keeps the last silently)."""
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in members:
+            raise _DuplicateMember(name)
+        members[name] = value
+    return members
+
+
 def loads_strict(raw: bytes) -> Any:
     """Parse JSON keeping decimals exact; raise ValidationFailed (400) on anything else.
 
     ``NaN``/``Infinity`` are refused, and so are integers too long to convert (Python's
-    4300-digit limit raises ValueError, which must become a 400, never a 500).
+    4300-digit limit raises ValueError, which must become a 400, never a 500), and an object
+    naming a member twice (``{"weight_kg": 70, "weight_kg": 300}``: which one was meant?).
     """
     try:
-        return json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
+        return json.loads(
+            raw.decode("utf-8"),
+            parse_float=Decimal,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_object_once,
+        )
+    except _DuplicateMember as duplicate:
+        # The name as JSON text (ASCII, escaped): it may hold NUL or a lone surrogate.
+        raise ValidationFailed(
+            {"_body": [f"The member {json.dumps(duplicate.name)} is sent more than once."]},
+            detail="The body is not valid JSON: an object names a member twice.",
+            status=400,
+        ) from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValidationFailed(
             _INVALID_BODY, detail="The body is not valid JSON.", status=400

@@ -38,6 +38,8 @@ from randomizer.domain.participants import (
 
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 ASCII_DIGITS = re.compile(r"[0-9]+")
+#: The document's pattern of a string without NUL (ECMA 262, as OpenAPI's patterns are).
+NO_NUL_PATTERN = r"^[^\x00]*$"
 #: Bounds of every integer a request may carry (URS §8, R-NF-3): what PostgreSQL's 32-bit
 #: ``integer`` holds, so no value sent can overflow a column, a bound or a comparison.
 DB_INT_MAX = 2**31 - 1
@@ -60,6 +62,11 @@ class SafeString(fields.String):
         "nul": "Must not contain NUL characters.",
         "surrogate": "Must not contain lone surrogates.",
     }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The document says so too (a JSON text cannot hold a lone surrogate anyway).
+        self.metadata = {"pattern": NO_NUL_PATTERN, **self.metadata}
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         if not isinstance(value, str):
@@ -102,6 +109,9 @@ class StrictDecimal(fields.Decimal):
                     value = getattr(validator, attribute)
                     if value is not None:
                         bounds[key] = int(value) if value == int(value) else float(value)
+        # The places, in the document too: 0.001 for 3.
+        step = Decimal(1).scaleb(-places)
+        bounds["multipleOf"] = int(step) if step == int(step) else float(step)
         self.metadata = {**bounds, **self.metadata}
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Decimal:
@@ -600,4 +610,8 @@ def reason_field() -> fields.Field:
             validate.Length(min=1, max=500),
             validate.Predicate("isprintable", error="Printable characters only."),
         ],
+        metadata={
+            "description": "why, audited as written: printable characters only (no control, "
+            "format or separator character but the space)"
+        },
     )

@@ -232,3 +232,22 @@ def test_text_answers_declare_their_content_type(document):
     ):
         content = document["paths"][path]["get"]["responses"]["200"]["content"]
         assert content == {media_type: {"schema": {"type": "string"}}}
+
+
+@pytest.mark.requirement("R-API")
+def test_decimal_places_and_nul_free_strings_are_in_the_document(api, document):
+    """Found by the contract fuzzing: valid-looking data refused for what the document hid."""
+    schemas = document["components"]["schemas"]
+    assert schemas["RandomizationRequest"]["properties"]["weight_kg"]["multipleOf"] == 0.001
+    assert schemas["EligibilityAnswers"]["properties"]["pga_vas_cm"]["multipleOf"] == 0.001
+    assert schemas["ScreeningRequest"]["properties"]["site"]["pattern"] == "^[^\\x00]*$"
+    assert schemas["ReasonRequest"]["properties"]["reason"]["pattern"] == "^[^\\x00]*$"
+    # And the service refuses what they exclude.
+    assert api.screen("S-0001").status_code == 201
+    problem = assert_problem(api.randomize("S-0001", weight_kg=70.0005), 422)
+    assert problem["errors"] == {"weight_kg": ["At most 3 decimal places."]}
+    body = {"reason": "moved\u0000away"}
+    response = api.post("/participants/S-0001/withdraw", "coordinator-101", json=body)
+    assert assert_problem(response, 422)["errors"] == {
+        "reason": ["Must not contain NUL characters."]
+    }

@@ -18,7 +18,8 @@ How the first altered entry is named (URS §9: the edited entry itself, not its 
   broken links, the altered entry is the *last* source of the run, never before ``a``
   (entry ``a-1`` is authentic) and never after ``b-1`` (the checkpoint of ``b`` does not
   cover entry ``b``).
-* The last entry has no successor; its outgoing link is the ``head_hash`` storage claims.
+* The last entry has no successor; its outgoing link is the ``head_hash`` storage claims
+  (when storage's head claims the last entry, that is ``head_size`` is the log's size).
   If no link in the window is broken, the chain was recomputed after the edit: the window
   is all that can be said (exact when checkpoints are one transaction apart, as URS §7
   makes them).
@@ -27,6 +28,12 @@ How the first altered entry is named (URS §9: the edited entry itself, not its 
 
 Position problems (a missing, duplicated or reordered ``seq``) are named by position and
 take precedence: chain and tree findings at or after the first of them are consequences.
+
+Storage's head (``head_size``, ``head_hash``) is a lock and a cache, never evidence: the log
+is what the entries and the signed checkpoints say. The caller passes every stored entry and
+every stored checkpoint, however many the head claims; a head that disagrees with them (a
+size other than the number of entries, a hash other than that of its last entry) is itself
+reported.
 """
 
 from __future__ import annotations
@@ -73,16 +80,22 @@ def verify_log(
     verifier_key: VerifierKey | None = None,
     trusted_checkpoints: Sequence[str] = (),
     head_hash: str | None = None,
+    head_size: int | None = None,
 ) -> VerifyReport:
     """Verify a log.
 
     ``entries`` (any iterable: it is read once, in order) are each stored entry's
     canonical bytes in storage order (position ``i``
-    must hold seq ``i``); ``checkpoints`` the stored signed notes in storage order;
+    must hold seq ``i``): all of them, not only those up to what storage's head claims;
+    ``checkpoints`` every stored signed note in storage order;
     ``trusted_checkpoints`` notes saved elsewhere (by an auditor or monitor) that the log
-    must still extend; ``head_hash`` the hex hash storage claims for its last entry.
+    must still extend; ``head_hash`` the hex hash storage claims for its last entry and
+    ``head_size`` the number of entries it claims (``None``: not known, the head is taken
+    to claim the entries given).
     """
-    return _verify(iter(entries), checkpoints, verifier_key, trusted_checkpoints, head_hash)
+    return _verify(
+        iter(entries), checkpoints, verifier_key, trusted_checkpoints, head_hash, head_size
+    )
 
 
 def verify_export_stream(
@@ -91,6 +104,7 @@ def verify_export_stream(
     verifier_key: VerifierKey | None = None,
     trusted_checkpoints: Sequence[str] = (),
     head_hash: str | None = None,
+    head_size: int | None = None,
 ) -> VerifyReport:
     """Like ``verify_log``, over the lines of a JSON Lines export read one at a time.
 
@@ -98,7 +112,7 @@ def verify_export_stream(
     newline inside strings, so a line is never split).
     """
     entries = (line[:-1] if line.endswith(b"\n") else line for line in lines)
-    return _verify(entries, checkpoints, verifier_key, trusted_checkpoints, head_hash)
+    return _verify(entries, checkpoints, verifier_key, trusted_checkpoints, head_hash, head_size)
 
 
 # --- the pieces of evidence ----------------------------------------------------------------------
@@ -131,6 +145,7 @@ class _Scan:
     misplaced: list[tuple[int, int]] = field(default_factory=list)  # (position, seq held)
     breaks: set[int] = field(default_factory=set)  # j: entry j+1's prev is not H(entry j)
     roots: dict[int, bytes] = field(default_factory=dict)
+    hash_at_head: str | None = None  # hash of the entry just below storage's head size
 
 
 class _Findings:
@@ -164,13 +179,14 @@ def _verify(
     verifier_key: VerifierKey | None,
     trusted_checkpoints: Sequence[str],
     head_hash: str | None,
+    head_size: int | None,
 ) -> VerifyReport:
     findings = _Findings()
     warnings: list[str] = []
     stored, unsigned = _accept_checkpoints(checkpoints, verifier_key, False, findings)
     trusted, _ = _accept_checkpoints(trusted_checkpoints, verifier_key, True, findings)
     evidence = stored + trusted
-    scan = _scan_entries(entries, {head.size for head in evidence})
+    scan = _scan_entries(entries, {head.size for head in evidence}, head_size)
     n = scan.size
 
     if verifier_key is None:
@@ -183,13 +199,17 @@ def _verify(
     first_position_problem = _report_positions(scan, findings)
     extent = max(n, scan.max_seq + 1)
     truncated = _report_truncation(evidence, n, extent, findings)
-    head_broken = head_hash is not None and n > 0 and head_hash != scan.last_hash
-    if head_hash is not None and n == 0:
+    # The head's hash anchors the last entry's outgoing link only if the head claims it.
+    head_claims_last = head_hash is not None and head_size in (None, n)
+    head_broken = head_claims_last and n > 0 and head_hash != scan.last_hash
+    if head_hash is not None and n == 0 and head_size is None:
         findings.entry(0, "entry 0 is missing: the log is empty but storage records a last entry")
+    if head_size is not None:
+        _report_head_size(scan, head_size, head_hash, extent, truncated, findings)
     _locate_alteration(
         scan,
         evidence,
-        head_hash is not None,
+        head_claims_last,
         head_broken and not truncated,
         first_position_problem,
         verifier_key is not None,
@@ -248,8 +268,9 @@ def _accept_checkpoints(
     return accepted, refused_sizes
 
 
-def _scan_entries(entries: Iterable[bytes], sizes: set[int]) -> _Scan:
-    """One pass: canonical form, seq, chain links, and the tree root at each wanted size."""
+def _scan_entries(entries: Iterable[bytes], sizes: set[int], head_size: int | None) -> _Scan:
+    """One pass: canonical form, seq, chain links, the tree root at each wanted size, and
+    the hash of entry ``head_size - 1``."""
     scan = _Scan()
     tree = CompactRange()
     if 0 in sizes:
@@ -272,6 +293,8 @@ def _scan_entries(entries: Iterable[bytes], sizes: set[int]) -> _Scan:
                 scan.breaks.add(position - 1)  # -1: entry 0's prev must be 64 zeros
         # The stored bytes are hashed as they are: they were just checked to be canonical.
         expected_prev = sha256(raw).hexdigest()
+        if position + 1 == head_size:
+            scan.hash_at_head = expected_prev
         tree.append(sha256(b"\x00" + raw).digest())
         if tree.size in sizes:
             scan.roots[tree.size] = tree.root()
@@ -344,6 +367,38 @@ def _report_positions(scan: _Scan, findings: _Findings) -> int | None:
     if len(starts) > _MAX_LISTED:
         findings.other(f"{len(starts) - _MAX_LISTED} more runs of misplaced entries not listed")
     return min(unusual, default=None)
+
+
+def _report_head_size(
+    scan: _Scan,
+    head_size: int,
+    head_hash: str | None,
+    extent: int,
+    truncated: bool,
+    findings: _Findings,
+) -> None:
+    """Storage's head must claim exactly the entries stored: it is a cache, not evidence."""
+    n = scan.size
+    if head_size > extent and not truncated:
+        missing = (
+            f"entry {extent} is missing"
+            if head_size == extent + 1
+            else f"entries {extent} to {head_size - 1} are missing"
+        )
+        findings.entry(
+            extent,
+            f"{missing}: the stored head records {head_size} entries but the log holds {n}"
+            " (truncation, or the head row was altered)",
+        )
+    elif head_size < n:
+        wrong_hash = ""
+        if head_hash is not None and head_size > 0 and head_hash != scan.hash_at_head:
+            wrong_hash = f", and its hash is not that of entry {head_size - 1} either"
+        findings.other(
+            f"the stored head records {head_size} entries, but the log holds {n} entries"
+            f"{wrong_hash}: the head row was altered (every stored entry and checkpoint was"
+            " verified all the same)"
+        )
 
 
 def _report_truncation(evidence: list[_Head], n: int, extent: int, findings: _Findings) -> bool:

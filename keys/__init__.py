@@ -7,6 +7,7 @@ Depends on ``cryptography`` and the standard library only.
 from keys.datakeys import WrappedDataKey, new_data_key, rewrap_data_key, unwrap_data_key
 from keys.masterkeys import (
     MASTER_KEY_ENV,
+    KeysError,
     KeyStoreError,
     MasterKeyRing,
     create_keys_dir,
@@ -25,6 +26,7 @@ __all__ = [
     "ARM_PLAINTEXT_LENGTH",
     "MASTER_KEY_ENV",
     "KeyStoreError",
+    "KeysError",
     "MasterKeyRing",
     "SealedArm",
     "Sealer",

@@ -46,7 +46,14 @@ _MASTER_KEY_ID = re.compile(r"mk-[0-9a-f]{16}")
 _MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
-class KeyStoreError(Exception):
+class KeysError(Exception):
+    """Any refusal of the key hierarchy: what a command line reports as one ``error:`` line.
+
+    Messages name the file or key id and what is wrong; they never contain key material.
+    """
+
+
+class KeyStoreError(KeysError):
     """A key store problem: a missing, malformed or exposed key file, or a failed unwrap.
 
     Messages name the file or key id and what is wrong; they never contain key material.

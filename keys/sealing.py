@@ -19,6 +19,8 @@ from typing import Any, Self
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from keys.masterkeys import KeysError
+
 ARM_PLAINTEXT_LENGTH = 64
 NONCE_LENGTH = 12
 TAG_LENGTH = 16
@@ -35,7 +37,7 @@ _AAD_PREFIX = b"sealroom/arm/v1|"
 _MAX_TEXT_LENGTH = 512
 
 
-class UnsealError(Exception):
+class UnsealError(KeysError):
     """A sealed arm cannot be opened or parsed. Messages never contain an arm or a key."""
 
 

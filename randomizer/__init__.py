@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from randomizer.services.context import Notices, load_trial_context, utc_now
     from randomizer.services.notifications import Dispatcher, transport_for
     from randomizer.state import EXTENSION, AppState
+    from randomizer.wsgi import BodyDeadline
 
     options = dict(config or {})
     settings = options.pop("settings", None) or Settings.from_env()
@@ -58,6 +60,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     dispatcher = Dispatcher(database, ctx, transport) if transport is not None else None
     ctx = replace(
         ctx,
+        token_lifetime=timedelta(days=settings.token_days),
         notices=Notices(
             safety_contacts=settings.notify_unblinding,
             wake=dispatcher.wake if dispatcher is not None else None,
@@ -70,4 +73,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         settings=settings, db=database, ctx=ctx, schemas=schemas, dispatcher=dispatcher
     )
     api.init_app(app, schemas)
+    app.wsgi_app = BodyDeadline(app.wsgi_app)  # type: ignore[method-assign]
     return app

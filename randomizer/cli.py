@@ -14,6 +14,8 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from sqlalchemy import select
 
 from randomizer.config import Settings
 from randomizer.db import Database
+from randomizer.files import create_private_file, make_private_dir, write_private_file
 
 
 class Cli:
@@ -45,7 +48,8 @@ class Cli:
 
         with self.db.transaction() as session:
             check_schema_current(session.connection())
-            yield session, load_trial_context(session, self.settings.keys_dir)
+            ctx = load_trial_context(session, self.settings.keys_dir)
+            yield session, replace(ctx, token_lifetime=timedelta(days=self.settings.token_days))
 
 
 pass_cli = click.make_pass_decorator(Cli)
@@ -57,7 +61,30 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _expected_failures() -> tuple[type[Exception], ...]:
+    """What a command reports as one ``error:`` line: refusals of the set-up, not bugs."""
+    from keys import KeysError
+    from randomizer.config import ConfigError
+    from randomizer.migrations import SchemaMismatch
+    from randomizer.services.context import NotInitialised
+
+    return (KeysError, ConfigError, SchemaMismatch, NotInitialised)
+
+
+class _Commands(click.Group):
+    """The ``sealroom`` group: a key store, setting or schema that refuses to serve ends any
+    command with ``error: ...`` and exit 1, never with a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if isinstance(exc, _expected_failures()):
+                fail(str(exc))
+            raise
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--database-url",
     envvar="SEALROOM_DATABASE_URL",
@@ -86,20 +113,101 @@ def _load_definition(trial_file: str | None) -> tuple[Any, str]:
         raise  # unreachable: fail() exits
 
 
-def _read_seed_file(path: Path) -> bytes:
-    """The seed from a file of 64 hex digits, refused if others than its owner may read it."""
+#: The variable that may hold the list seed: unlike an argument, no other user can read it.
+LIST_SEED_ENV = "SEALROOM_LIST_SEED"
+#: A seed file holds 64 hex digits and a newline; anything much larger is not a seed file.
+_MAX_SEED_TEXT = 4096
+
+
+def _seed_file_option(required_help: str = "") -> Any:
+    return click.option(
+        "--seed-file",
+        type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+        help="File holding the list seed (64 hex digits; mode 0600), or - for standard input"
+        f"{required_help}. Or set {LIST_SEED_ENV}.",
+    )
+
+
+def _seed_hex_option(what: str) -> Any:
+    return click.option(
+        "--seed",
+        "seed_hex",
+        metavar="HEX",
+        help=f"{what}, 64 hex digits, on the command line: for scripted demos only, since "
+        "other local users can read it (process list) and the shell's history keeps it.",
+    )
+
+
+def _seed_text(seed_hex: str | None, seed_file: str | None) -> Any:
+    """Where the list seed comes from: a function reading its text, or None if none was given.
+
+    One source: ``--seed-file FILE`` (``-``: standard input), else ``SEALROOM_LIST_SEED``,
+    else ``--seed HEX`` (with a warning: the command line is visible to other local users).
+    The function raises ``ValueError`` when the seed cannot be read; no message ever holds
+    the seed. ``init``, ``init-demo`` and ``lists export`` all read the seed through here.
+    """
+    if seed_hex is not None and seed_file is not None:
+        raise click.UsageError("give the seed once: --seed-file or --seed, not both")
+    if seed_file is not None:
+        return lambda: _read_seed_file(seed_file)
+    if seed_hex is not None:
+        click.echo(
+            "warning: --seed puts the list seed on the command line, where other local users "
+            "can read it (process list) and the shell's history keeps it; use --seed-file "
+            f"FILE (- for standard input) or {LIST_SEED_ENV} instead",
+            err=True,
+        )
+        return lambda: seed_hex
+    from_env = os.environ.get(LIST_SEED_ENV)
+    if from_env is not None:
+
+        def read_env() -> str:
+            if len(from_env) > _MAX_SEED_TEXT:
+                raise ValueError(f"{LIST_SEED_ENV} is too long to hold a seed")
+            return from_env.strip()
+
+        return read_env
+    return None
+
+
+def _read_seed_file(name: str) -> str:
+    """The seed's text from a file (refused if others than its owner may read it) or ``-``."""
+    if name == "-":
+        stream = sys.stdin
+        if stream.isatty():
+            return click.prompt("List seed", hide_input=True, err=True).strip()
+        text = stream.read(_MAX_SEED_TEXT + 1)
+    else:
+        path = Path(name)
+        try:
+            with path.open("rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if mode & 0o077:
+                    raise ValueError(
+                        f"--seed-file: {path} may be read by others (mode {mode & 0o777:04o}); "
+                        f"chmod 600 {path} first"
+                    )
+                raw = handle.read(_MAX_SEED_TEXT + 1)
+        except OSError as exc:
+            raise ValueError(f"--seed-file: cannot read {path}: {exc.strerror}") from None
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError("--seed-file: a seed file holds hexadecimal digits only") from None
+    if len(text) > _MAX_SEED_TEXT:
+        raise ValueError("--seed-file: too large to be a seed file")
+    return text.strip()
+
+
+def _parse_seed_or_fail(read: Any) -> bytes:
+    """The seed's bytes from a reader of :func:`_seed_text`; exit 1 saying why not."""
     from randomizer.domain import parse_seed
 
-    mode = path.stat().st_mode
-    if mode & 0o077:
-        fail(
-            f"--seed-file: {path} may be read by others (mode {mode & 0o777:04o}); "
-            f"chmod 600 {path} first"
-        )
     try:
-        return parse_seed(path.read_text(encoding="ascii").strip())
-    except (ValueError, UnicodeDecodeError) as exc:
-        fail(f"--seed-file: {exc}")
+        return parse_seed(read())
+    except ValueError as exc:
+        message = str(exc)
+        fail(message if message.startswith("--") else f"seed: {message}")
         raise  # unreachable: fail() exits
 
 
@@ -122,14 +230,9 @@ def _holds_trial(cli: Cli) -> bool:
     type=click.Path(exists=True, dir_okay=False),
     help="The trial definition (TOML).",
 )
-@click.option(
-    "--seed-file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="File holding the statistician's list seed (64 hex digits; mode 0600).",
-)
+@_seed_file_option(" (required, or the variable)")
 @pass_cli
-def init(cli: Cli, trial_file: str, seed_file: str) -> None:
+def init(cli: Cli, trial_file: str, seed_file: str | None) -> None:
     """Create the schema, keys, the trial and its sealed lists: no sites, kits or users.
 
     For a real trial; add sites with `sealroom sites add` and users with `sealroom users add`.
@@ -140,8 +243,11 @@ def init(cli: Cli, trial_file: str, seed_file: str) -> None:
     from randomizer.services import trial_setup
 
     definition, toml_text = _load_definition(trial_file)
-    seed = _read_seed_file(Path(seed_file))
-    cli.settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    read = _seed_text(None, seed_file)
+    if read is None:
+        raise click.UsageError(f"give the list seed with --seed-file FILE or {LIST_SEED_ENV}")
+    seed = _parse_seed_or_fail(read)
+    make_private_dir(cli.settings.instance_dir)
     try:
         keys = trial_setup.prepare_database(cli.db, cli.settings.keys_dir)
         with cli.db.transaction() as session:
@@ -156,7 +262,8 @@ def init(cli: Cli, trial_file: str, seed_file: str) -> None:
     )
     click.echo(f"Database: {cli.db.engine.url}")
     click.echo(f"Keys: {cli.settings.keys_dir} (losing them loses the ability to unblind)")
-    click.echo(f"The seed file {seed_file} is no longer needed here: keep it offline.")
+    if seed_file not in (None, "-"):
+        click.echo(f"The seed file {seed_file} is no longer needed here: keep it offline.")
 
 
 @main.command("init-demo")
@@ -171,9 +278,8 @@ def init(cli: Cli, trial_file: str, seed_file: str) -> None:
     type=click.Path(dir_okay=False),
     help="Where to write the demo users' tokens (default: <instance>/tokens.json).",
 )
-@click.option(
-    "--seed", "seed_hex", help="List seed, 64 hex digits (default: a fresh one, printed once)."
-)
+@_seed_file_option(" (default: a fresh seed, printed once)")
+@_seed_hex_option("List seed")
 @click.option(
     "--keep-existing",
     is_flag=True,
@@ -184,32 +290,30 @@ def init_demo(
     cli: Cli,
     trial_file: str | None,
     tokens_out: str | None,
+    seed_file: str | None,
     seed_hex: str | None,
     keep_existing: bool,
 ) -> None:
     """`init` plus the demo's sites, kits and one user per role."""
     from keys import KeyStoreError
-    from randomizer.domain import parse_seed
     from randomizer.errors import Problem
     from randomizer.services.demo import DEMO_SITES, initialise_demo
 
     settings = cli.settings
-    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    read = _seed_text(seed_hex, seed_file)
+    make_private_dir(settings.instance_dir)
     if keep_existing and _holds_trial(cli):
         click.echo(f"The database {cli.db.engine.url} already holds a trial: keeping it.")
         return
     definition, toml_text = _load_definition(trial_file)
-    try:
-        seed = secrets.token_bytes(32) if seed_hex is None else parse_seed(seed_hex)
-    except ValueError as exc:
-        fail(f"--seed: {exc}")
+    seed = secrets.token_bytes(32) if read is None else _parse_seed_or_fail(read)
     try:
         demo = initialise_demo(cli.db, settings.keys_dir, definition, toml_text, seed)
     except (KeyStoreError, Problem) as exc:
         fail(str(exc))
 
     tokens_path = Path(tokens_out) if tokens_out else settings.instance_dir / "tokens.json"
-    _write_secret(tokens_path, json.dumps(demo.tokens, indent=2) + "\n")
+    write_private_file(tokens_path, json.dumps(demo.tokens, indent=2) + "\n")
     click.echo(
         f"Trial {definition.id} initialised: {len(definition.strata())} strata, "
         f"{demo.slots} slots, {len(DEMO_SITES)} sites with {demo.kits_per_arm} kits "
@@ -218,21 +322,11 @@ def init_demo(
     click.echo(f"Database: {cli.db.engine.url}")
     click.echo(f"Keys: {settings.keys_dir} (losing them loses the ability to unblind)")
     click.echo(f"Tokens of {len(demo.tokens)} demo users: {tokens_path} (mode 0600)")
-    if seed_hex is None:
+    if read is None:
         click.echo(
             "List seed (hand it to the statistician now: it is not stored and will not "
             f"be shown again):\n{seed.hex()}"
         )
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Write a file only its owner may read (tokens are secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
 
 
 # serve ------------------------------------------------------------------------------------
@@ -248,8 +342,15 @@ def _write_secret(path: Path, text: str) -> None:
     type=int,
     help="Server processes (gunicorn); they may serve one database at once.",
 )
+@click.option(
+    "--threads",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Request threads per server process.",
+)
 @pass_cli
-def serve(cli: Cli, host: str, port: int, workers: int) -> None:
+def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
     """Serve the API with gunicorn."""
     from gunicorn.app.base import BaseApplication
 
@@ -267,6 +368,12 @@ def serve(cli: Cli, host: str, port: int, workers: int) -> None:
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
+            # Threaded workers whose client sockets never wait without a deadline: a few
+            # slow clients cannot take every worker (randomizer/serving.py says how).
+            self.cfg.set("worker_class", "randomizer.serving.Worker")
+            self.cfg.set("threads", threads)
+            self.cfg.set("timeout", 60)
+            self.cfg.set("keepalive", 5)
             # A request line of a few thousand characters must reach the application's
             # own error handling (a problem detail), not gunicorn's HTML 400.
             self.cfg.set("limit_request_line", 8190)
@@ -389,26 +496,23 @@ def audit_verify(cli: Cli, verifier_key: str | None, checkpoint_file: str | None
         )
     trusted = [Path(checkpoint_file).read_text(encoding="utf-8")] if checkpoint_file else []
     with cli.db.reading() as session:
-        # Read the head first and nothing beyond it: entries and checkpoints are append-only,
-        # so what lies below the head is stable while the service keeps appending.
-        size, head = session.execute(select(AuditHead.size, AuditHead.last_hash)).one()
+        # One snapshot: the service may go on appending, but what this reads is one state
+        # of the log. Every stored entry and checkpoint is read, whatever audit_head says:
+        # the head is a lock and a cache, and verify_log reports one that disagrees.
+        _snapshot(session)
         checkpoints = list(
-            session.scalars(
-                select(AuditCheckpoint.note)
-                .where(AuditCheckpoint.size <= size)
-                .order_by(AuditCheckpoint.size)
-            )
+            session.scalars(select(AuditCheckpoint.note).order_by(AuditCheckpoint.size))
         )
+        size, head = session.execute(select(AuditHead.size, AuditHead.last_hash)).one()
         entries = (
             canonical.encode("utf-8")
             for canonical in session.scalars(
                 select(AuditEntry.canonical)
-                .where(AuditEntry.seq < size)
                 .order_by(AuditEntry.seq)
                 .execution_options(yield_per=2000)
             )
         )
-        report = verify_log(entries, checkpoints, key, trusted, head_hash=head)
+        report = verify_log(entries, checkpoints, key, trusted, head_hash=head, head_size=size)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if not report.ok:
@@ -438,7 +542,8 @@ def audit_export(cli: Cli, out: str) -> None:
     partial = target.with_name(target.name + ".partial")
 
     def export(session: Any, ctx: Any) -> Any:
-        with open(partial, "wb") as handle:
+        # The trail names participants and users: its owner's only, like the database.
+        with os.fdopen(create_private_file(partial), "wb") as handle:
             return export_audit(session, ctx, SYSTEM, handle)
 
     try:
@@ -503,20 +608,31 @@ def lists_group() -> None:
 
 
 @lists_group.command("export")
-@click.option("--seed", "seed_hex", required=True, help="The list seed (64 hex digits).")
+@_seed_file_option()
+@_seed_hex_option("The list seed")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
 @pass_cli
-def lists_export(cli: Cli, seed_hex: str, out: str) -> None:
-    """Write the unblinded lists (stratum,randomization_number,arm); needs the right seed."""
+def lists_export(cli: Cli, seed_file: str | None, seed_hex: str | None, out: str) -> None:
+    """Write the unblinded lists (stratum,randomization_number,arm); needs the right seed.
+
+    Every refused attempt (a seed that cannot be read, is malformed or is not the lists')
+    is audited as export.refused, without the seed.
+    """
     from randomizer.services.lists import export_lists
 
-    rows = _run(cli, lambda s, c: export_lists(s, c, seed_hex))
+    read = _seed_text(seed_hex, seed_file)
+    if read is None:
+        raise click.UsageError(
+            f"give the list seed with --seed-file FILE (- for standard input), {LIST_SEED_ENV}"
+            " or --seed HEX"
+        )
+    rows = _run(cli, lambda s, c: export_lists(s, c, read))
     # The unblinded allocation: written only for its owner, like the tokens.
     table = io.StringIO(newline="")
     writer = csv.writer(table)
     writer.writerow(["stratum", "randomization_number", "arm"])
     writer.writerows(rows)
-    _write_secret(Path(out), table.getvalue())
+    write_private_file(Path(out), table.getvalue())
     click.echo(f"{len(rows)} slots written to {out}")
 
 
@@ -664,6 +780,24 @@ def db_revision(cli: Cli) -> None:
     with cli.db.reading() as session:
         current = current_revision(session.connection())
     click.echo(f"database: {current or 'none'}; code: {head_revision()}")
+
+
+def _snapshot(session: Any) -> None:
+    """Make every read of ``session`` see one state of the database, however long it runs.
+
+    PostgreSQL: a read-only REPEATABLE READ transaction (never a serialisation failure for
+    reads). SQLite: any open transaction is a snapshot (WAL); one is opened if the session
+    has none yet.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        session.connection(
+            execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        )
+        return
+    connection = session.connection()
+    if not connection.connection.driver_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN")
 
 
 def _origin(session: Any) -> str:

@@ -30,6 +30,8 @@ VARIABLES = {
     "SEALROOM_SMTP_FROM": "sender address of notifications (default sealroom@localhost)",
     "SEALROOM_NOTIFY_UNBLINDING": "comma-separated e-mail addresses of the sponsor's blinded "
     "safety contacts, told of every unblinding (default: none)",
+    "SEALROOM_TOKEN_DAYS": "lifetime of a new API token in days (default 365, at most 3650); "
+    "renew with `sealroom users token`",
 }
 
 #: A plausible e-mail address: one @, no spaces or controls, at most 254 characters.
@@ -92,6 +94,7 @@ class Settings:
     smtp: SmtpServer | None = None
     smtp_from: str = "sealroom@localhost"
     notify_unblinding: tuple[str, ...] = ()
+    token_days: int = 365
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -130,6 +133,9 @@ class Settings:
             notify = parse_addresses(
                 env.get("SEALROOM_NOTIFY_UNBLINDING", ""), "SEALROOM_NOTIFY_UNBLINDING"
             )
+        token_days_text = overrides.pop("token_days", None) or env.get("SEALROOM_TOKEN_DAYS", "365")
+        if not str(token_days_text).isdigit() or not 1 <= int(token_days_text) <= 3650:
+            raise ConfigError("SEALROOM_TOKEN_DAYS must be a whole number of days, 1 to 3650")
         if overrides:
             raise ConfigError(f"unknown settings: {sorted(overrides)}")
         return cls(
@@ -141,4 +147,5 @@ class Settings:
             smtp=SmtpServer.from_url(smtp_url) if smtp_url else None,
             smtp_from=smtp_from,
             notify_unblinding=tuple(notify),
+            token_days=int(token_days_text),
         )

@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from randomizer.errors import Problem
+from randomizer.files import sqlite_do_connect
 
 log = logging.getLogger(__name__)
 
@@ -47,34 +48,55 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine; on SQLite, every transaction begins with ``BEGIN IMMEDIATE``.
+#: Execution option of the connections :meth:`Database.reading` uses.
+READ_ONLY = "sealroom_read_only"
+
+
+#: How long a write waits for SQLite's write lock before the answer is a 503 (well inside
+#: the server's worker timeout).
+SQLITE_BUSY_SECONDS = 10.0
+
+
+def make_engine(url: str, *, busy_seconds: float = SQLITE_BUSY_SECONDS, **kwargs: Any) -> Engine:
+    """Create an engine; on SQLite, every writing transaction begins with ``BEGIN IMMEDIATE``.
 
     SQLite has no row locks: taking the write lock when the transaction starts (instead of
     at its first write) is what serialises two randomisations, and it avoids the deadlock of
-    two readers that both try to upgrade to writers.
+    two readers that both try to upgrade to writers. Reading transactions
+    (:meth:`Database.reading`) begin with a plain ``BEGIN``: in WAL mode they read a snapshot
+    and never hold the write lock, so a long read (``audit verify``, a report) never makes a
+    write wait.
     """
     url = normalise_url(url)
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
-        event.listen(engine, "connect", _sqlite_on_connect)
+        engine = create_engine(url, connect_args={"timeout": busy_seconds}, **kwargs)
+        # The database file holds trial data: created 0600 (its -wal and -shm take its mode).
+        event.listen(engine, "do_connect", sqlite_do_connect)
+        event.listen(
+            engine,
+            "connect",
+            lambda connection, record: _sqlite_on_connect(connection, record, busy_seconds),
+        )
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any, busy_seconds: float) -> None:
     # Take transaction control from the sqlite3 module so that "begin" below is ours.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute(f"PRAGMA busy_timeout = {int(busy_seconds * 1000)}")
     cursor.close()
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def before_commit(session: Session, name: str, callback: Callable[[Session], None]) -> None:
@@ -121,15 +143,27 @@ def _run_after_commit(callbacks: dict[str, Callable[[], None]]) -> None:
 class Database:
     """A database: its engine and a factory of sessions."""
 
-    def __init__(self, url: str, *, bind: Connection | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        bind: Connection | None = None,
+        busy_seconds: float = SQLITE_BUSY_SECONDS,
+    ) -> None:
         self.url = normalise_url(url)
-        self.engine = make_engine(self.url) if bind is None else bind.engine
+        self.engine = (
+            make_engine(self.url, busy_seconds=busy_seconds) if bind is None else bind.engine
+        )
         # Tests bind sessions to an outer connection whose transaction they roll back; each
         # "commit" then only releases a savepoint (warehouse's conftest does the same).
         options: dict[str, Any] = {"expire_on_commit": False}
         if bind is not None:
             options["join_transaction_mode"] = "create_savepoint"
         self.sessions = sessionmaker(bind=bind if bind is not None else self.engine, **options)
+        self.read_sessions = sessionmaker(
+            bind=bind if bind is not None else self.engine.execution_options(**{READ_ONLY: True}),
+            **options,
+        )
 
     @property
     def dialect(self) -> str:
@@ -175,8 +209,11 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """A session for reads only: whatever it did is rolled back at the end."""
-        session = self.sessions()
+        """A session for reads only: whatever it did is rolled back at the end.
+
+        On SQLite it never takes the write lock (a plain ``BEGIN``): do not write in it.
+        """
+        session = self.read_sessions()
         try:
             yield session
         finally:

@@ -110,6 +110,12 @@ class VisitWindow(Problem):
     status, type_name, title = 422, "visit-window", "Outside the visit's window"
 
 
+class MethodNotAllowed(Problem):
+    """A method the resource does not have (405); its audit entry names it as refused."""
+
+    status, type_name, title = 405, "method-not-allowed", "Method not allowed"
+
+
 class IdempotencyKeyReused(Problem):
     status, type_name, title = 422, "idempotency-key-reused", "Idempotency key reused"
 

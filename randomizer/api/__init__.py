@@ -16,6 +16,7 @@ from randomizer.api import (
     notifications,
     participants,
     problems,
+    refused_methods,
     trial,
     unblinding,
 )
@@ -130,6 +131,7 @@ def init_app(app: Flask, schemas: TrialSchemas) -> Api:
         api.register_blueprint(blp)
     # After flask-smorest's own handler for HTTPException, which these replace.
     problems.init_app(app)
+    refused_methods.init_app(app)
     app.wsgi_app = BoundedChunkedBodies(  # type: ignore[method-assign]
         app.wsgi_app, lambda: app.config.get("MAX_CONTENT_LENGTH")
     )

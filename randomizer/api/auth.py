@@ -35,12 +35,23 @@ def _authenticate_request() -> Actor:
     match = _BEARER.fullmatch(header)
     if match is None:
         raise Unauthorized("Send a valid bearer token: Authorization: Bearer <token>.")
-    with app_state().db.reading() as session:
-        actor = authenticate(session, match.group(1))
+    state = app_state()
+    with state.db.reading() as session:
+        actor = authenticate(session, match.group(1), state.ctx.clock())
     if actor is None:
-        raise Unauthorized("The token is unknown, revoked or belongs to a deactivated user.")
+        raise Unauthorized(
+            "The token is unknown, revoked, expired or belongs to a deactivated user."
+        )
     g.actor = actor
     return actor
+
+
+def optional_actor() -> Actor | None:
+    """The actor of a valid bearer token sent with this request, or None (never raises)."""
+    try:
+        return _authenticate_request()
+    except Unauthorized:
+        return None
 
 
 def authenticated(view: F) -> F:

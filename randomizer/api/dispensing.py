@@ -28,6 +28,8 @@ from randomizer.services import lifecycle
 from randomizer.services.dispensing import (
     change_kit_status,
     dispense_kits,
+    dispense_refusal,
+    kit_status_refusal,
     kit_view,
     site_inventory,
 )
@@ -47,6 +49,8 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
 
     @blp.route("/participants/<string:screening_number>/dispense")
     class Dispense(MethodView):
+        refusal_of = staticmethod(lambda args: dispense_refusal(args["screening_number"]))
+
         @authenticated
         @blp.doc(**body_doc(schemas.dispensing))
         @blp.response(201, DispensingSchema)
@@ -69,10 +73,14 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                 result = dispense_kits(session, state.ctx, actor, screening_number, body)
                 return 201, DispensingSchema().dump(result)
 
-            return run_idempotent("participants.dispense", actor, act)
+            return run_idempotent(
+                "participants.dispense", actor, act, self.refusal_of(request.view_args)
+            )
 
     @blp.route("/kits/<string:kit_number>/status")
     class KitStatus(MethodView):
+        refusal_of = staticmethod(lambda args: kit_status_refusal(args["kit_number"]))
+
         @authenticated
         @blp.doc(**body_doc(schemas.kit_status))
         @blp.response(200, KitStatusChangeSchema)
@@ -91,7 +99,7 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                 result = change_kit_status(session, state.ctx, actor, kit_number, body)
                 return 200, KitStatusChangeSchema().dump(result)
 
-            return run_idempotent("kits.status", actor, act)
+            return run_idempotent("kits.status", actor, act, self.refusal_of(request.view_args))
 
     @blp.route("/kits/<string:kit_number>")
     class KitResource(MethodView):
@@ -115,9 +123,13 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                 return site_inventory(session, state.ctx, current_actor(), site)
 
     def participant_change(
-        path: str, name: str, schema: Any, change: Callable[..., Any], doc: str
+        path: str, action: str, schema: Any, change: Callable[..., Any], doc: str
     ) -> None:
         class Change(MethodView):
+            refusal_of = staticmethod(
+                lambda args: lifecycle.lifecycle_refusal(action, args["screening_number"])
+            )
+
             @authenticated
             @blp.doc(**body_doc(schema))
             @blp.response(200, ParticipantSchema)
@@ -132,10 +144,12 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
                         participant_view(session, state.ctx, participant)
                     )
 
-                return run_idempotent(f"participants.{name}", actor, act)
+                return run_idempotent(
+                    f"participants.{path}", actor, act, self.refusal_of(request.view_args)
+                )
 
         Change.post.__doc__ = doc
-        Change.__name__ = f"Participant{name.title().replace('-', '')}"
+        Change.__name__ = f"Participant{path.title().replace('-', '')}"
         blp.route(f"/participants/<string:screening_number>/{path}")(Change)
 
     for path, step, doc in (
@@ -143,10 +157,10 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
         ("discontinue", lifecycle.DISCONTINUE, "Discontinue treatment: follow-up visits stay."),
         ("flag-error", lifecycle.FLAG_ERROR, "Flag a participant randomised in error (admin)."),
     ):
-        participant_change(path, path, schemas.reason, _status_change(step), doc)
+        participant_change(path, step.action, schemas.reason, _status_change(step), doc)
     participant_change(
         "correct-stratum",
-        "correct-stratum",
+        lifecycle.STRATUM_CORRECTED,
         schemas.stratum_correction,
         lifecycle.correct_stratum,
         "Record the right screening factors beside the original (admin, R-FIX).",

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from randomizer.api.problems import json_response
+from randomizer.errors import Problem
 from randomizer.roles import Actor
 from randomizer.services.idempotency import (
     KEY,
@@ -24,6 +25,7 @@ from randomizer.services.idempotency import (
     perform_once,
     request_digest,
 )
+from randomizer.services.refusals import Refusal, record_refusal
 from randomizer.state import app_state
 
 HEADER = "Idempotency-Key"
@@ -48,17 +50,29 @@ def body_doc(schema: Any) -> dict[str, Any]:
 Action = Callable[[Session], tuple[int, Mapping[str, Any]]]
 
 
-def run_idempotent(operation: str, actor: Actor, action: Action) -> Response:
-    """Run ``action`` in one transaction; with an Idempotency-Key, at most once per key."""
+def run_idempotent(
+    operation: str, actor: Actor, action: Action, refusal: Refusal | None = None
+) -> Response:
+    """Run ``action`` in one transaction; with an Idempotency-Key, at most once per key.
+
+    For an operation whose refusals are audited, ``refusal`` says how: a key refused here
+    (malformed, 400; reused with another body, 422) is then recorded like every other
+    refusal of the operation, which its service records itself.
+    """
     key = request.headers.get(HEADER)
-    if key is not None:
-        check_key(key, HEADER)
     state = app_state()
-    digest = _request_digest() if key is not None else ""
     with state.db.transaction() as session:
-        outcome = perform_once(
-            session, state.ctx.clock, actor, operation, key, digest, lambda: action(session)
-        )
+        try:
+            if key is not None:
+                check_key(key, HEADER)
+            digest = _request_digest() if key is not None else ""
+            outcome = perform_once(
+                session, state.ctx.clock, actor, operation, key, digest, lambda: action(session)
+            )
+        except Problem as problem:
+            if refusal is not None:
+                record_refusal(session, state.ctx, actor, refusal, problem, site=actor.site)
+            raise
     return render(outcome)
 
 

@@ -18,6 +18,7 @@ from randomizer.schemas import ParticipantSchema, ProblemSchema, RandomizationSc
 from randomizer.services.participants import (
     find_participant,
     participant_view,
+    randomization_refusal,
     randomize_participant,
     screen_participant,
 )
@@ -67,6 +68,8 @@ def blueprint(schemas: TrialSchemas) -> Blueprint:
 
     @blp.route("/<string:screening_number>/randomize")
     class Randomize(MethodView):
+        refusal_of = staticmethod(lambda args: randomization_refusal(args["screening_number"]))
+
         @authenticated
         @blp.doc(**body_doc(schemas.randomization))
         @blp.response(201, RandomizationSchema)
@@ -95,6 +98,8 @@ def blueprint(schemas: TrialSchemas) -> Blueprint:
                 result = randomize_participant(session, state.ctx, actor, screening_number, body)
                 return 201, RandomizationSchema().dump(result)
 
-            return run_idempotent("participants.randomize", actor, act)
+            return run_idempotent(
+                "participants.randomize", actor, act, self.refusal_of(request.view_args)
+            )
 
     return blp

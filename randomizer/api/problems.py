@@ -13,9 +13,10 @@ from typing import Any
 
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from randomizer.errors import Problem, flatten_errors
+from randomizer.errors import Problem, ServiceUnavailable, flatten_errors
 from randomizer.rendering import render_json
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,32 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
     return response
 
 
+#: Seconds a client is asked to wait before retrying after a 503.
+RETRY_AFTER_SECONDS = 5
+
+
 def handle_problem(problem: Problem) -> Response:
     """Render a domain refusal."""
-    headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
+    headers = None
+    if problem.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif problem.status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return problem_response(problem.body(), headers)
+
+
+def handle_database_unavailable(error: Exception) -> Response:
+    """The database is busy (SQLite's write lock), gone or failing over: 503, try again.
+
+    Nothing was changed: the transaction that met the error was rolled back.
+    """
+    log.warning("database unavailable: %s", type(error).__name__)
+    return handle_problem(
+        ServiceUnavailable(
+            "The database is busy or unavailable; nothing was changed. Try again shortly "
+            "(with the same Idempotency-Key, if you sent one)."
+        )
+    )
 
 
 def handle_http_exception(error: HTTPException) -> Response:
@@ -129,6 +152,8 @@ def init_app(app: Flask) -> None:
     """Register the handlers (after flask-smorest's, which they replace) and the rendering."""
     app.json = RenderingJSONProvider(app)
     app.register_error_handler(Problem, handle_problem)
+    app.register_error_handler(OperationalError, handle_database_unavailable)
+    app.register_error_handler(InterfaceError, handle_database_unavailable)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)
     app.after_request(add_security_headers)

@@ -28,7 +28,7 @@ from randomizer.schemas import (
     UnblindingListItemSchema,
     UnblindingSchema,
 )
-from randomizer.services.unblinding import list_unblindings, unblind_participant
+from randomizer.services.unblinding import list_unblindings, unblind_participant, unblind_refusal
 from randomizer.state import app_state
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
 
     @blp.route("/participants/<string:screening_number>/unblind")
     class Unblind(MethodView):
+        refusal_of = staticmethod(lambda args: unblind_refusal(args["screening_number"]))
+
         @authenticated
         @blp.doc(
             requestBody={

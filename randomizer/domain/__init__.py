@@ -15,6 +15,7 @@ from randomizer.domain.eligibility import (
 from randomizer.domain.lists import (
     LIST_DOMAIN,
     RandomStream,
+    definition_commitment,
     generate_lists,
     parse_seed,
     randomization_number,
@@ -55,6 +56,7 @@ __all__ = [
     "bundled_trial_path",
     "check_bounds",
     "condition_holds",
+    "definition_commitment",
     "failed_rules",
     "generate_lists",
     "kits_for_visit",

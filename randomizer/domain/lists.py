@@ -16,6 +16,7 @@ from randomizer.domain.trial import Arm, TrialDefinition
 
 LIST_DOMAIN = b"sealroom/list/v1|"
 SEED_COMMITMENT_DOMAIN = b"sealroom/seed-commitment/v1|"
+DEFINITION_COMMITMENT_DOMAIN = b"sealroom/definition-commitment/v1|"
 SEED_BYTES = 32
 
 _U64_RANGE = 2**64
@@ -103,6 +104,20 @@ def randomization_number(stratum_number: int, position: int) -> str:
     if stratum_number < 1 or position < 1:
         raise ValueError("stratum numbers and slot positions start at 1")
     return f"R{stratum_number:02d}-{position:04d}"
+
+
+def definition_commitment(seed: bytes, definition_text: str) -> str:
+    """Hex HMAC-SHA256, keyed by the seed, of the trial definition's exact text.
+
+    What the audit trail (which blinded auditors read) records of the definition, instead of
+    its plain hash: with a plain hash, anyone who guesses the block sizes could confirm the
+    guess by hashing candidate files. Only whoever holds the seed (the statistician) can
+    check this commitment.
+    """
+    _check_seed(seed)
+    return hmac.new(
+        seed, DEFINITION_COMMITMENT_DOMAIN + definition_text.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
 
 
 def seed_commitment(seed: bytes) -> str:

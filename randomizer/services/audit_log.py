@@ -152,6 +152,11 @@ class AuditLog:
         stored = session.info.get(_CHECKPOINTED)
         if stored is not None and stored[0] == head.size:
             return stored[1]
+        # Work undone by a savepoint may have asked for a checkpoint of a size already signed.
+        existing = self.checkpoint_at(session, head.size)
+        if existing is not None:
+            session.info[_CHECKPOINTED] = (head.size, existing)
+            return existing
         store = SessionNodeStore(session)
         root = root_hash(head.size, store)
         self._check_extends_previous(session, store, head.size, root)

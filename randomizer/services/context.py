@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -59,6 +59,8 @@ class TrialContext:
     #: Source of the random choices among kits. SystemRandom: not predictable from outputs.
     rng: random.Random = field(default_factory=random.SystemRandom)
     notices: Notices = field(default_factory=Notices)
+    #: How long a new API token is valid (SEALROOM_TOKEN_DAYS).
+    token_lifetime: timedelta = timedelta(days=365)
 
     def today(self) -> date:
         """Today's calendar date in UTC (URS §8: dates are UTC calendar dates)."""

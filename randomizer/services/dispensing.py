@@ -42,7 +42,7 @@ from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
 from randomizer.services.participants import find_participant, participant_arm
-from randomizer.services.refusals import refusals_audited
+from randomizer.services.refusals import Refusal, refusals_audited
 
 #: Kit numbers as :func:`randomizer.services.kits.new_kit_number` makes them.
 KIT_NUMBER = re.compile(r"\AK\d{4}-\d{4}\Z")
@@ -68,6 +68,18 @@ def _kits_of_visit(session: Session, participant: Participant, visit: str) -> li
     )
 
 
+def dispense_refusal(screening_number: str) -> Refusal:
+    """How a refused dispensing is audited (by the service, and by its adapters)."""
+    return Refusal(
+        "participant.dispense_refused", screening_number, SCREENING_NUMBER, "screening_number"
+    )
+
+
+def kit_status_refusal(kit_number: str) -> Refusal:
+    """How a refused kit status change is audited (by the service, and by its adapters)."""
+    return Refusal("kit.status_change_refused", kit_number, KIT_NUMBER, "kit_number")
+
+
 def dispense_kits(
     session: Session,
     ctx: TrialContext,
@@ -76,16 +88,7 @@ def dispense_kits(
     submission: Submission[DispenseRequest],
 ) -> Dispensing:
     """Allocate a visit's kits to a randomised participant; audited either way."""
-    with refusals_audited(
-        session,
-        ctx,
-        actor,
-        "participant.dispense_refused",
-        screening_number,
-        site=actor.site,
-        pattern=SCREENING_NUMBER,
-        field="screening_number",
-    ):
+    with refusals_audited(session, ctx, actor, dispense_refusal(screening_number), site=actor.site):
         return _dispense(session, ctx, actor, screening_number, submission)
 
 
@@ -186,16 +189,7 @@ def change_kit_status(
     supply, decided over every arm) when a replacement is due and the site cannot give one:
     then nothing changes. Audited either way.
     """
-    with refusals_audited(
-        session,
-        ctx,
-        actor,
-        "kit.status_change_refused",
-        kit_number,
-        site=actor.site,
-        pattern=KIT_NUMBER,
-        field="kit_number",
-    ):
+    with refusals_audited(session, ctx, actor, kit_status_refusal(kit_number), site=actor.site):
         return _change_kit_status(session, ctx, actor, kit_number, submission)
 
 

@@ -10,7 +10,6 @@ each refusal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -29,7 +28,7 @@ from randomizer.roles import CHANGE_PARTICIPANT_STATUS, CORRECT_PARTICIPANT, Act
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
 from randomizer.services.participants import find_participant, latest_correction
-from randomizer.services.refusals import refusals_audited
+from randomizer.services.refusals import Refusal, refusals_audited
 
 
 @dataclass(frozen=True)
@@ -48,17 +47,12 @@ FLAG_ERROR = LifecycleStep(
 )
 
 
-def _audited(session: Session, ctx: TrialContext, actor: Actor, action: str, number: str) -> Any:
-    return refusals_audited(
-        session,
-        ctx,
-        actor,
-        f"{action}_refused",
-        number,
-        site=actor.site,
-        pattern=SCREENING_NUMBER,
-        field="screening_number",
-    )
+STRATUM_CORRECTED = "participant.stratum_corrected"
+
+
+def lifecycle_refusal(action: str, screening_number: str) -> Refusal:
+    """How a refused lifecycle change or correction is audited (service and adapters)."""
+    return Refusal(f"{action}_refused", screening_number, SCREENING_NUMBER, "screening_number")
 
 
 def change_participant_status(
@@ -70,7 +64,9 @@ def change_participant_status(
     submission: Submission[ReasonRequest],
 ) -> Participant:
     """Withdraw, discontinue or flag a participant, if its lifecycle allows it (409 if not)."""
-    with _audited(session, ctx, actor, step.action, screening_number):
+    with refusals_audited(
+        session, ctx, actor, lifecycle_refusal(step.action, screening_number), site=actor.site
+    ):
         step.permission.check(actor)
         participant = find_participant(session, actor, screening_number, lock=True)
         previous = participant.status
@@ -110,8 +106,10 @@ def correct_stratum(
     The randomisation stands (stratum, slot, kits); the correction says which stratum the
     participant belonged to, for the analysis. Returns the participant.
     """
-    action = "participant.stratum_corrected"
-    with _audited(session, ctx, actor, action, screening_number):
+    action = STRATUM_CORRECTED
+    with refusals_audited(
+        session, ctx, actor, lifecycle_refusal(action, screening_number), site=actor.site
+    ):
         CORRECT_PARTICIPANT.check(actor)
         participant = find_participant(session, actor, screening_number, lock=True)
         if participant.stratum_number is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,18 +14,39 @@ from randomizer.errors import Conflict, Forbidden, ValidationFailed
 from randomizer.models import Slot, Trial
 from randomizer.roles import SYSTEM
 from randomizer.services.context import TrialContext
+from randomizer.services.refusals import refusals_audited
 from randomizer.services.trial_setup import SLOT_SEAL_KIND
 
+#: The action that records a refused export: what was wrong, never the seed.
+EXPORT_REFUSED = "export.refused"
+_KIND = "randomisation-lists"
 
-def export_lists(session: Session, ctx: TrialContext, seed_hex: str) -> list[tuple[str, str, str]]:
+
+def export_lists(
+    session: Session, ctx: TrialContext, seed_hex: str | Callable[[], str]
+) -> list[tuple[str, str, str]]:
     """Every slot as (stratum key, randomisation number, arm id), regenerated from the seed.
+
+    ``seed_hex`` is the seed's hexadecimal text, or a function that reads it (from a file,
+    say) and raises ``ValueError`` saying why it cannot (a message that never holds the seed).
 
     Refused unless the seed matches the stored commitment. The regenerated lists are also
     checked against the sealed slots in the database, so the export proves that what the
-    service allocates from is exactly the seed's list. The export itself is audited.
+    service allocates from is exactly the seed's list. The export itself is audited, and so
+    is every refusal (an unreadable, malformed or wrong seed, stored slots that differ), as
+    ``export.refused``: it commits although the export fails, and records why, not the seed.
     """
+    with refusals_audited(
+        session, ctx, SYSTEM, EXPORT_REFUSED, ctx.definition.id, site=None, data={"kind": _KIND}
+    ):
+        return _export_lists(session, ctx, seed_hex)
+
+
+def _export_lists(
+    session: Session, ctx: TrialContext, seed_hex: str | Callable[[], str]
+) -> list[tuple[str, str, str]]:
     try:
-        seed = parse_seed(seed_hex)
+        seed = parse_seed(seed_hex() if callable(seed_hex) else seed_hex)
     except ValueError as exc:
         raise ValidationFailed({"seed": [str(exc)]}) from None
     trial = session.get_one(Trial, ctx.definition.id)
@@ -53,8 +75,7 @@ def export_lists(session: Session, ctx: TrialContext, seed_hex: str) -> list[tup
         "export.created",
         ctx.definition.id,
         {
-            "kind": "randomisation-lists",
-            "slots": len(rows),
+            "kind": _KIND,
             "seed_commitment": trial.seed_commitment,
         },
     )

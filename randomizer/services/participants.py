@@ -48,7 +48,7 @@ from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
 from randomizer.services.notifications import alert_stratum_exhausted
-from randomizer.services.refusals import refusals_audited
+from randomizer.services.refusals import Refusal, refusals_audited
 from randomizer.services.trial_setup import SLOT_SEAL_KIND
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,13 @@ def unblindings_of(session: Session, participant: Participant) -> list[dict[str,
     return [{"by": row.user_name, "role": row.role, "at": row.unblinded_at} for row in rows]
 
 
+def randomization_refusal(screening_number: str) -> Refusal:
+    """How a refused randomisation is audited (by the service, and by its adapters)."""
+    return Refusal(
+        "participant.randomization_refused", screening_number, SCREENING_NUMBER, "screening_number"
+    )
+
+
 def randomize_participant(
     session: Session,
     ctx: TrialContext,
@@ -257,11 +264,8 @@ def randomize_participant(
         session,
         ctx,
         actor,
-        "participant.randomization_refused",
-        screening_number,
+        randomization_refusal(screening_number),
         site=actor.site,
-        pattern=SCREENING_NUMBER,
-        field="screening_number",
         on_refusal=lambda refusal: _alert(session, ctx, refusal),
     ):
         return _randomize(session, ctx, actor, screening_number, submission)

@@ -30,6 +30,7 @@ from keys import (
 from randomizer.db import Database
 from randomizer.domain import (
     TrialDefinition,
+    definition_commitment,
     generate_lists,
     randomization_number,
     seed_commitment,
@@ -164,11 +165,12 @@ def store_lists(session: Session, ctx: TrialContext, actor: Actor, seed: bytes) 
         {
             "trial": ctx.definition.id,
             "registry_id": ctx.definition.registry_id,
-            "definition_sha256": trial.definition_sha256,
+            # Neither the plain hash of the definition nor the number of slots: blinded
+            # auditors read this entry, and either would confirm a guess of the block sizes.
+            "definition_commitment": definition_commitment(seed, trial.definition_toml),
             "seed_commitment": trial.seed_commitment,
             "data_key_id": trial.data_key_id,
             "strata": len(ctx.definition.strata()),
-            "slots": total,
         },
     )
     return total

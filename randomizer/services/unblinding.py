@@ -35,7 +35,7 @@ from randomizer.services.participants import (
     find_participant,
     participant_arm,
 )
-from randomizer.services.refusals import refusals_audited
+from randomizer.services.refusals import Refusal, refusals_audited
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,17 @@ class UnblindingResult:
     notified: list[str]
 
 
+def unblind_refusal(screening_number: str) -> Refusal:
+    """How a refused unblinding is audited: the screening number always as sent (URS §6)."""
+    return Refusal(
+        "participant.unblind_refused",
+        screening_number,
+        SCREENING_NUMBER,
+        "screening_number",
+        record_as_sent=True,
+    )
+
+
 def unblind_participant(
     session: Session,
     ctx: TrialContext,
@@ -58,17 +69,7 @@ def unblind_participant(
     submission: Submission[UnblindRequest],
 ) -> UnblindingResult:
     """Break the blind for one participant; audited whether it succeeds or is refused."""
-    with refusals_audited(
-        session,
-        ctx,
-        actor,
-        "participant.unblind_refused",
-        screening_number,
-        site=actor.site,
-        pattern=SCREENING_NUMBER,
-        field="screening_number",
-        record_as_sent=True,
-    ):
+    with refusals_audited(session, ctx, actor, unblind_refusal(screening_number), site=actor.site):
         return _unblind(session, ctx, actor, screening_number, submission)
 
 

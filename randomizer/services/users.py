@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +21,7 @@ from randomizer.config import EMAIL
 from randomizer.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from randomizer.models import ApiToken, Site, User
 from randomizer.roles import ADMIN, MANAGE_USERS, ROLES, SITE_ROLES, STATISTICIAN, Actor
-from randomizer.services.context import TrialContext
+from randomizer.services.context import TrialContext, utc_now
 
 #: ``\A``/``\Z``, not ``^``/``$``: ``$`` also matches before a trailing newline.
 USER_NAME = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
@@ -109,13 +110,19 @@ def issue_token(session: Session, ctx: TrialContext, actor: Actor, name: str) ->
     return token
 
 
-def authenticate(session: Session, token: str) -> Actor | None:
-    """The actor a bearer token belongs to, or None for an unknown, revoked or inactive one."""
+def authenticate(session: Session, token: str, now: datetime | None = None) -> Actor | None:
+    """The actor a bearer token belongs to, or None for an unknown, revoked, expired or
+    inactive one (one answer for all: a refusal says nothing about which)."""
     digest = token_digest(token)
     row = session.execute(
         select(ApiToken.token_sha256, User)
         .join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.token_sha256 == digest, ApiToken.revoked_at.is_(None), User.active)
+        .where(
+            ApiToken.token_sha256 == digest,
+            ApiToken.revoked_at.is_(None),
+            ApiToken.expires_at > (now or utc_now()),
+            User.active,
+        )
     ).one_or_none()
     if row is None or not hmac.compare_digest(row[0], digest):
         return None
@@ -132,7 +139,15 @@ def _user(session: Session, name: str) -> User:
 
 def _new_token(session: Session, ctx: TrialContext, user: User) -> str:
     token = secrets.token_urlsafe(32)
-    session.add(ApiToken(user_id=user.id, token_sha256=token_digest(token), created_at=ctx.clock()))
+    now = ctx.clock()
+    session.add(
+        ApiToken(
+            user_id=user.id,
+            token_sha256=token_digest(token),
+            created_at=now,
+            expires_at=now + ctx.token_lifetime,
+        )
+    )
     session.flush()
     return token
 

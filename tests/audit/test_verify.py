@@ -453,3 +453,55 @@ def test_an_empty_log_with_a_head_hash_is_missing_entries():
     assert report.problems == [
         "entry 0 is missing: the log is empty but storage records a last entry"
     ]
+
+
+# --- storage's head is a cache, not evidence (issue 7, finding 2) -------------------------------
+
+
+def test_a_head_that_claims_the_whole_log_adds_nothing():
+    assert verify_log(LOG, CHECKPOINTS, VERIFIER, head_hash=HEAD, head_size=40).ok
+
+
+def test_a_head_lowered_to_hide_an_edit_of_the_last_entry_does_not_hide_it():
+    log = replaced(LOG, 39, edit_data(LOG[39]))
+    report = verify_log(log, CHECKPOINTS, VERIFIER, head_hash=entry_hash(LOG[38]), head_size=39)
+    assert report.first_bad_seq == 39
+    assert report.problems == [
+        "entry 39 was altered: its hash no longer matches the signed checkpoint of size 40",
+        "the stored head records 39 entries, but the log holds 40 entries: the head row was"
+        " altered (every stored entry and checkpoint was verified all the same)",
+    ]
+
+
+def test_a_lowered_head_whose_hash_is_wrong_too_is_reported_once():
+    report = verify_log(LOG, CHECKPOINTS, VERIFIER, head_hash=HEAD, head_size=30)
+    assert report.first_bad_seq is None and not report.ok
+    assert report.problems == [
+        "the stored head records 30 entries, but the log holds 40 entries, and its hash is not"
+        " that of entry 29 either: the head row was altered (every stored entry and checkpoint"
+        " was verified all the same)"
+    ]
+
+
+def test_a_head_beyond_the_entries_names_the_first_missing_one():
+    report = verify_log(LOG[:35], CHECKPOINTS[:35], VERIFIER, head_hash=HEAD, head_size=40)
+    assert report.first_bad_seq == 35
+    assert report.problems == [
+        "entries 35 to 39 are missing: the stored head records 40 entries but the log holds 35"
+        " (truncation, or the head row was altered)"
+    ]
+    # A checkpoint beyond the entries says it first; the head adds nothing to it.
+    report = verify_log(LOG[:35], CHECKPOINTS, VERIFIER, head_hash=HEAD, head_size=40)
+    assert report.problems == [
+        "entries 35 to 39 are missing: the log has 35 entries but checkpoint of size 40 was"
+        " signed (truncation or rollback)"
+    ]
+
+
+def test_the_head_hash_of_a_head_that_claims_the_last_entry_still_names_it():
+    report = verify_log(LOG, CHECKPOINTS, VERIFIER, head_hash="ab" * 32, head_size=40)
+    assert report.first_bad_seq == 40
+    assert report.problems == [
+        "the stored head hash is not the hash of entry 39, which a signed checkpoint covers:"
+        " later entries are missing (truncation) or the head record was altered"
+    ]

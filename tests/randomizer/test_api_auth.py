@@ -185,3 +185,41 @@ def test_health_needs_no_token(api, headers):
 def test_trial_needs_a_token(api):
     assert_unauthorized(api.get("/trial"))
     assert api.get("/trial", "auditor").status_code == 200
+
+
+# Token lifetime (issue 7: SEALROOM_TOKEN_DAYS) ----------------------------------------------
+
+
+@pytest.mark.requirement("R-API")
+def test_a_token_works_until_it_expires_then_gets_the_same_401_as_an_unknown_one(api, clock):
+    token = api.tokens["coordinator-101"]
+    assert api.get("/trial", headers=bearer(token)).status_code == 200
+
+    clock.advance(days=364, hours=23)
+    still = api.get("/trial", headers=bearer(token))
+    clock.advance(hours=2)  # past the 365 days of the demo's tokens
+    expired = api.get("/trial", headers=bearer(token))
+    unknown = api.get("/trial", headers=bearer(UNKNOWN_TOKEN))
+
+    assert still.status_code == 200
+    assert_unauthorized(expired)
+    assert expired.get_data() == unknown.get_data()
+
+
+@pytest.mark.requirement("R-API")
+def test_an_expired_token_is_renewed_with_a_new_token(api, db, ctx, clock):
+    clock.advance(days=366)
+    assert_unauthorized(api.get("/trial", headers=bearer(api.tokens["auditor"])))
+    with db.transaction() as session:
+        renewed = issue_token(session, ctx, SYSTEM, "auditor")
+
+    assert api.get("/trial", headers=bearer(renewed)).status_code == 200
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "3651", "1.5", "a year"])
+def test_token_days_must_be_1_to_3650_whole_days(days):
+    from randomizer.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="SEALROOM_TOKEN_DAYS"):
+        Settings.from_env({"SEALROOM_TOKEN_DAYS": days})
+    assert Settings.from_env({"SEALROOM_TOKEN_DAYS": "30"}).token_days == 30

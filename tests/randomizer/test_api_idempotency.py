@@ -211,7 +211,17 @@ def test_same_key_with_another_randomisation_body_is_refused_and_changes_nothing
     )
 
     assert_key_reused(second)
-    assert counts(db) == before
+    # Nothing changed but the refusal's own audit entry (URS §7: every refused randomisation).
+    assert counts(db) == {**before, "audit": before["audit"] + 1}
+    assert last_entry(db)["action"] == "participant.randomization_refused"
+    assert last_entry(db)["data"]["reason"] == "idempotency-key-reused"
+
+
+def last_entry(db: Any) -> dict[str, Any]:
+    with db.reading() as session:
+        return json.loads(
+            session.scalars(select(AuditEntry.canonical).order_by(AuditEntry.seq.desc())).first()
+        )
 
 
 @pytest.mark.requirement("R-API")
@@ -272,6 +282,7 @@ def test_invalid_key_is_a_400_problem_and_changes_nothing(api, db, value):
     before = counts(db)
 
     screening = screen(api, screening_body(api, "S-0002"), key_value=value)
+    assert counts(db) == before
     randomization = api.randomize("S-0001", headers=key(value))
 
     for response in (screening, randomization):
@@ -280,7 +291,11 @@ def test_invalid_key_is_a_400_problem_and_changes_nothing(api, db, value):
         problem = response.get_json()
         assert problem["type"] == "/problems/validation"
         assert "Idempotency-Key" in problem["errors"]
-    assert counts(db) == before
+    # The refused randomisation, and only it, is audited (URS §7); nothing else changed.
+    assert counts(db) == {**before, "audit": before["audit"] + 1}
+    entry = last_entry(db)
+    assert (entry["action"], entry["subject"]) == ("participant.randomization_refused", "S-0001")
+    assert entry["data"]["fields"] == ["Idempotency-Key"]
 
 
 @pytest.mark.requirement("R-API")

@@ -328,6 +328,150 @@ def test_reordering_two_entries_is_detected_and_named(own_trial: Any) -> None:
     assert f"{first}" in result.output
 
 
+# The head row is a lock and a cache: verify derives the log from the entries and the
+# signed checkpoints, never from audit_head (issue 7, finding 2).
+
+
+def _lower_head(connection: Any, log: list[str], size: int) -> None:
+    """Make audit_head claim ``size`` entries, consistently (its hash that of entry size-1)."""
+    connection.execute(
+        text("UPDATE audit_head SET size = :s, last_hash = :h"),
+        {"s": size, "h": entry_hash(log[size - 1].encode())},
+    )
+
+
+def _failed_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("FAILED")]
+
+
+@pytest.mark.requirement("R-AUD")
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize("where", ["last", "middle"])
+def test_an_edit_hidden_behind_a_lowered_head_is_found_and_named(
+    own_trial: Any, where: str
+) -> None:
+    trial, client, database = own_trial
+    key = client.get("/audit/verifier-key").get_data(as_text=True).strip()
+    log = _log(database)
+    target = len(log) - 1 if where == "last" else len(log) - 4
+    edited = json.loads(log[target])
+    edited["actor"] = "someone-else"
+    with behind_the_triggers(database) as connection:
+        connection.execute(
+            text("UPDATE audit_entry SET canonical = :c WHERE seq = :s"),
+            {"c": canonical_bytes(edited).decode(), "s": target},
+        )
+        # The head now ends just before the edit, and agrees with the entries below it.
+        _lower_head(connection, log, target)
+
+    result = _verify(trial, "--verifier-key", key)
+
+    assert result.exit_code == 1, result.output
+    failed = _failed_lines(result.output)
+    assert failed and f"entry {target} was altered" in failed[0], result.output
+    assert f"entry {target + 1} " not in result.output
+    # The head row that disagrees with the entries is reported as well.
+    assert any("head" in line and f"{len(log)} entries" in line for line in failed), failed
+
+
+@pytest.mark.requirement("R-AUD")
+def test_a_head_that_disagrees_with_the_entries_is_reported(own_trial: Any) -> None:
+    trial, client, database = own_trial
+    key = client.get("/audit/verifier-key").get_data(as_text=True).strip()
+    log = _log(database)
+    with behind_the_triggers(database) as connection:
+        _lower_head(connection, log, len(log) - 2)
+    lowered = _verify(trial, "--verifier-key", key)
+    assert lowered.exit_code == 1, lowered.output
+    assert "head" in lowered.output and f"{len(log)} entries" in lowered.output
+
+    with behind_the_triggers(database) as connection:
+        connection.execute(
+            text("UPDATE audit_head SET size = :s, last_hash = :h"),
+            {"s": len(log), "h": "ab" * 32},
+        )
+    wrong_hash = _verify(trial, "--verifier-key", key)
+    assert wrong_hash.exit_code == 1, wrong_hash.output
+    assert "head hash" in wrong_hash.output
+
+    with behind_the_triggers(database) as connection:
+        _lower_head(connection, log, len(log))
+    assert _verify(trial, "--verifier-key", key).exit_code == 0
+
+
+@pytest.mark.requirement("R-AUD")
+def test_every_stored_checkpoint_is_checked_also_those_above_the_head(own_trial: Any) -> None:
+    trial, client, database = own_trial
+    key = client.get("/audit/verifier-key").get_data(as_text=True).strip()
+    log = _log(database)
+    with database.reading() as session:
+        latest = session.scalar(
+            select(AuditCheckpoint.note).where(AuditCheckpoint.size == len(log))
+        )
+    checkpoint, _ = parse_checkpoint(latest)
+    forged = sign_checkpoint(checkpoint, Ed25519PrivateKey.generate(), checkpoint.origin)
+    with behind_the_triggers(database) as connection:
+        connection.execute(
+            text("UPDATE audit_checkpoint SET note = :n WHERE size = :s"),
+            {"n": forged, "s": len(log)},
+        )
+        _lower_head(connection, log, len(log) - 1)
+
+    result = _verify(trial, "--verifier-key", key)
+
+    assert result.exit_code == 1, result.output
+    assert f"(size {len(log)}) is not signed by the trusted key" in result.output
+
+
+@pytest.mark.requirement("R-AUD")
+@pytest.mark.requirement("R-CLI")
+def test_verify_holds_while_the_service_appends(own_trial: Any) -> None:
+    """Verify reads one consistent log while another connection keeps appending."""
+    import threading
+
+    trial, client, _database = own_trial
+    key = client.get("/audit/verifier-key").get_data(as_text=True).strip()
+    stop = threading.Event()
+    appended: list[int] = []
+    errors: list[BaseException] = []
+
+    def append() -> None:
+        from randomizer.roles import SYSTEM
+        from randomizer.services import users
+        from randomizer.services.context import load_trial_context
+
+        writer = Database(trial.url)
+        try:
+            with writer.reading() as session:
+                ctx = load_trial_context(session, trial.settings.keys_dir)
+            number = 0
+            while not stop.is_set() and number < 200:
+                with writer.transaction() as session:
+                    users.add_user(session, ctx, SYSTEM, f"busy{number}", "auditor", None, None)
+                appended.append(number)
+                number += 1
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+        finally:
+            writer.dispose()
+
+    thread = threading.Thread(target=append)
+    thread.start()
+    try:
+        results = []
+        while len(results) < 8 and (len(appended) < 200 or not results):
+            results.append(_verify(trial, "--verifier-key", key))
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    assert appended, "nothing was appended while verify ran"
+    for result in results:
+        assert result.exit_code == 0, result.output
+        assert "not covered" not in result.output
+    assert _verify(trial, "--verifier-key", key).exit_code == 0
+
+
 def _rewrite_log(database: Database, origin: str, signing_key: Ed25519PrivateKey) -> str:
     """Rewrite history: change an early entry, re-chain, rebuild the tree, re-sign every
     checkpoint with ``signing_key``. Returns the forged latest checkpoint."""

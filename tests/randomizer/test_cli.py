@@ -82,15 +82,21 @@ class Instance:
     def tokens_path(self) -> Path:
         return self.directory / "tokens.json"
 
-    def run(self, *args: str) -> Result:
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> Result:
         """``sealroom --database-url <url> <args>`` with this instance's directory."""
         environment = {
             "SEALROOM_INSTANCE_DIR": str(self.directory),
             "SEALROOM_DATABASE_URL": None,
             "SEALROOM_KEYS_DIR": None,
             "SEALROOM_MASTER_KEY": None,
+            "SEALROOM_LIST_SEED": None,
+            **(env or {}),
         }
-        return CliRunner().invoke(main, ["--database-url", self.url, *args], env=environment)
+        return CliRunner().invoke(
+            main, ["--database-url", self.url, *args], env=environment, input=stdin
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -488,6 +494,317 @@ def test_lists_export_with_a_wrong_seed_exits_1_and_writes_nothing(demo, tmp_pat
     assert result.exit_code == 1
     assert not out.exists()
     assert "igpro20" not in result.output and "placebo" not in result.output
+
+
+# the list seed kept off the command line (issue 7, finding 11) ------------------------------
+
+
+def seed_file_at(directory: Path, seed: str = SEED, file_mode: int = 0o600) -> Path:
+    path = directory / "seed.hex"
+    path.write_text(seed + "\n", encoding="ascii")
+    path.chmod(file_mode)
+    return path
+
+
+def exported_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+ON_THE_COMMAND_LINE = "other local users"
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-LIST-3")
+@pytest.mark.parametrize("source", ["file", "stdin", "environment", "command line"])
+def test_lists_export_takes_the_seed_from_a_file_stdin_or_the_environment(demo, tmp_path, source):
+    out = tmp_path / "lists.csv"
+    args: list[str] = []
+    env: dict[str, str] = {}
+    stdin = None
+    if source == "file":
+        args = ["--seed-file", str(seed_file_at(tmp_path))]
+    elif source == "stdin":
+        args, stdin = ["--seed-file", "-"], SEED + "\n"
+    elif source == "environment":
+        env = {"SEALROOM_LIST_SEED": SEED}
+    else:
+        args = ["--seed", SEED]
+
+    result = demo.run("lists", "export", *args, "--out", str(out), env=env, stdin=stdin)
+
+    assert result.exit_code == 0, result.output
+    assert len(exported_rows(out)) == 1205 and mode(out) == 0o600
+    # Only the seed on the command line, which every local user can see, earns a warning.
+    assert (ON_THE_COMMAND_LINE in result.stderr) == (source == "command line"), result.stderr
+    assert SEED not in result.output
+
+
+def refusals_of_export(instance: Instance) -> list[dict[str, Any]]:
+    return [e for e in instance.entries_about("RECLAIIM") if e["action"] == "export.refused"]
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-AUD")
+@pytest.mark.requirement("R-LIST-3")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_refused_lists_export_is_audited_without_the_seed(scratch, tmp_path, backend):
+    instance = initialised(scratch, backend, tmp_path)
+    out = tmp_path / "lists.csv"
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    attempts = {
+        "wrong seed": (["--seed", WRONG_SEED], {}, None, "forbidden"),
+        "malformed seed": (["--seed", "not-hex"], {}, None, "validation"),
+        "wrong seed file": (
+            ["--seed-file", str(seed_file_at(tmp_path, WRONG_SEED))],
+            {},
+            None,
+            "forbidden",
+        ),
+        "malformed stdin": (["--seed-file", "-"], {}, SEED[:-1] + "g\n", "validation"),
+        "wrong variable": ([], {"SEALROOM_LIST_SEED": WRONG_SEED}, None, "forbidden"),
+        "file others may read": (
+            ["--seed-file", str(seed_file_at(loose, SEED, 0o644))],
+            {},
+            None,
+            "validation",
+        ),
+    }
+    for name, (args, env, stdin, reason) in attempts.items():
+        size = len(instance.log())
+
+        result = instance.run("lists", "export", *args, "--out", str(out), env=env, stdin=stdin)
+
+        assert result.exit_code == 1, (name, result.output)
+        assert not out.exists(), name
+        assert result.stderr.splitlines()[-1].startswith("error: "), (name, result.output)
+        log = instance.log()
+        assert len(log) == size + 1, name  # committed although the command failed
+        entry = parse_entry(log[-1].encode())
+        assert entry["action"] == "export.refused", name
+        assert (entry["actor"], entry["subject"]) == ("system", "RECLAIIM")
+        assert entry["data"]["kind"] == "randomisation-lists"
+        assert entry["data"]["reason"] == reason, (name, entry)
+        for secret in (SEED, WRONG_SEED, SEED[:-1] + "g"):
+            assert secret not in log[-1], name
+        assert not HEX_64.search(json.dumps(entry["data"])), (name, entry)
+    assert len(refusals_of_export(instance)) == len(attempts)
+    # Refusals change nothing else, and verify still holds.
+    verified = instance.run("audit", "verify", "--verifier-key", verifier_key_line(instance))
+    assert verified.exit_code == 0, verified.output
+
+
+@pytest.mark.requirement("R-CLI")
+def test_lists_export_without_any_seed_is_a_usage_error(demo, tmp_path):
+    result = demo.run("lists", "export", "--out", str(tmp_path / "lists.csv"))
+
+    assert result.exit_code == 2
+    assert "--seed-file" in result.output and "SEALROOM_LIST_SEED" in result.output
+
+
+@pytest.mark.requirement("R-CLI")
+def test_the_seed_is_given_once(demo, tmp_path):
+    both = ["--seed", SEED, "--seed-file", str(seed_file_at(tmp_path))]
+
+    exported = demo.run("lists", "export", *both, "--out", str(tmp_path / "lists.csv"))
+    created = demo.run("init-demo", *both)
+
+    for result in (exported, created):
+        assert result.exit_code == 2, result.output
+        assert "not both" in result.output
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-LIST-3")
+@pytest.mark.parametrize("source", ["file", "stdin", "environment"])
+def test_init_demo_takes_the_seed_from_a_file_stdin_or_the_environment(scratch, tmp_path, source):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+    args: list[str] = []
+    env: dict[str, str] = {}
+    stdin = None
+    if source == "file":
+        args = ["--seed-file", str(seed_file_at(tmp_path))]
+    elif source == "stdin":
+        args, stdin = ["--seed-file", "-"], SEED + "\n"
+    else:
+        env = {"SEALROOM_LIST_SEED": SEED}
+
+    result = instance.run("init-demo", *args, env=env, stdin=stdin)
+
+    assert result.exit_code == 0, result.output
+    assert ON_THE_COMMAND_LINE not in result.output
+    assert not HEX_64.search(result.output)  # the seed given is not printed
+    out = tmp_path / "lists.csv"
+    exported = instance.run("lists", "export", "--seed-file", "-", "--out", str(out), stdin=SEED)
+    assert exported.exit_code == 0, exported.output
+
+
+@pytest.mark.requirement("R-CLI")
+def test_init_demo_with_the_seed_on_the_command_line_warns(scratch, tmp_path):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+
+    result = instance.run("init-demo", "--seed", SEED)
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("warning: ") and ON_THE_COMMAND_LINE in result.stderr
+    assert "--seed-file" in result.stderr and "SEALROOM_LIST_SEED" in result.stderr
+    assert SEED not in result.output
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize(
+    ("seed", "file_mode", "message"),
+    [
+        ("not-hex", 0o600, "64 hexadecimal characters"),
+        (SEED, 0o640, "may be read by others (mode 0640)"),
+    ],
+    ids=["malformed", "others may read"],
+)
+def test_init_demo_refuses_a_bad_seed_file_and_creates_nothing(
+    scratch, tmp_path, seed, file_mode, message
+):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+
+    result = instance.run("init-demo", "--seed-file", str(seed_file_at(tmp_path, seed, file_mode)))
+
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert not instance.keys_dir.exists()
+
+
+# keys with loose permissions (issue 7, finding 13) -----------------------------------------
+
+
+@contextmanager
+def loosened(path: Path, new_mode: int) -> Iterator[None]:
+    """``path`` with ``new_mode`` for the block, then as it was."""
+    before = mode(path)
+    path.chmod(new_mode)
+    try:
+        yield
+    finally:
+        path.chmod(before)
+
+
+def refused_cleanly(result: Result, *words: str) -> None:
+    """One ``error:`` line and exit 1: no exception escaped the command."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    *warnings, error = result.stderr.splitlines()
+    assert error.startswith("error: "), result.output
+    assert all(line.startswith("warning: ") for line in warnings), result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+#: Every command that needs the keys, with arguments it would otherwise accept.
+NEEDS_KEYS = {
+    "users add": ["users", "add", "--role", "auditor", "loose-keys"],
+    "users token": ["users", "token", "auditor"],
+    "users deactivate": ["users", "deactivate", "auditor"],
+    "audit verify": ["audit", "verify"],
+    "audit export": ["audit", "export", "--out", "{tmp}/audit.jsonl"],
+    "lists export": ["lists", "export", "--seed", SEED, "--out", "{tmp}/lists.csv"],
+    "sites add": ["sites", "add", "--attr", "region=europe", "301"],
+    "sites close": ["sites", "close", "102"],
+    "notifications send": ["notifications", "send"],
+    "serve": ["serve", "--port", "1"],
+}
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize("command", list(NEEDS_KEYS))
+def test_a_keys_directory_others_may_read_is_refused_with_an_error_line(demo, tmp_path, command):
+    args = [arg.format(tmp=tmp_path) for arg in NEEDS_KEYS[command]]
+    size = len(demo.log())
+
+    with loosened(demo.keys_dir, 0o755):
+        result = demo.run(*args, env={"SEALROOM_SMTP_URL": "smtp://127.0.0.1:1"})
+
+    refused_cleanly(result, "mode 0o755", "chmod 700")
+    assert len(demo.log()) == size
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize(
+    ("command", "key_file"),
+    [
+        ("users add", "master"),
+        ("lists export", "master"),
+        ("audit verify", "signing"),
+        ("audit export", "signing"),
+        ("serve", "signing"),
+    ],
+)
+def test_a_key_file_others_may_read_is_refused_with_an_error_line(
+    demo, tmp_path, command, key_file
+):
+    args = [arg.format(tmp=tmp_path) for arg in NEEDS_KEYS[command]]
+    (path,) = (demo.keys_dir / key_file).glob("*.key")
+
+    with loosened(path, 0o644):
+        result = demo.run(*args)
+
+    refused_cleanly(result, "mode 0o644", "chmod 600")
+
+
+@pytest.mark.requirement("R-CLI")
+def test_a_malformed_master_key_variable_is_refused_with_an_error_line(demo):
+    result = demo.run("users", "token", "auditor", env={"SEALROOM_MASTER_KEY": "mk-1:not-base64"})
+
+    refused_cleanly(result, "SEALROOM_MASTER_KEY")
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.parametrize("command", ["init-demo", "init"])
+def test_creating_a_trial_beside_a_loose_keys_directory_is_refused_with_an_error_line(
+    scratch, tmp_path, command
+):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+    instance.keys_dir.mkdir(parents=True)
+    instance.keys_dir.chmod(0o755)
+    seed_file = tmp_path / "seed.txt"
+    seed_file.write_text(SEED + "\n")
+    seed_file.chmod(0o600)
+    args = ["init-demo", "--seed", SEED]
+    if command == "init":
+        args = ["init", "--trial", str(bundled_trial()), "--seed-file", str(seed_file)]
+
+    refused_cleanly(instance.run(*args), "mode 0o755")
+
+
+def bundled_trial() -> Path:
+    from randomizer.domain import bundled_trial_path
+
+    return bundled_trial_path()
+
+
+@pytest.mark.requirement("R-CLI")
+def test_the_console_script_prints_no_traceback_for_loose_keys(demo):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("sealroom")
+    environment = {
+        **os.environ,
+        "SEALROOM_INSTANCE_DIR": str(demo.directory),
+        "SEALROOM_DATABASE_URL": demo.url,
+    }
+    for name in ("SEALROOM_KEYS_DIR", "SEALROOM_MASTER_KEY"):
+        environment.pop(name, None)
+    with loosened(demo.keys_dir, 0o755):
+        result = subprocess.run(
+            [str(script), "audit", "verify"], env=environment, capture_output=True, text=True
+        )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: key directory "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 # --help ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from randomizer import create_app, roles
 from randomizer.config import Settings
 from randomizer.db import make_engine
-from randomizer.domain import bundled_trial_path, parse_trial
+from randomizer.domain import bundled_trial_path, definition_commitment, parse_trial
 from randomizer.migrations import head_revision
 from randomizer.models import (
     ApiToken,
@@ -50,7 +50,8 @@ from tests.randomizer.test_cli import (
 )
 
 TRIAL_FILE = str(bundled_trial_path())
-DEFINITION = parse_trial(bundled_trial_path().read_text(encoding="utf-8"))
+DEFINITION_TEXT = bundled_trial_path().read_bytes().decode("utf-8")
+DEFINITION = parse_trial(DEFINITION_TEXT)
 REGIONS = ("north_america", "europe", "rest_of_world")
 
 
@@ -106,7 +107,12 @@ def test_init_creates_the_trial_and_its_lists_and_no_site_kit_or_user(scratch, t
     (entry,) = [json.loads(canonical) for canonical in instance.log()]
     assert (entry["seq"], entry["action"], entry["actor"]) == (0, "trial.initialised", "system")
     assert entry["subject"] == DEFINITION.id
-    assert entry["data"]["slots"] == slots
+    # Nothing a blinded auditor could confirm block sizes with: no slot count, no plain
+    # hash of the definition, only a commitment keyed by the (secret) seed.
+    assert "slots" not in entry["data"] and "definition_sha256" not in entry["data"]
+    assert entry["data"]["definition_commitment"] == definition_commitment(
+        bytes.fromhex(SEED), DEFINITION_TEXT
+    )
     assert entry["data"]["seed_commitment"] == commitment
     assert SEED not in json.dumps(entry)
     # Keys 0700/0600, the schema at head, a log that verifies against its own key.
@@ -139,6 +145,37 @@ def test_init_refuses_a_seed_file_others_may_read_and_creates_nothing(
         assert inspect(engine).get_table_names() == []
     finally:
         engine.dispose()
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-LIST-3")
+@pytest.mark.parametrize("source", ["stdin", "environment"])
+def test_init_takes_the_seed_from_stdin_or_the_environment(scratch, tmp_path, source):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+    if source == "stdin":
+        args, env, stdin = ["--seed-file", "-"], {}, SEED + "\n"
+    else:
+        args, env, stdin = [], {"SEALROOM_LIST_SEED": SEED}, None
+
+    result = instance.run("init", "--trial", TRIAL_FILE, *args, env=env, stdin=stdin)
+
+    assert result.exit_code == 0, result.output
+    assert not HEX_64.search(result.output)
+    exported = instance.run(
+        "lists", "export", "--out", str(tmp_path / "lists.csv"), env={"SEALROOM_LIST_SEED": SEED}
+    )
+    assert exported.exit_code == 0, exported.output
+
+
+@pytest.mark.requirement("R-CLI")
+def test_init_without_a_seed_is_a_usage_error_and_creates_nothing(scratch, tmp_path):
+    instance = new_instance(scratch, "sqlite", tmp_path)
+
+    result = instance.run("init", "--trial", TRIAL_FILE)
+
+    assert result.exit_code == 2, result.output
+    assert "--seed-file" in result.output and "SEALROOM_LIST_SEED" in result.output
+    assert not instance.keys_dir.exists()
 
 
 @pytest.mark.requirement("R-CLI")

@@ -11,8 +11,10 @@ import contextlib
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,10 +24,11 @@ from sqlalchemy import select
 from audit.verify import verify_log
 from keys import SealedArm
 from randomizer.db import Database
+from randomizer.domain import kits_for_visit
 from randomizer.models import AuditCheckpoint, AuditEntry, Kit, Participant, Slot, Stratum
 from randomizer.services.context import load_trial_context
-from tests.conftest import ELIGIBLE, PG_URL, make_trial_database
-from tests.randomizer.served import Server
+from tests.conftest import ELIGIBLE, PG_URL, Scratch, TrialDatabase, make_trial_database
+from tests.randomizer.served import HttpClient, Server
 
 SERVER_PROCESSES = 8
 PARTICIPANTS = 200
@@ -82,8 +85,13 @@ def _randomize_all_at_once(client: Any, plan: list[tuple[str, str, str]], thread
     return first + rest
 
 
-def assert_no_slot_or_kit_given_twice(database: Database, keys_dir: Any, expected: int) -> None:
-    """Every slot used once, in order, without gap; every kit once; the audit unforked."""
+def assert_no_slot_or_kit_given_twice(
+    database: Database, keys_dir: Any, expected: int, kits_each: int = 2
+) -> None:
+    """Every slot used once, in order, without gap; every kit once; the audit unforked.
+
+    ``kits_each``: the week-1 kits of each participant (2 at :data:`WEIGHT_KG`).
+    """
     with database.reading() as session:
         ctx = load_trial_context(session, keys_dir, {})
         participants = session.scalars(
@@ -121,7 +129,7 @@ def assert_no_slot_or_kit_given_twice(database: Database, keys_dir: Any, expecte
 
         # Kits: each allocated once, to a participant of its own arm.
         kit_numbers = [n for entry in entries for n in entry["data"]["kits"]]
-        assert len(kit_numbers) == len(set(kit_numbers)) == 2 * expected
+        assert len(kit_numbers) == len(set(kit_numbers)) == kits_each * expected
         arm_of = {
             p.id: ctx.sealer.unseal_arm(
                 SealedArm.from_text(p.sealed_arm), "participant", p.screening_number
@@ -129,7 +137,7 @@ def assert_no_slot_or_kit_given_twice(database: Database, keys_dir: Any, expecte
             for p in participants
         }
         allocated = session.scalars(select(Kit).where(Kit.participant_id.is_not(None))).all()
-        assert len(allocated) == 2 * expected
+        assert len(allocated) == kits_each * expected
         for kit in allocated:
             kit_arm = ctx.sealer.unseal_arm(
                 SealedArm.from_text(kit.sealed_arm), "kit", kit.kit_number
@@ -146,18 +154,26 @@ def assert_no_slot_or_kit_given_twice(database: Database, keys_dir: Any, expecte
         assert report.ok, report.problems
 
 
-@pytest.fixture(scope="module")
-def pg_server(scratch: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A PostgreSQL database of its own, served by gunicorn with 8 worker processes."""
+@contextlib.contextmanager
+def _own_pg_server(
+    scratch: Scratch, directory: Any, *, kits_per_arm: int | None = None
+) -> Iterator[tuple[TrialDatabase, HttpClient]]:
+    """A PostgreSQL database of the test's own, served by gunicorn with 8 worker processes."""
     if not PG_URL:
         pytest.skip("PostgreSQL not configured (SEALROOM_TEST_DATABASE_URL)")
-    directory = tmp_path_factory.mktemp("pg-server")
-    trial = make_trial_database(scratch, "postgresql", directory)
+    trial = make_trial_database(scratch, "postgresql", directory, kits_per_arm=kits_per_arm)
     server = Server(trial, directory, SERVER_PROCESSES).start()
     try:
         yield trial, server.client
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_server(scratch: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A PostgreSQL database of its own, served by gunicorn with 8 worker processes."""
+    with _own_pg_server(scratch, tmp_path_factory.mktemp("pg-server")) as served:
+        yield served
 
 
 @pytest.mark.multiprocess
@@ -213,6 +229,249 @@ def test_one_idempotency_key_acts_once_across_server_processes(pg_server: Any) -
         assert actions == ["participant.screened", "participant.randomized"]
     finally:
         database.dispose()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One randomisation request sent by a client thread: its answer and when it ran."""
+
+    number: str
+    status: int
+    body: dict[str, Any]
+    started: float
+    finished: float
+
+
+def _randomize_together(
+    client: HttpClient, requests: list[tuple[str, str]], weight_kg: int
+) -> list[Answer]:
+    """Send every (screening number, user) request at once, one client thread each."""
+    barrier = threading.Barrier(len(requests))
+
+    def send(request: tuple[str, str]) -> Answer:
+        number, user = request
+        barrier.wait(timeout=60)
+        started = time.perf_counter()
+        status, body = client.post(
+            f"/participants/{number}/randomize",
+            user,
+            {"weight_kg": weight_kg, "eligibility": ELIGIBLE},
+        )
+        return Answer(number, status, body, started, time.perf_counter())
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        return list(pool.map(send, requests))
+
+
+def _audit_entries(session: Any, numbers: set[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(subject, action, data) of the audit entries about these participants, in log order."""
+    rows = session.execute(
+        select(AuditEntry.subject, AuditEntry.action, AuditEntry.canonical)
+        .where(AuditEntry.subject.in_(numbers))
+        .order_by(AuditEntry.seq)
+    ).all()
+    return [(subject, action, json.loads(text)["data"]) for subject, action, text in rows]
+
+
+#: R-NF-1: participants each sent this many randomisations at once, through 8 processes.
+#: Without the participant row lock (locks.lock_participant), both requests of 8 to 15 of
+#: the 20 participants pass the state check together on every run, and the second is a 500
+#: (the slot's unique participant_id), never the 409 it owes.
+SAME_PARTICIPANT_PAIRS, REQUESTS_EACH = 20, 2
+
+
+@pytest.mark.multiprocess
+@pytest.mark.requirement("R-NF-1")
+@pytest.mark.requirement("R-LIST-2")
+def test_one_participant_randomised_at_once_by_several_processes_acts_once_on_postgresql(
+    scratch: Scratch, tmp_path: Any
+) -> None:
+    """Both requests of a participant at once: one 201, one audited 409 already-randomized.
+
+    One slot and one set of kits per participant, one ``participant.randomized`` entry, the
+    other request's ``participant.randomization_refused``; the audit chain verifies.
+    """
+    with _own_pg_server(scratch, tmp_path) as (trial, client):
+        plan = [
+            (f"P-{i:04d}", user, prior)
+            for i, (_, user, prior) in enumerate(_participants(SAME_PARTICIPANT_PAIRS))
+        ]
+        _screen_all(client, plan, datetime.now(UTC).date().isoformat())
+        requests = [(number, user) for number, user, _ in plan for _ in range(REQUESTS_EACH)]
+        started = time.perf_counter()
+        answers = _randomize_together(client, requests, WEIGHT_KG)
+        elapsed = time.perf_counter() - started
+
+        by_participant: dict[str, list[Answer]] = defaultdict(list)
+        for answer in answers:
+            by_participant[answer.number].append(answer)
+        expected = [201] + [409] * (REQUESTS_EACH - 1)
+        wrong = {
+            number: [(a.status, a.body.get("type"), a.body.get("detail")) for a in mine]
+            for number, mine in by_participant.items()
+            if sorted(a.status for a in mine) != expected
+        }
+        assert not wrong, f"{len(wrong)} of {len(plan)} participants: {wrong}"
+        overlapping = 0
+        winners: dict[str, str] = {}
+        for number, mine in by_participant.items():
+            (winner,) = [a for a in mine if a.status == 201]
+            winners[number] = winner.body["randomization_number"]
+            for loser in mine:
+                if loser is winner:
+                    continue
+                assert loser.body["type"] == "/problems/already-randomized", loser.body
+                assert loser.body["randomization_number"] == winners[number]
+            overlapping += all(
+                a.started < b.finished and b.started < a.finished
+                for a in mine
+                for b in mine
+                if a is not b
+            )
+        print(
+            f"\n{len(requests)} randomisations of {len(plan)} participants "
+            f"({REQUESTS_EACH} each, {overlapping} participants' requests overlapping in time) "
+            f"through {SERVER_PROCESSES} gunicorn workers: {elapsed:.2f} s"
+        )
+
+        database = Database(trial.url)
+        try:
+            # One slot and one set of kits per participant; the audit chain verifies.
+            assert_no_slot_or_kit_given_twice(database, trial.settings.keys_dir, len(plan))
+            with database.reading() as session:
+                entries = _audit_entries(session, set(by_participant))
+        finally:
+            database.dispose()
+        actions: dict[str, list[str]] = defaultdict(list)
+        for subject, action, data in entries:
+            actions[subject].append(action)
+            if action == "participant.randomization_refused":
+                assert data["reason"] == "already-randomized", data
+                assert data["randomization_number"] == winners[subject]
+            elif action == "participant.randomized":
+                assert data["randomization_number"] == winners[subject]
+        refused = ["participant.randomization_refused"] * (REQUESTS_EACH - 1)
+        for number in by_participant:
+            assert actions[number] == [
+                "participant.screened",
+                "participant.randomized",
+                *refused,
+            ], number
+
+
+#: R-BLIND-2 under load. 160 kg participants need 8 kits each; a site holding 36 kits of
+#: each arm randomises until one arm has given 4 participants their kits (4 are left, fewer
+#: than 8), so between 4 and 8 participants, as the lists' arms fall. Scarce on purpose:
+#: two allocations of one arm from that stock all but certainly choose a kit in common.
+SCARCE_WEIGHT_KG, SCARCE_KITS_PER_ARM = 160, 36
+#: Participants of the one site, in each of its two strata: more than the stock allows.
+SCARCE_PER_STRATUM = 8
+SCARCE_SITE, SCARCE_USER = "101", "coordinator-101"
+
+
+@pytest.mark.multiprocess
+@pytest.mark.requirement("R-BLIND-2")
+@pytest.mark.requirement("R-NF-1")
+def test_scarce_stock_of_one_site_is_shared_by_its_strata_one_at_a_time_on_postgresql(
+    scratch: Scratch, tmp_path: Any
+) -> None:
+    """Two strata of one site randomise at once: their stratum locks do not order them.
+
+    The site lock does: every answer is a 201 or a 409 insufficient-supply, never a 500; no
+    kit is given twice; and replaying the audit log shows every decision to be the one the
+    stock of that moment called for (R-BLIND-2: enough kits of EVERY arm). Without the site
+    lock, every run has 500s ("a kit chosen for allocation was no longer available") and
+    randomisations granted with fewer than 8 kits of an arm left.
+    """
+    with _own_pg_server(scratch, tmp_path, kits_per_arm=SCARCE_KITS_PER_ARM) as (trial, client):
+        plan = [
+            (f"S-{prior}-{i:02d}", SCARCE_USER, prior)
+            for i in range(SCARCE_PER_STRATUM)
+            for prior in ("yes", "no")
+        ]
+        for number, user, prior in plan:
+            status, body = client.post(
+                "/participants",
+                user,
+                {
+                    "screening_number": number,
+                    "site": SCARCE_SITE,
+                    "screened_on": datetime.now(UTC).date().isoformat(),
+                    "strata": {"prior_ig": prior},
+                },
+            )
+            assert status == 201, body
+        started = time.perf_counter()
+        answers = _randomize_together(
+            client, [(number, user) for number, user, _ in plan], SCARCE_WEIGHT_KG
+        )
+        elapsed = time.perf_counter() - started
+
+        outcomes = Counter((a.status, a.body.get("type")) for a in answers)
+        successes = outcomes[(201, None)]
+        refused = outcomes[(409, "/problems/insufficient-supply")]
+        print(
+            f"\n{len(plan)} randomisations at site {SCARCE_SITE} in 2 strata, "
+            f"{SCARCE_KITS_PER_ARM} kits of each arm: {successes} randomised, "
+            f"{refused} refused for supply, {len(plan) - successes - refused} other "
+            f"{dict(outcomes)}, {elapsed:.2f} s"
+        )
+        assert successes + refused == len(plan), [
+            (a.number, a.status, a.body.get("type"), a.body.get("detail"))
+            for a in answers
+            if (a.status, a.body.get("type"))
+            not in ((201, None), (409, "/problems/insufficient-supply"))
+        ]
+
+        database = Database(trial.url)
+        try:
+            with database.reading() as session:
+                ctx = load_trial_context(session, trial.settings.keys_dir, {})
+                needed = kits_for_visit(
+                    ctx.definition, SCARCE_WEIGHT_KG, ctx.definition.first_visit()
+                )
+                entries = _audit_entries(session, {number for number, _, _ in plan})
+                # Replay the log: each decision against the stock left by those before it.
+                stock = {arm.id: SCARCE_KITS_PER_ARM for arm in ctx.definition.arms}
+                decisions = 0
+                for subject, action, data in entries:
+                    if action == "participant.screened":
+                        continue
+                    decisions += 1
+                    enough = all(count >= needed for count in stock.values())
+                    if action == "participant.randomized":
+                        assert enough, f"{subject} randomised with {stock} left ({needed} each)"
+                        assert len(data["kits"]) == needed
+                        arm = ctx.sealer.unseal_arm(
+                            SealedArm.from_json(data["sealed_arm"]), "participant", subject
+                        )
+                        stock[arm] -= needed
+                    else:
+                        assert action == "participant.randomization_refused", action
+                        assert data["reason"] == "insufficient-supply", data
+                        assert not enough, f"{subject} refused with {stock} left ({needed} each)"
+                assert decisions == len(plan)
+                # The stock ran out, and what is left is what the log says is left.
+                assert any(count < needed for count in stock.values())
+                left: Counter[str] = Counter()
+                for kit in session.scalars(
+                    select(Kit).where(Kit.site_id == SCARCE_SITE, Kit.participant_id.is_(None))
+                ):
+                    left[
+                        ctx.sealer.unseal_arm(
+                            SealedArm.from_text(kit.sealed_arm), "kit", kit.kit_number
+                        )
+                    ] += 1
+                assert dict(left) == stock
+            assert successes == sum(
+                1 for _, action, _ in entries if action == "participant.randomized"
+            )
+            # Every kit once, to its own arm; slots in order; the audit chain verifies.
+            assert_no_slot_or_kit_given_twice(
+                database, trial.settings.keys_dir, successes, kits_each=needed
+            )
+        finally:
+            database.dispose()
 
 
 @pytest.mark.requirement("R-LIST-2")

@@ -7,7 +7,9 @@ strays from the specification is caught), and a valid request. The table test ca
 route as one demo user of every role, and without a token: a role the row does not allow
 gets 403 with exactly :func:`randomizer.roles.role_refusal`'s detail; an allowed role is
 never refused by role, and since the requests are valid (site roles act at their own site,
-101), it succeeds. A route registered under ``/api/v1`` without a row fails the last test.
+101; an action that succeeds only once has a target per allowed role; the scene moves the
+clock so that a dispensing visit is in its window), it succeeds. A route registered under
+``/api/v1`` without a row fails the last test.
 """
 
 from __future__ import annotations
@@ -56,12 +58,20 @@ def dashed(role: str) -> str:
     return role.replace("_", "-")
 
 
+#: URS §8's (and issue 11's) "who" of the rows whose every allowed role needs a target of
+#: its own: an action that can succeed only once on a target.
+DISPENSERS = frozenset({COORDINATOR, INVESTIGATOR, PHARMACIST})
+LIFECYCLE_CHANGERS = frozenset({COORDINATOR, INVESTIGATOR})  # withdraw, discontinue
+CORRECTORS = frozenset({ADMIN})  # flag-error, correct-stratum
+
+
 @dataclass(frozen=True)
 class Scene:
     """What the requests refer to, set before the first of them."""
 
     participant: str  # a participant of site 101, screened but not randomised
     randomised: str  # a participant of site 101, randomised
+    kit: str  # a kit of site 101, allocated (to ``randomised``)
     index: int  # an audit entry about site 101
     size: int  # the audit log's size then
 
@@ -72,6 +82,28 @@ class Scene:
     @staticmethod
     def to_randomize(role: str) -> str:
         return f"S-RND-{dashed(role)}"
+
+    @staticmethod
+    def to_dispense(role: str) -> str:
+        """Randomised 28 days before the scene's today: its week5 window is open."""
+        return f"S-DSP-{dashed(role)}"
+
+    @staticmethod
+    def to_withdraw(role: str) -> str:
+        return f"S-WDR-{dashed(role)}"
+
+    @staticmethod
+    def to_discontinue(role: str) -> str:
+        return f"S-DSC-{dashed(role)}"
+
+    @staticmethod
+    def to_flag(role: str) -> str:
+        return f"S-FLG-{dashed(role)}"
+
+    @staticmethod
+    def to_correct(role: str) -> str:
+        """Randomised with ``prior_ig`` "no": the correction says "yes"."""
+        return f"S-COR-{dashed(role)}"
 
 
 Call = Callable[[Any, str | None, Scene], Any]
@@ -92,14 +124,31 @@ class Row:
         return f"{self.method} {self.rule}"
 
 
+def _role_of(user: str | None) -> str:
+    return next((r for r, u in USERS.items() if u == user), "nobody")
+
+
 def _screen(api: Any, user: str | None, scene: Scene) -> Any:
-    role = next((r for r, u in USERS.items() if u == user), "nobody")
-    return api.screen(Scene.to_screen(role), user=user, site=SITE)
+    return api.screen(Scene.to_screen(_role_of(user)), user=user, site=SITE)
 
 
 def _randomize(api: Any, user: str | None, scene: Scene) -> Any:
-    role = next((r for r, u in USERS.items() if u == user), "nobody")
-    return api.randomize(Scene.to_randomize(role), user=user)
+    return api.randomize(Scene.to_randomize(_role_of(user)), user=user)
+
+
+def _dispense(api: Any, user: str | None, scene: Scene) -> Any:
+    return api.post(
+        f"/participants/{Scene.to_dispense(_role_of(user))}/dispense",
+        user,
+        json={"visit": "week5", "weight_kg": 70},
+    )
+
+
+def _participant_change(path: str, target: Callable[[str], str], body: dict[str, Any]) -> Call:
+    def call(api: Any, user: str | None, scene: Scene) -> Any:
+        return api.post(f"/participants/{target(_role_of(user))}/{path}", user, json=body)
+
+    return call
 
 
 ROWS = (
@@ -204,14 +253,81 @@ ROWS = (
         200,
         lambda api, user, s: api.get(f"/audit/proof/consistency?first=1&second={s.size}", user),
     ),
+    Row(
+        "POST",
+        "/api/v1/participants/<string:screening_number>/dispense",
+        roles.DISPENSE,
+        DISPENSERS,  # "coordinator, investigator, pharmacist"
+        201,
+        _dispense,
+    ),
+    Row(
+        "POST",
+        "/api/v1/kits/<string:kit_number>/status",
+        roles.CHANGE_KIT_STATUS,
+        frozenset({PHARMACIST}),  # "pharmacist"
+        200,
+        lambda api, user, s: api.post(
+            f"/kits/{s.kit}/status", user, json={"status": "dispensed", "reason": "handed over"}
+        ),
+    ),
+    Row(
+        "GET",
+        "/api/v1/kits/<string:kit_number>",
+        roles.READ_KIT,
+        frozenset({PHARMACIST, ADMIN}),  # issue 11: "the site's pharmacist, admin"
+        200,
+        lambda api, user, s: api.get(f"/kits/{s.kit}", user),
+    ),
+    Row(
+        "GET",
+        "/api/v1/sites/<string:site>/inventory",
+        roles.READ_INVENTORY,
+        frozenset({PHARMACIST, ADMIN}),  # "pharmacist, admin"
+        200,
+        lambda api, user, s: api.get(f"/sites/{SITE}/inventory", user),
+    ),
+    Row(
+        "POST",
+        "/api/v1/participants/<string:screening_number>/withdraw",
+        roles.CHANGE_PARTICIPANT_STATUS,
+        LIFECYCLE_CHANGERS,  # issue 11: "coordinator, investigator; with a reason"
+        200,
+        _participant_change("withdraw", Scene.to_withdraw, {"reason": "consent withdrawn"}),
+    ),
+    Row(
+        "POST",
+        "/api/v1/participants/<string:screening_number>/discontinue",
+        roles.CHANGE_PARTICIPANT_STATUS,
+        LIFECYCLE_CHANGERS,  # issue 11: "coordinator, investigator; with a reason"
+        200,
+        _participant_change("discontinue", Scene.to_discontinue, {"reason": "adverse event"}),
+    ),
+    Row(
+        "POST",
+        "/api/v1/participants/<string:screening_number>/flag-error",
+        roles.CORRECT_PARTICIPANT,
+        CORRECTORS,  # issue 11, R-FIX: "admin, reason"
+        200,
+        _participant_change("flag-error", Scene.to_flag, {"reason": "not eligible"}),
+    ),
+    Row(
+        "POST",
+        "/api/v1/participants/<string:screening_number>/correct-stratum",
+        roles.CORRECT_PARTICIPANT,
+        CORRECTORS,  # issue 11, R-FIX: "admin, reason, the right screening factors"
+        200,
+        _participant_change(
+            "correct-stratum",
+            Scene.to_correct,
+            {"strata": {"prior_ig": "yes"}, "reason": "prior IVIG found in the records"},
+        ),
+    ),
 )
 
 #: URS §8's rows whose endpoints are not built yet: their permissions are held to the
 #: specification already, so the endpoints start out with the right roles.
 UNBUILT = {
-    roles.DISPENSE: frozenset({COORDINATOR, INVESTIGATOR, PHARMACIST}),
-    roles.CHANGE_KIT_STATUS: frozenset({PHARMACIST}),
-    roles.READ_INVENTORY: frozenset({PHARMACIST, ADMIN}),
     roles.REPORT_ENROLLMENT: frozenset({SPONSOR, ADMIN, STATISTICIAN}),
     roles.REPORT_BALANCE: frozenset({STATISTICIAN}),
     roles.READ_ALLOCATIONS: frozenset({STATISTICIAN}),
@@ -219,17 +335,34 @@ UNBUILT = {
 
 
 def set_scene(api: Any, db: Any) -> Scene:
-    """Screen, at site 101, the participant to read and one to randomise per role; randomise
-    one to unblind."""
+    """At site 101: randomise one participant per dispensing role, then move the clock 28
+    days on (week5's window opens); then screen the participant to read and one to
+    randomise per role, and randomise one to unblind (whose first kit is the kit to change
+    and read), one to withdraw and one to discontinue per role that may, and one to flag
+    and one to correct per role that may."""
+
+    def randomise(number: str) -> Any:
+        response = api.screen_and_randomize(number, user=USERS[COORDINATOR], site=SITE)
+        assert response.status_code == 201, response.get_json()
+        return response
+
+    for role in DISPENSERS:
+        randomise(Scene.to_dispense(role))
+    api.clock.advance(days=28)
     for number in ["S-READ", *(Scene.to_randomize(role) for role in roles.ROLES)]:
         response = api.screen(number, user=USERS[COORDINATOR], site=SITE)
         assert response.status_code == 201, response.get_json()
-    randomised = api.screen_and_randomize("S-UNBLIND", user=USERS[COORDINATOR], site=SITE)
-    assert randomised.status_code == 201, randomised.get_json()
+    kit = randomise("S-UNBLIND").get_json()["kits"][0]
+    for role in LIFECYCLE_CHANGERS:
+        randomise(Scene.to_withdraw(role))
+        randomise(Scene.to_discontinue(role))
+    for role in CORRECTORS:
+        randomise(Scene.to_flag(role))
+        randomise(Scene.to_correct(role))
     with db.reading() as session:
         index = session.scalar(select(func.max(AuditEntry.seq)).where(AuditEntry.site_id == SITE))
         size = session.scalar(select(func.count()).select_from(AuditEntry))
-    return Scene(participant="S-READ", randomised="S-UNBLIND", index=index, size=size)
+    return Scene(participant="S-READ", randomised="S-UNBLIND", kit=kit, index=index, size=size)
 
 
 def problem_detail(response: Any) -> str | None:
@@ -304,7 +437,7 @@ def test_every_api_route_has_a_row_in_the_role_table(app):
 
 @pytest.mark.requirement("R-ROLE")
 def test_a_route_without_a_row_would_be_noticed(app):
-    app.add_url_rule("/api/v1/kits/<kit_number>/status", "planted", lambda: "", methods=["POST"])
+    app.add_url_rule("/api/v1/shipments/<shipment>", "planted", lambda: "", methods=["POST"])
 
-    assert ("POST", "/api/v1/kits/<kit_number>/status") in api_routes(app)
+    assert ("POST", "/api/v1/shipments/<shipment>") in api_routes(app)
     assert api_routes(app) != {(row.method, row.rule) for row in ROWS}

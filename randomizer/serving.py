@@ -1,0 +1,51 @@
+"""The gunicorn worker ``sealroom serve`` runs: threads, and no read without a deadline.
+
+Gunicorn's threaded worker parks idle connections on a poller, but once a connection's first
+bytes arrive a thread reads the rest of its request from a blocking socket: three clients
+that sent half a request header held the sync workers of the landed service for ever, and
+a few more would hold every thread of these. Here every client socket reads with a timeout
+(:data:`READ_SECONDS` without a byte, then the connection is closed and its thread freed),
+whatever gunicorn asks of it; :mod:`randomizer.wsgi` also bounds a whole body. In production
+a buffering reverse proxy in front (README.md) takes slow clients off the service anyway.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+#: Seconds a client socket may stay silent in the middle of a request.
+READ_SECONDS = 10.0
+
+
+class _DeadlineSocket(socket.socket):
+    """A client socket whose blocking mode always has a timeout."""
+
+    def setblocking(self, flag: bool) -> None:
+        if flag:
+            self.settimeout(READ_SECONDS)
+        else:
+            super().setblocking(False)
+
+
+def _with_deadline(client: socket.socket) -> socket.socket:
+    wrapped = _DeadlineSocket(client.family, client.type, client.proto, fileno=client.detach())
+    wrapped.setblocking(True)
+    return wrapped
+
+
+class Worker(ThreadWorker):
+    """gunicorn's ``gthread`` worker, its client sockets reading with a timeout."""
+
+    def accept(self, listener: Any) -> None:
+        try:
+            client, address = listener.accept()
+            self.nr_conns += 1
+            conn = TConn(self.cfg, _with_deadline(client), address, listener.getsockname())
+            self.enqueue_req(conn)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise

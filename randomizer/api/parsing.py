@@ -12,7 +12,7 @@ import marshmallow as ma
 from flask import Request
 from flask_smorest import Blueprint
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from randomizer.errors import Problem, ValidationFailed, flatten_errors
 from randomizer.services.inputs import Submission
@@ -133,16 +133,50 @@ class BoundedChunkedBodies:
         if chunked and limit is not None:
             stream = environ["wsgi.input"]
             body = bytearray()
-            while len(body) <= limit:
-                data = stream.read(limit + 1 - len(body))
-                if not data:
-                    break
-                body += data
-            environ["wsgi.input"] = io.BytesIO(bytes(body))
-            environ["CONTENT_LENGTH"] = str(len(body))
+            try:
+                while len(body) <= limit:
+                    data = stream.read(limit + 1 - len(body))
+                    if not data:
+                        break
+                    body += data
+            except HTTPException as error:
+                # Not received in time (randomizer.wsgi's 408): the application meets the
+                # error when it reads the body, as it would have.
+                environ["wsgi.input"] = _Unreadable(error)
+                environ["CONTENT_LENGTH"] = "1"
+            except Exception:
+                # A malformed chunk (gunicorn's InvalidChunkSize, ...) or a client gone: a 400
+                # problem when the body is read (a randomisation's refusal audited), not a 500.
+                environ["wsgi.input"] = _Unreadable(
+                    ValidationFailed(
+                        {"_body": ["The chunked transfer coding is malformed or incomplete."]},
+                        detail="The body could not be read.",
+                        status=400,
+                    )
+                )
+                environ["CONTENT_LENGTH"] = "1"
+            else:
+                environ["wsgi.input"] = io.BytesIO(bytes(body))
+                environ["CONTENT_LENGTH"] = str(len(body))
             # Werkzeug ignores Content-Length while Transfer-Encoding says chunked.
             del environ["HTTP_TRANSFER_ENCODING"]
         return self.app(environ, start_response)
+
+
+class _Unreadable(io.RawIOBase):
+    """A body whose reading failed: reading it raises that failure again."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, _buffer: Any) -> int:
+        raise self.error
+
+    def read(self, _size: int | None = -1) -> bytes:
+        raise self.error
 
 
 class StrictFlaskParser(FlaskParser):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -178,3 +179,84 @@ def test_a_chunked_screening_past_the_limit_is_a_413_that_writes_nothing(
     # The worker that refused it serves the next request as usual.
     status, _type, _body = server.client.request("GET", "/api/v1/health")
     assert status == 200
+
+
+@pytest.mark.requirement("R-NF-5")
+def test_a_chunked_body_sent_too_slowly_gets_a_408_problem(server: Server) -> None:
+    """Read before the application runs, a stalled chunked body still meets the body's
+    deadline (randomizer.wsgi) with the 408 problem, never a 500 or a dropped connection."""
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        token = server.trial.tokens["coordinator-101"].encode()
+        connection.sendall(
+            b"POST /api/v1/participants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + token
+            + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"1\r\n{\r\n"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = connection.recv(4096)
+            if not data:
+                break
+            answer += data
+    finally:
+        connection.close()
+
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"application/problem+json" in answer
+
+
+def send_raw(
+    server: Server, path: str, chunked_body: bytes, user: str = "coordinator-101"
+) -> bytes:
+    """A request whose chunked body is sent as given (possibly malformed); the answer's head
+    and body."""
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        token = server.trial.tokens[user].encode()
+        connection.sendall(
+            f"POST /api/v1{path} HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Authorization: Bearer "
+            + token
+            + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked_body
+        )
+        connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while data := connection.recv(65536):
+            answer += data
+        return answer
+    finally:
+        connection.close()
+
+
+MALFORMED_CHUNKS = [
+    pytest.param(b"zz\r\n{}\r\n0\r\n\r\n", "CH-M1", id="size-not-hexadecimal"),
+    pytest.param(b"2\r\n{}XX0\r\n\r\n", "CH-M2", id="chunk-not-terminated"),
+    pytest.param(b"5\r\n{}\r\n0\r\n\r\n", "CH-M3", id="chunk-shorter-than-its-size"),
+    pytest.param(b"2\r\n{}\r\n", "CH-M4", id="no-last-chunk"),
+]
+
+
+@pytest.mark.requirement("R-NF-3")
+@pytest.mark.parametrize(("chunks", "number"), MALFORMED_CHUNKS)
+def test_a_malformed_chunked_body_is_a_400_problem_and_an_audited_refusal(
+    server: Server, chunks: bytes, number: str
+) -> None:
+    status, _type, body = send_chunked(server, "/participants", padded(screening(number), 1000))
+    assert status == 201, body
+    participants, entries = counts(server)
+
+    for path, audited in (("/participants", 0), (f"/participants/{number}/randomize", 1)):
+        answer = send_raw(server, path, chunks)
+
+        head, _, text = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert b"application/problem+json" in head
+        problem = json.loads(text)
+        assert problem["errors"] == {
+            "_body": ["The chunked transfer coding is malformed or incomplete."]
+        }
+        assert counts(server) == (participants, entries + audited)
+    assert last_action(server)["action"] == "participant.randomization_refused"

@@ -37,6 +37,13 @@ from randomizer.domain.participants import (
 )
 
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+ASCII_DIGITS = re.compile(r"[0-9]+")
+#: The document's pattern of a string without NUL (ECMA 262, as OpenAPI's patterns are).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+#: Bounds of every integer a request may carry (URS §8, R-NF-3): what PostgreSQL's 32-bit
+#: ``integer`` holds, so no value sent can overflow a column, a bound or a comparison.
+DB_INT_MAX = 2**31 - 1
+DB_INT_MIN = -(2**31)
 #: Decimal places accepted in a decimal input (weights, scores, doses).
 DECIMAL_PLACES = 3
 
@@ -55,6 +62,11 @@ class SafeString(fields.String):
         "nul": "Must not contain NUL characters.",
         "surrogate": "Must not contain lone surrogates.",
     }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The document says so too (a JSON text cannot hold a lone surrogate anyway).
+        self.metadata = {"pattern": NO_NUL_PATTERN, **self.metadata}
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         if not isinstance(value, str):
@@ -97,6 +109,9 @@ class StrictDecimal(fields.Decimal):
                     value = getattr(validator, attribute)
                     if value is not None:
                         bounds[key] = int(value) if value == int(value) else float(value)
+        # The places, in the document too: 0.001 for 3.
+        step = Decimal(1).scaleb(-places)
+        bounds["multipleOf"] = int(step) if step == int(step) else float(step)
         self.metadata = {**bounds, **self.metadata}
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Decimal:
@@ -118,11 +133,57 @@ class StrictDecimal(fields.Decimal):
         return None if value is None else str(value)
 
 
-class StrictInteger(fields.Integer):
-    """A JSON integer (``18``), never a string or a boolean."""
+def within_database_bounds(validators: Any, *, minimum: int = DB_INT_MIN) -> list[Any]:
+    """``validators`` and a range for the sides they leave open: ``minimum`` to DB_INT_MAX.
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(strict=True, **kwargs)
+    An integer without a stated bound on one side gets the database's bound there, so that no
+    request can carry a number the database cannot hold (a 500 on PostgreSQL, whose
+    ``integer`` is 32 bits, and on SQLite beyond 64 bits); one with both bounds stated keeps
+    them alone (one message, and the document shows the field's own range).
+    """
+    if validators is None:
+        validators = []
+    elif callable(validators):
+        validators = [validators]
+    validators = list(validators)
+    ranges = [v for v in validators if isinstance(v, validate.Range)]
+    has_min = any(r.min is not None and r.min >= minimum for r in ranges)
+    has_max = any(r.max is not None and r.max <= DB_INT_MAX for r in ranges)
+    if not (has_min and has_max):
+        validators.append(
+            validate.Range(min=None if has_min else minimum, max=None if has_max else DB_INT_MAX)
+        )
+    return validators
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer (``18``), never a string or a boolean, within the database's bounds."""
+
+    def __init__(self, *, validate: Any = None, **kwargs: Any) -> None:
+        super().__init__(strict=True, validate=within_database_bounds(validate), **kwargs)
+
+
+class QueryInteger(fields.Integer):
+    """An integer in a query string (URS §8: strict input): ASCII digits only, 0 to DB_INT_MAX.
+
+    Python's ``int()`` also takes ``" 1"``, ``"1_0"``, ``"+1"`` and other scripts' digits
+    (``"\u0661"``); none of those is an integer here. No sign: no query integer is negative.
+    """
+
+    default_error_messages: ClassVar[dict[str, str]] = {
+        "invalid": "Not a valid integer: ASCII digits 0-9 only.",
+    }
+
+    def __init__(self, *, validate: Any = None, **kwargs: Any) -> None:
+        super().__init__(validate=within_database_bounds(validate, minimum=0), **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, str) or not ASCII_DIGITS.fullmatch(value):
+            raise self.make_error("invalid")
+        digits = value.lstrip("0") or "0"
+        # More digits than DB_INT_MAX has: too large, whatever they say (and int() of
+        # thousands of digits is refused by Python itself). The range gives the message.
+        return int(digits) if len(digits) <= len(str(DB_INT_MAX)) else DB_INT_MAX + 1
 
 
 class StrictDate(fields.Date):
@@ -358,12 +419,26 @@ class TrialSchema(ma.Schema):
 
 
 class ProblemSchema(ma.Schema):
-    """RFC 9457 problem details (``application/problem+json``)."""
+    """RFC 9457 problem details (``application/problem+json``).
 
-    type = fields.String(metadata={"example": "/problems/validation"})
-    title = fields.String()
-    status = fields.Integer()
-    detail = fields.String()
+    ``type``, ``title``, ``status`` and ``detail`` are always there; a refusal may add members
+    of its own (RFC 9457 §3.2), e.g. ``randomization_number`` when already randomised.
+    """
+
+    class Meta:
+        unknown = ma.INCLUDE  # documents "additionalProperties": true (extension members)
+
+    type = fields.String(
+        required=True,
+        metadata={
+            "example": "/problems/validation",
+            "description": "/problems/ and the kind of refusal (URS §8); "
+            "/problems/method-not-allowed for a method the path does not take (405)",
+        },
+    )
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
     errors = fields.Dict(
         keys=fields.String(),
         values=fields.List(fields.String()),
@@ -404,7 +479,8 @@ def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
             strata_fields[factor.id] = fields.Raw(
                 load_only=True,
                 validate=_refuse_site_factor(factor.id),
-                metadata={"description": "derived from the site: never send it"},
+                # JSON Schema's "not": {} admits no value: the factor is never sent.
+                metadata={"description": "derived from the site: never send it", "not": {}},
             )
     strata_schema = StrictSchema.from_dict(strata_fields, name="ScreeningStrata")
     eligibility_schema = StrictSchema.from_dict(
@@ -534,4 +610,8 @@ def reason_field() -> fields.Field:
             validate.Length(min=1, max=500),
             validate.Predicate("isprintable", error="Printable characters only."),
         ],
+        metadata={
+            "description": "why, audited as written: printable characters only (no control, "
+            "format or separator character but the space)"
+        },
     )

@@ -7,12 +7,12 @@ from typing import Any
 import marshmallow as ma
 from flask import Response
 from flask.views import MethodView
-from marshmallow import fields, validate
+from marshmallow import fields
 
 from randomizer import roles
 from randomizer.api.auth import current_actor, requires
 from randomizer.api.parsing import StrictBlueprint
-from randomizer.schemas import ProblemSchema, StrictSchema
+from randomizer.schemas import ProblemSchema, QueryInteger, StrictSchema
 from randomizer.services import audit_queries
 from randomizer.state import app_state
 
@@ -23,22 +23,24 @@ blp = StrictBlueprint(
     description="The audit trail: signed checkpoints, entries and RFC 9162 proofs.",
 )
 
-_COUNT = {"validate": validate.Range(min=0), "required": True}
+
+#: The document's schema of a text answer (signed notes, key lines, JSON Lines).
+TEXT = {"type": "string"}
 
 
 class EntriesQuery(StrictSchema):
-    start = fields.Integer(**_COUNT)
-    end = fields.Integer(validate=validate.Range(min=0))
+    start = QueryInteger(required=True)
+    end = QueryInteger()
 
 
 class InclusionQuery(StrictSchema):
-    index = fields.Integer(**_COUNT)
-    size = fields.Integer(**_COUNT)
+    index = QueryInteger(required=True)
+    size = QueryInteger(required=True)
 
 
 class ConsistencyQuery(StrictSchema):
-    first = fields.Integer(**_COUNT)
-    second = fields.Integer(**_COUNT)
+    first = QueryInteger(required=True)
+    second = QueryInteger(required=True)
 
 
 class InclusionProofSchema(ma.Schema):
@@ -60,7 +62,7 @@ def _text(body: str) -> Response:
 @blp.route("/checkpoint")
 class LatestCheckpoint(MethodView):
     @requires(roles.READ_CHECKPOINT)
-    @blp.response(200, content_type="text/plain")
+    @blp.response(200, TEXT, content_type="text/plain")
     @blp.alt_response(404, schema=ProblemSchema, description="No checkpoint yet")
     def get(self) -> Response:
         """The latest signed checkpoint (C2SP signed note). Reveals only size and root."""
@@ -70,7 +72,8 @@ class LatestCheckpoint(MethodView):
 
 @blp.route("/verifier-key")
 class VerifierKeyLine(MethodView):
-    @blp.response(200, content_type="text/plain")
+    @blp.response(200, TEXT, content_type="text/plain")
+    @blp.doc(security=[])
     def get(self) -> Response:
         """The verifier key line. Trust the one you obtained out of band, not this one."""
         return _text(app_state().ctx.audit.verifier_key.line() + "\n")
@@ -80,7 +83,7 @@ class VerifierKeyLine(MethodView):
 class Entries(MethodView):
     @requires(roles.READ_AUDIT_ENTRIES)
     @blp.arguments(EntriesQuery, location="query")
-    @blp.response(200, content_type="application/jsonl")
+    @blp.response(200, TEXT, content_type="application/jsonl")
     def get(self, query: dict[str, Any]) -> Response:
         """Entries with start <= seq < end (at most 10,000), as JSON Lines of canonical bytes."""
         with app_state().db.reading() as session:

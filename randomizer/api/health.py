@@ -17,6 +17,7 @@ blp = StrictBlueprint("health", __name__, url_prefix="/api/v1", description="Liv
 @blp.route("/health")
 class Health(MethodView):
     @blp.response(200, HealthSchema)
+    @blp.doc(security=[])
     def get(self) -> object:
         """Report ``ok`` once the database answers (no authentication)."""
         try:

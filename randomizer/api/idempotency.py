@@ -18,6 +18,7 @@ from randomizer.api.problems import json_response
 from randomizer.errors import Problem
 from randomizer.roles import Actor
 from randomizer.services.idempotency import (
+    KEY,
     Outcome,
     canonical_json,
     check_key,
@@ -33,7 +34,7 @@ IDEMPOTENCY_HEADER = {
     "name": HEADER,
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": 255},
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{KEY.pattern}$"},
     "description": "Retry safely: the same key and body return the first response again.",
 }
 

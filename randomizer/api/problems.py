@@ -28,9 +28,28 @@ _HTTP_TYPES = {
     401: ("unauthorized", "Unauthorized"),
     403: ("forbidden", "Forbidden"),
     404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
     409: ("conflict", "Conflict"),
     422: ("validation", "Invalid input"),
 }
+
+
+def problem_types() -> list[str]:
+    """Every problem type the service answers with (the document's ``type`` enum)."""
+    types = {"about:blank"} | {f"/problems/{name}" for name, _title in _HTTP_TYPES.values()}
+    kinds: list[type[Problem]] = [Problem]
+    while kinds:
+        kind = kinds.pop()
+        types.add(f"/problems/{kind.type_name}")
+        kinds.extend(kind.__subclasses__())
+    return sorted(types)
+
+
+def add_security_headers(response: Response) -> Response:
+    """Every answer: never cached (participant data), its content type not to be sniffed."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def json_response(status: int, text: str) -> Response:
@@ -137,3 +156,4 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(InterfaceError, handle_database_unavailable)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)
+    app.after_request(add_security_headers)

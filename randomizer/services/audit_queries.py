@@ -18,6 +18,8 @@ from randomizer.services.audit_log import AuditLog
 
 #: At most this many entries in one ``GET /audit/entries``; the default page is smaller.
 MAX_ENTRIES, DEFAULT_ENTRIES = 10_000, 1_000
+#: The largest seq the audit_entry.seq column holds (PostgreSQL's 32-bit integer).
+SEQ_MAX = 2**31 - 1
 
 
 def entries(session: Session, start: int, end: int | None) -> list[str]:
@@ -30,7 +32,9 @@ def entries(session: Session, start: int, end: int | None) -> list[str]:
     return list(
         session.scalars(
             select(AuditEntry.canonical)
-            .where(AuditEntry.seq >= start, AuditEntry.seq < end)
+            # seq <= end - 1 rather than seq < end: the default end (start + 1,000) may
+            # pass what the seq column holds (a 500 on PostgreSQL), and no seq is beyond it.
+            .where(AuditEntry.seq >= start, AuditEntry.seq <= min(end - 1, SEQ_MAX))
             .order_by(AuditEntry.seq)
         )
     )

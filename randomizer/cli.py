@@ -377,6 +377,10 @@ def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
             # A request line of a few thousand characters must reach the application's
             # own error handling (a problem detail), not gunicorn's HTML 400.
             self.cfg.set("limit_request_line", 8190)
+            # Each header at most 8,190 bytes, at most 100 of them (gunicorn's defaults,
+            # stated): beyond, a 431 problem detail (randomizer/serving.py).
+            self.cfg.set("limit_request_field_size", 8190)
+            self.cfg.set("limit_request_fields", 100)
             self.cfg.set("accesslog", "-")
             # No management socket in the home directory: one path shared by every server
             # on the machine, and an admin channel the service does not need.

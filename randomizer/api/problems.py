@@ -32,11 +32,14 @@ _HTTP_TYPES = {
     409: ("conflict", "Conflict"),
     422: ("validation", "Invalid input"),
 }
+#: Types gunicorn's own answers carry (randomizer.serving), before the application runs.
+_SERVER_TYPES = ("uri-too-long", "header-fields-too-large")
 
 
 def problem_types() -> list[str]:
     """Every problem type the service answers with (the document's ``type`` enum)."""
     types = {"about:blank"} | {f"/problems/{name}" for name, _title in _HTTP_TYPES.values()}
+    types |= {f"/problems/{name}" for name in _SERVER_TYPES}
     kinds: list[type[Problem]] = [Problem]
     while kinds:
         kind = kinds.pop()

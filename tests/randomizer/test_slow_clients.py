@@ -103,3 +103,46 @@ def test_a_body_sent_too_slowly_gets_a_408_problem_and_frees_its_thread(scratch,
 
     assert answer.startswith(b"HTTP/1.1 408")
     assert b"application/problem+json" in answer
+
+
+@pytest.mark.requirement("R-NF-3")
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "problem_type"),
+    [
+        (
+            b"GET /api/v1/health?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            414,
+            "/problems/uri-too-long",
+        ),
+        (
+            b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+            431,
+            "/problems/header-fields-too-large",
+        ),
+        (b"GET /api/v1/health HTTP/9.9\r\nHost: x\r\n\r\n", 400, "/problems/validation"),
+    ],
+    ids=["request line over 8190 bytes", "header over 8190 bytes", "unparseable request"],
+)
+def test_the_servers_own_refusals_are_problem_details(
+    scratch, tmp_path, request_bytes, status, problem_type
+):
+    import json
+
+    trial = make_trial_database(scratch, "sqlite", tmp_path, kits_per_arm=8)
+    server = Server(trial, tmp_path, workers=1).start()
+    try:
+        connection = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        connection.sendall(request_bytes)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        connection.close()
+    finally:
+        server.stop()
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode())
+    assert b"Content-Type: application/problem+json" in head
+    problem = json.loads(body)
+    assert (problem["type"], problem["status"]) == (problem_type, status)
+    assert problem["title"] and problem["detail"]

@@ -237,7 +237,6 @@ def init(cli: Cli, trial_file: str, seed_file: str | None) -> None:
 
     For a real trial; add sites with `sealroom sites add` and users with `sealroom users add`.
     """
-    from keys import KeyStoreError
     from randomizer.errors import Problem
     from randomizer.roles import SYSTEM
     from randomizer.services import trial_setup
@@ -254,7 +253,7 @@ def init(cli: Cli, trial_file: str, seed_file: str | None) -> None:
             _ctx, slots = trial_setup.create_trial_with_lists(
                 session, keys, definition, toml_text, seed, SYSTEM
             )
-    except (KeyStoreError, Problem) as exc:
+    except Problem as exc:
         fail(str(exc))
     click.echo(
         f"Trial {definition.id} initialised: {len(definition.strata())} strata, {slots} slots; "
@@ -295,7 +294,6 @@ def init_demo(
     keep_existing: bool,
 ) -> None:
     """`init` plus the demo's sites, kits and one user per role."""
-    from keys import KeyStoreError
     from randomizer.errors import Problem
     from randomizer.services.demo import DEMO_SITES, initialise_demo
 
@@ -309,7 +307,7 @@ def init_demo(
     seed = secrets.token_bytes(32) if read is None else _parse_seed_or_fail(read)
     try:
         demo = initialise_demo(cli.db, settings.keys_dir, definition, toml_text, seed)
-    except (KeyStoreError, Problem) as exc:
+    except Problem as exc:
         fail(str(exc))
 
     tokens_path = Path(tokens_out) if tokens_out else settings.instance_dir / "tokens.json"
@@ -355,14 +353,10 @@ def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     from randomizer import create_app
-    from randomizer.migrations import SchemaMismatch
-    from randomizer.services.context import NotInitialised
 
     settings = cli.settings
-    try:
-        create_app({"settings": settings}).extensions["sealroom"].db.dispose()
-    except (NotInitialised, SchemaMismatch) as exc:
-        fail(str(exc))
+    # Refuses (an error: line, by the command group) a schema or keys it cannot serve.
+    create_app({"settings": settings}).extensions["sealroom"].db.dispose()
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -446,14 +440,10 @@ def users_token(cli: Cli, name: str) -> None:
 
 def _run(cli: Cli, action: Any) -> Any:
     from randomizer.errors import Problem, ValidationFailed
-    from randomizer.migrations import SchemaMismatch
-    from randomizer.services.context import NotInitialised
 
     try:
         with cli.transaction() as (session, ctx):
             return action(session, ctx)
-    except (SchemaMismatch, NotInitialised) as problem:
-        fail(str(problem))
     except ValidationFailed as problem:
         fail("; ".join(f"{k}: {' '.join(v)}" for k, v in problem.extra["errors"].items()))
     except Problem as problem:
@@ -762,13 +752,10 @@ def db_upgrade(cli: Cli) -> None:
 
     Refuses a database upgraded by a newer Sealroom than this one.
     """
-    from randomizer.migrations import SchemaMismatch, upgrade
+    from randomizer.migrations import upgrade
 
-    try:
-        with cli.db.schema_transaction() as connection:
-            before, after = upgrade(connection)
-    except SchemaMismatch as exc:
-        fail(str(exc))
+    with cli.db.schema_transaction() as connection:
+        before, after = upgrade(connection)
     if before == after:
         click.echo(f"The schema is already at revision {after}.")
     else:

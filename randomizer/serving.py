@@ -18,6 +18,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from randomizer.api.problems import PROBLEM_JSON, SECURITY_HEADERS, http_problem
 from randomizer.rendering import render_json
 
 #: Seconds a client socket may stay silent in the middle of a request.
@@ -40,33 +41,23 @@ def _with_deadline(client: socket.socket) -> socket.socket:
     return wrapped
 
 
-#: Problem type and title of the errors gunicorn answers itself, before the application.
-_GUNICORN_PROBLEMS = {
-    400: ("/problems/validation", "Bad request"),
-    403: ("/problems/forbidden", "Forbidden"),
-    414: ("/problems/uri-too-long", "Request line too long"),
-    417: ("/problems/validation", "Expectation failed"),
-    431: ("/problems/header-fields-too-large", "Request header fields too large"),
-}
-
-
 def write_problem(sock: socket.socket, status: int, reason: str, message: str) -> None:
     """gunicorn's own error answers (a request line or a header over 8,190 bytes, a request
     it cannot parse) as RFC 9457 problem details, like every other answer of the service.
 
     Replaces ``gunicorn.util.write_error`` (an HTML page) in the workers this module runs.
     """
-    problem_type, title = _GUNICORN_PROBLEMS.get(status, ("about:blank", reason))
-    if status >= 500:
-        message = "The server could not complete the request; nothing was changed."
-    body = render_json(
-        {"type": problem_type, "title": title, "status": status, "detail": message or title}
-    ).encode("ascii")
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-        "Content-Type: application/problem+json\r\nCache-Control: no-store\r\n"
-        f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n"
+    body = render_json(http_problem(status, reason, message or reason)).encode("ascii")
+    headers = {
+        "Connection": "close",
+        "Content-Type": PROBLEM_JSON,
+        **SECURITY_HEADERS,
+        "Content-Length": str(len(body)),
+    }
+    head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in headers.items()
     )
+    head += "\r\n"
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 

@@ -30,16 +30,20 @@ _HTTP_TYPES = {
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
     409: ("conflict", "Conflict"),
+    # gunicorn's own refusals (randomizer.serving), before the application runs.
+    414: ("uri-too-long", "Request line too long"),
     422: ("validation", "Invalid input"),
+    431: ("header-fields-too-large", "Request header fields too large"),
 }
-#: Types gunicorn's own answers carry (randomizer.serving), before the application runs.
-_SERVER_TYPES = ("uri-too-long", "header-fields-too-large")
+#: On every answer: never cached (participant data), its content type not to be sniffed.
+SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+#: What a caller is told of a failure of the server's own: nothing about it.
+UNEXPECTED_DETAIL = "The server could not complete the request; nothing was changed."
 
 
 def problem_types() -> list[str]:
     """Every problem type the service answers with (the document's ``type`` enum)."""
     types = {"about:blank"} | {f"/problems/{name}" for name, _title in _HTTP_TYPES.values()}
-    types |= {f"/problems/{name}" for name in _SERVER_TYPES}
     kinds: list[type[Problem]] = [Problem]
     while kinds:
         kind = kinds.pop()
@@ -50,9 +54,24 @@ def problem_types() -> list[str]:
 
 def add_security_headers(response: Response) -> Response:
     """Every answer: never cached (participant data), its content type not to be sniffed."""
-    response.headers.setdefault("Cache-Control", "no-store")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
     return response
+
+
+def http_problem(status: int, name: str, detail: str) -> dict[str, Any]:
+    """The problem details of an HTTP error ``status`` (``name``: its reason phrase), refused
+    by the server or the framework rather than by a service: werkzeug's and webargs' errors,
+    and gunicorn's own (:mod:`randomizer.serving`). A 5xx says nothing of the failure."""
+    if status >= 500:
+        return {
+            "type": "about:blank",
+            "title": "Internal server error",
+            "status": status,
+            "detail": UNEXPECTED_DETAIL,
+        }
+    type_name, title = _HTTP_TYPES.get(status, ("validation", name))
+    return {"type": f"/problems/{type_name}", "title": title, "status": status, "detail": detail}
 
 
 def json_response(status: int, text: str) -> Response:
@@ -104,13 +123,7 @@ def handle_http_exception(error: HTTPException) -> Response:
     if status >= 500:
         return handle_unexpected(error)
     data = getattr(error, "data", None) or {}
-    type_name, title = _HTTP_TYPES.get(status, ("validation", error.name))
-    body: dict[str, Any] = {
-        "type": f"/problems/{type_name}",
-        "title": title,
-        "status": status,
-        "detail": error.description or error.name,
-    }
+    body = http_problem(status, error.name, error.description or error.name)
     messages = data.get("messages")
     if messages is not None:
         # webargs nests messages under the location ("json", "query"); drop that level.
@@ -129,14 +142,7 @@ def handle_http_exception(error: HTTPException) -> Response:
 def handle_unexpected(error: BaseException) -> Response:
     """A bug: log it, tell the caller nothing about it."""
     log.exception("unexpected error", exc_info=error)
-    return problem_response(
-        {
-            "type": "about:blank",
-            "title": "Internal server error",
-            "status": 500,
-            "detail": "The server could not complete the request; nothing was changed.",
-        }
-    )
+    return problem_response(http_problem(500, "Internal Server Error", UNEXPECTED_DETAIL))
 
 
 class RenderingJSONProvider(DefaultJSONProvider):

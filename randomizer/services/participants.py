@@ -11,8 +11,9 @@ screening window and eligibility, supply and list). A refusal is audited by
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -116,14 +117,14 @@ def find_participant(
 ) -> Participant:
     """The participant, if the actor may see it; the same 404 whether absent or elsewhere."""
     participant = None
-    if not SCREENING_NUMBER.fullmatch(screening_number):
-        pass
-    elif lock:
-        participant = lock_participant(session, screening_number)
-    else:
-        participant = session.execute(
-            select(Participant).where(Participant.screening_number == screening_number)
-        ).scalar_one_or_none()
+    if SCREENING_NUMBER.fullmatch(screening_number):
+        participant = (
+            lock_participant(session, screening_number)
+            if lock
+            else session.execute(
+                select(Participant).where(Participant.screening_number == screening_number)
+            ).scalar_one_or_none()
+        )
     if participant is None or not actor.may_see_site(participant.site_id):
         raise NotFound("No participant with this screening number is visible to you.")
     return participant
@@ -134,7 +135,7 @@ def participant_view(
 ) -> dict[str, Any]:
     """The participant as ``GET /participants/<sn>`` shows it: no arm."""
     kits = session.scalars(
-        select(Kit.kit_number).where(Kit.participant_id == participant.id).order_by(Kit.kit_number)
+        select(Kit).where(Kit.participant_id == participant.id).order_by(Kit.kit_number)
     ).all()
     stratum = (
         ctx.definition.stratum(participant.stratum_number).key
@@ -153,18 +154,18 @@ def participant_view(
         "stratum": stratum,
         "randomization_number": participant.randomization_number,
         "randomized_at": participant.randomized_at,
-        "kits": list(kits),
+        "kits": [kit.kit_number for kit in kits],
         "unblinded": participant.unblinded,
         "unblindings": unblindings_of(session, participant),
         "corrected_stratum": corrected,
-        "visits": visit_schedule(session, ctx, participant),
+        "visits": visit_schedule(ctx, participant, kits),
     }
 
 
 def visit_schedule(
-    session: Session, ctx: TrialContext, participant: Participant
+    ctx: TrialContext, participant: Participant, kits: Sequence[Kit]
 ) -> list[dict[str, Any]]:
-    """The participant's visits: target day, window and status; never the arm.
+    """The participant's visits, from its kits: target day, window and status; never the arm.
 
     Status: ``dispensed`` (with its kits and day), ``due`` (its window has not closed),
     ``missed`` (closed without dispensing), ``stopped`` (a dispensing visit after withdrawal,
@@ -174,20 +175,18 @@ def visit_schedule(
     if participant.randomized_at is None:
         return []
     definition = ctx.definition
-    kits: dict[str, list[Kit]] = {}
-    for kit in session.scalars(
-        select(Kit).where(Kit.participant_id == participant.id).order_by(Kit.kit_number)
-    ):
-        kits.setdefault(kit.visit or "", []).append(kit)
+    by_visit: dict[str, list[Kit]] = {}
+    for kit in kits:
+        by_visit.setdefault(kit.visit or "", []).append(kit)
     randomized_on, today = participant.randomized_at.date(), ctx.today()
     schedule = []
     for visit in definition.visits:
         opens, closes = visit_window(randomized_on, visit, definition.visit_window_days)
-        given = kits.get(visit.id, [])
+        given = by_visit.get(visit.id, [])
         item: dict[str, Any] = {
             "visit": visit.id,
             "week": visit.week,
-            "target_day": (opens + (closes - opens) / 2).isoformat(),
+            "target_day": (randomized_on + timedelta(days=visit.day())).isoformat(),
             "window": {"from": opens.isoformat(), "to": closes.isoformat()},
             "dispenses": visit.dispenses,
         }

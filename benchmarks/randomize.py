@@ -126,20 +126,28 @@ def scratch_database(server_url: str | None, root: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def run(url: str, root: Path, participants: int) -> None:
+def demo_trial(
+    url: str, root: Path, kits_per_arm: int
+) -> tuple[Settings, Database, dict[str, str], int]:
+    """The bundled demo on ``url`` (keys in ``root``): settings, database, tokens by user,
+    kits per arm at each site."""
     settings = Settings.from_env({}, database_url=url, instance_dir=root, keys_dir=root / "keys")
     text = bundled_trial_path().read_bytes().decode("utf-8")
     database = Database(url)
-    # 2 kits a participant (30 kg), all of one arm at worst, at one site.
     demo = initialise_demo(
         database,
         settings.keys_dir,
         parse_trial(text),
         text,
         bytes(range(32)),
-        kits_per_arm=2 * participants,
+        kits_per_arm=kits_per_arm,
     )
-    tokens = {t["user"]: t["token"] for t in demo.tokens}
+    return settings, database, {t["user"]: t["token"] for t in demo.tokens}, demo.kits_per_arm
+
+
+def run(url: str, root: Path, participants: int) -> None:
+    # 2 kits a participant (30 kg), all of one arm at worst, at one site.
+    settings, database, tokens, kits_per_arm = demo_trial(url, root, 2 * participants)
     headers = {"Authorization": f"Bearer {tokens['coordinator-101']}"}
     client = create_app({"settings": settings, "database": database}).test_client()
     minimal = minimal_write_app(database).test_client()
@@ -178,7 +186,7 @@ def run(url: str, root: Path, participants: int) -> None:
     backend = database.dialect
     print(
         f"{backend}: {participants} participants at one site holding "
-        f"{2 * demo.kits_per_arm} kits; in-process test client, one thread"
+        f"{2 * kits_per_arm} kits; in-process test client, one thread"
     )
     report("minimal Flask write", write_times, None)
     report("POST /participants (screen)", screen_times, write_times)

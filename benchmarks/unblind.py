@@ -28,15 +28,18 @@ import urllib.request
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
-from randomize import ELIGIBLE, minimal_write_app, scratch_database, timed  # (sets sys.path)
+from randomize import (  # (sets sys.path)
+    ELIGIBLE,
+    demo_trial,
+    minimal_write_app,
+    scratch_database,
+    timed,
+)
 
 _REPOSITORY = Path(__file__).resolve().parents[1]
 
 from randomizer import create_app  # noqa: E402
-from randomizer.config import Settings  # noqa: E402
 from randomizer.db import Database  # noqa: E402
-from randomizer.domain import bundled_trial_path, parse_trial  # noqa: E402
-from randomizer.services.demo import initialise_demo  # noqa: E402
 
 UNBLIND = {"reason": "serious_adverse_event", "event_reference": "SAE-BENCH"}
 
@@ -95,18 +98,7 @@ def main() -> None:
 
 
 def run(url: str, root: Path, participants: int) -> None:
-    settings = Settings.from_env({}, database_url=url, instance_dir=root, keys_dir=root / "keys")
-    text = bundled_trial_path().read_bytes().decode("utf-8")
-    database = Database(url)
-    demo = initialise_demo(
-        database,
-        settings.keys_dir,
-        parse_trial(text),
-        text,
-        bytes(range(32)),
-        kits_per_arm=4 * participants,
-    )
-    tokens = {t["user"]: t["token"] for t in demo.tokens}
+    settings, database, tokens, _kits = demo_trial(url, root, 4 * participants)
     coordinator = {"Authorization": f"Bearer {tokens['coordinator-101']}"}
     investigator = {"Authorization": f"Bearer {tokens['investigator-101']}"}
     client = create_app({"settings": settings, "database": database}).test_client()

@@ -112,7 +112,7 @@ def test_trial_describes_reclaiim_as_its_definition_file_does(api):
         {"number": 5, "key": "region=rest_of_world|prior_ig=yes"},
         {"number": 6, "key": "region=rest_of_world|prior_ig=no"},
     ]
-    assert body["screening"] == {"window_days": 21}
+    assert body["screening"] == {"window_days": 21, "number_pattern": "{site}-{n:04d}"}
     rules = [rule["id"] for rule in body["eligibility"]["rules"]]
     assert rules == ["I1", "I2", "I3", "I4", "I5", "E1", "E2", "E3", "E4"]
     assert body["audit"] == {"origin": "sealroom/RECLAIIM"}

@@ -43,7 +43,7 @@ def _participants(count: int) -> list[tuple[str, str, str]]:
     plan = []
     for i in range(count):
         site = ("101", "102")[i % 2]
-        plan.append((f"C-{i:04d}", f"coordinator-{site}", ("yes", "no")[(i // 2) % 2]))
+        plan.append((f"{site}-C-{i:04d}", f"coordinator-{site}", ("yes", "no")[(i // 2) % 2]))
     return plan
 
 
@@ -204,7 +204,7 @@ def test_eight_server_processes_give_every_slot_and_kit_once_on_postgresql(pg_se
 @pytest.mark.requirement("R-API")
 def test_one_idempotency_key_acts_once_across_server_processes(pg_server: Any) -> None:
     trial, client = pg_server
-    number, user = "IDEM-1", "coordinator-101"
+    number, user = "101-IDEM-1", "coordinator-101"
     _screen_all(client, [(number, user, "no")], datetime.now(UTC).date().isoformat())
     body = {"weight_kg": WEIGHT_KG, "eligibility": ELIGIBLE}
     headers = {"Idempotency-Key": "same-key-from-16-threads"}
@@ -293,8 +293,8 @@ def test_one_participant_randomised_at_once_by_several_processes_acts_once_on_po
     """
     with _own_pg_server(scratch, tmp_path) as (trial, client):
         plan = [
-            (f"P-{i:04d}", user, prior)
-            for i, (_, user, prior) in enumerate(_participants(SAME_PARTICIPANT_PAIRS))
+            (number.replace("-C-", "-P-"), user, prior)
+            for number, user, prior in _participants(SAME_PARTICIPANT_PAIRS)
         ]
         _screen_all(client, plan, datetime.now(UTC).date().isoformat())
         requests = [(number, user) for number, user, _ in plan for _ in range(REQUESTS_EACH)]
@@ -385,7 +385,7 @@ def test_scarce_stock_of_one_site_is_shared_by_its_strata_one_at_a_time_on_postg
     """
     with _own_pg_server(scratch, tmp_path, kits_per_arm=SCARCE_KITS_PER_ARM) as (trial, client):
         plan = [
-            (f"S-{prior}-{i:02d}", SCARCE_USER, prior)
+            (f"101-{prior}-{i:02d}", SCARCE_USER, prior)
             for i in range(SCARCE_PER_STRATUM)
             for prior in ("yes", "no")
         ]

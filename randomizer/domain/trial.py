@@ -623,7 +623,7 @@ def _number_pattern(value: object, path: str) -> str:
     try:
         first = screening_number_for(pattern, _LONGEST_SITE, 1)
         later = [screening_number_for(pattern, "1", n) for n in (9999, 10**6)]
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError) as exc:  # e.g. {n:s}, {n:{width}}
         raise TrialDefinitionError(path, f"{pattern!r}: not a format for a number: {exc}") from None
     # A site with the longest id must get valid numbers, and the characters must stay valid
     # as n grows (a thousands separator would not).

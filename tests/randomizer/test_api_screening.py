@@ -28,6 +28,10 @@ OTHER_SITES_STAFF = ["coordinator-102", "pharmacist-102", "coordinator-201", "ph
 NOT_READERS = ["statistician", "auditor", "admin"]
 
 
+#: A field value that leaves the field out of the body.
+OMIT: Any = object()
+
+
 def screening_body(api: Any, **changes: Any) -> dict[str, Any]:
     body = {
         "screening_number": "101-0001",
@@ -36,7 +40,7 @@ def screening_body(api: Any, **changes: Any) -> dict[str, Any]:
         "strata": {"prior_ig": "no"},
     }
     body.update(changes)
-    return body
+    return {key: value for key, value in body.items() if value is not OMIT}
 
 
 def post_screening(api: Any, user: str = "coordinator-101", **changes: Any) -> Any:
@@ -333,3 +337,136 @@ def test_a_randomised_participant_shows_no_arm(api, user):
     assert not {key for key in keys_of(body) if "arm" in key.lower()}
     text = response.get_data(as_text=True).lower()
     assert "igpro20" not in text and "placebo" not in text
+
+
+# Screening numbers belong to their site (issue 7, finding 9) -----------------------------------
+
+
+@pytest.mark.requirement("R-BLIND-1")
+@pytest.mark.requirement("R-API")
+@pytest.mark.parametrize("number", ["102-0001", "B-102-1", "1010-0001", "101", "0101-0001"])
+def test_a_number_without_the_sites_prefix_is_refused_whether_or_not_it_exists(api, db, number):
+    """Site 101 learns nothing of site 102's numbers: the same 422 whether 102 holds it or not."""
+    before = post_screening(api, screening_number=number)
+    # Site 102 screens the number if it is one of its own, and 102-0001 in any case.
+    assert api.screen(number, user="coordinator-102", site="102").status_code in (201, 422)
+    assert api.screen("102-0001", user="coordinator-102", site="102").status_code in (201, 409)
+
+    after = post_screening(api, screening_number=number)
+
+    errors = assert_validation_error(after, "screening_number")
+    assert set(errors) == {"screening_number"}
+    assert "101-" in errors["screening_number"][0]
+    assert (before.status_code, before.get_data()) == (after.status_code, after.get_data())
+    with db.reading() as session:
+        sites = session.scalars(select(Participant.site_id)).all()
+    assert "101" not in sites
+
+
+@pytest.mark.requirement("R-API")
+def test_an_omitted_number_is_the_sites_next_one_independently_of_other_sites(api, db):
+    screen = lambda user="coordinator-101", site="101": post_screening(  # noqa: E731
+        api, user, site=site, screening_number=OMIT
+    )
+
+    numbers = [screen().get_json()["screening_number"] for _ in range(3)]
+    other = screen("coordinator-102", "102").get_json()["screening_number"]
+    europe = screen("coordinator-201", "201").get_json()["screening_number"]
+    numbers.append(screen("investigator-101").get_json()["screening_number"])
+
+    assert numbers == ["101-0001", "101-0002", "101-0003", "101-0004"]
+    assert (other, europe) == ("102-0001", "201-0001")
+    with db.reading() as session:
+        entry = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc())).first()
+        subject, data = entry.subject, json.loads(entry.canonical)["data"]
+    assert (subject, data["number_assigned"]) == ("101-0004", True)
+
+
+@pytest.mark.requirement("R-API")
+def test_assignment_skips_the_numbers_the_site_sent_itself(api):
+    for number in ("101-0001", "101-0003"):
+        assert api.screen(number).status_code == 201
+
+    assigned = [
+        post_screening(api, screening_number=OMIT).get_json()["screening_number"] for _ in range(3)
+    ]
+
+    assert assigned == ["101-0002", "101-0004", "101-0005"]
+
+
+@pytest.mark.requirement("R-API")
+def test_an_assigned_number_can_be_randomised_like_any_other(api):
+    number = post_screening(api, screening_number=OMIT).get_json()["screening_number"]
+
+    response = api.randomize(number)
+
+    assert response.status_code == 201, response.get_json()
+    assert (
+        api.get(f"/participants/{number}", "coordinator-101").get_json()["status"] == "randomized"
+    )
+
+
+@pytest.mark.requirement("R-API")
+def test_a_null_screening_number_is_refused(api, db):
+    response = api.post(
+        "/participants", "coordinator-101", json=screening_body(api, screening_number=None)
+    )
+
+    assert_validation_error(response, "screening_number")
+    assert participant_count(db) == 0
+
+
+@pytest.mark.requirement("R-API")
+def test_a_replayed_assignment_gives_the_same_number_once(api, db):
+    body = screening_body(api, screening_number=OMIT)
+    headers = {"Idempotency-Key": "assign-once"}
+
+    first = api.post("/participants", "coordinator-101", json=body, headers=headers)
+    again = api.post("/participants", "coordinator-101", json=body, headers=headers)
+
+    assert first.status_code == again.status_code == 201
+    assert first.get_json() == again.get_json()
+    assert first.get_json()["screening_number"] == "101-0001"
+    assert participant_count(db) == 1
+
+
+@pytest.mark.requirement("R-API")
+def test_a_site_cannot_send_a_number_of_a_site_whose_id_extends_its_own(api, db, ctx):
+    """Site ids may hold hyphens: ``101-9-0001`` is site 101-9's, not site 101's."""
+    from randomizer.roles import Actor
+    from randomizer.services.trial_setup import add_site
+
+    admin = Actor(name="admin", role="admin")
+    with db.transaction() as session:
+        add_site(session, ctx, admin, "101-9", "Site 101-9", {"region": "north_america"})
+
+    refused = post_screening(api, screening_number="101-9-0001")
+    assigned = post_screening(api, screening_number=OMIT)
+
+    errors = assert_validation_error(refused, "screening_number")
+    assert "101-9" in errors["screening_number"][0]
+    assert assigned.get_json()["screening_number"] == "101-0001"
+
+
+@pytest.mark.requirement("R-CFG")
+def test_without_a_number_pattern_the_number_must_be_sent(db, ctx):
+    """A definition without ``screening.number_pattern`` (one stored before it existed)."""
+    from dataclasses import replace
+
+    from randomizer.domain.participants import ScreeningRequest
+    from randomizer.errors import ValidationFailed
+    from randomizer.roles import Actor
+    from randomizer.schemas import build_trial_schemas
+    from randomizer.services.participants import screen_participant
+
+    definition = replace(ctx.definition, screening_number_pattern=None)
+    coordinator = Actor(name="coordinator-101", role="coordinator", site="101")
+    body = {"site": "101", "screened_on": ctx.today().isoformat(), "strata": {"prior_ig": "no"}}
+    request = ScreeningRequest(None, "101", ctx.today(), {"prior_ig": "no"})
+
+    schema_errors = build_trial_schemas(definition).screening().validate(body)
+    with pytest.raises(ValidationFailed) as refused, db.transaction() as session:
+        screen_participant(session, replace(ctx, definition=definition), coordinator, request)
+
+    assert "screening_number" in schema_errors
+    assert set(refused.value.extra["errors"]) == {"screening_number"}

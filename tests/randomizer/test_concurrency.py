@@ -231,6 +231,49 @@ def test_one_idempotency_key_acts_once_across_server_processes(pg_server: Any) -
         database.dispose()
 
 
+#: Screenings without a number sent at once, per site, through the 8 server processes.
+ASSIGNED_PER_SITE = 24
+
+
+@pytest.mark.multiprocess
+@pytest.mark.requirement("R-NF-1")
+@pytest.mark.requirement("R-API")
+def test_assigned_screening_numbers_are_given_once_across_server_processes(pg_server: Any) -> None:
+    """Two sites screen 24 participants each at once, sending no number: each site gets
+    exactly its numbers 1 to 24, in no particular order, and no number twice. Without the
+    site lock in ``screen_participant`` two processes pick one number and the second is a
+    409 "already in use" for a number nobody sent."""
+    trial, client = pg_server
+    today = datetime.now(UTC).date().isoformat()
+    requests = [site for site in ("101", "102") for _ in range(ASSIGNED_PER_SITE)]
+    barrier = threading.Barrier(len(requests))
+
+    def screen(site: str) -> tuple[str, int, dict[str, Any]]:
+        body = {"site": site, "screened_on": today, "strata": {"prior_ig": "no"}}
+        barrier.wait(timeout=60)
+        return (site, *client.post("/participants", f"coordinator-{site}", body))
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        answers = list(pool.map(screen, requests))
+
+    assert [status for _, status, _ in answers] == [201] * len(requests), [
+        body for _, status, body in answers if status != 201
+    ][:3]
+    for site in ("101", "102"):
+        given = sorted(body["screening_number"] for s, _, body in answers if s == site)
+        assert given == [f"{site}-{n:04d}" for n in range(1, ASSIGNED_PER_SITE + 1)]
+    database = Database(trial.url)
+    try:
+        with database.reading() as session:
+            subjects = session.scalars(
+                select(AuditEntry.subject).where(AuditEntry.action == "participant.screened")
+            ).all()
+    finally:
+        database.dispose()
+    assigned = [s for s in subjects if s.split("-")[1].isdigit()]
+    assert len(assigned) == len(set(assigned)) == len(requests)
+
+
 @dataclass(frozen=True)
 class Answer:
     """One randomisation request sent by a client thread: its answer and when it ran."""

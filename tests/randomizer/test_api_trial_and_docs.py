@@ -186,6 +186,17 @@ def test_openapi_screening_number_pattern_is_ecma_regex(openapi):
 
 
 @pytest.mark.requirement("R-API")
+def test_openapi_screening_number_is_optional_and_says_it_begins_with_the_site(openapi):
+    screening = openapi["components"]["schemas"]["ScreeningRequest"]
+    number = screening["properties"]["screening_number"]
+
+    assert "screening_number" not in screening["required"]
+    assert "site id and a hyphen" in number["description"]
+    assert "{site}-{n:04d}" in number["description"]
+    assert number.get("nullable") is not True
+
+
+@pytest.mark.requirement("R-API")
 def test_openapi_declares_bearer_authentication(openapi):
     assert openapi["components"]["securitySchemes"]["bearer"] == {
         "type": "http",

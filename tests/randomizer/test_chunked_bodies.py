@@ -133,7 +133,7 @@ def test_a_chunked_body_of_the_limit_in_small_chunks_is_read_whole(server: Serve
     )
     assert status == 201, body
     status, _type, body = send_chunked(
-        server, "/participants/CH-0001/randomize", padded(randomization(), LIMIT)
+        server, "/participants/101-CH-0001/randomize", padded(randomization(), LIMIT)
     )
     assert status == 201, body
     assert body["randomization_number"]

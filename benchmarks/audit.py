@@ -67,7 +67,7 @@ def b64(rng, size):
 def synthetic_entry(rng, seq, moment, prev):
     """One entry shaped like the service's: mostly screenings, randomisations and kit moves."""
     site = rng.choice(SITES)
-    sn = f"S-{site}-{rng.randrange(10000):04d}"
+    sn = f"{site}-{rng.randrange(10000):04d}"
     kind = rng.random()
     if kind < 0.3:
         action, subject, role = "participant.randomized", sn, "investigator"

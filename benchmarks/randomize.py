@@ -6,7 +6,8 @@ Builds a fresh demo trial (SQLite in a temporary directory, or a new database on
 PostgreSQL server of --database-url, dropped afterwards), then in one run, in one process,
 through Flask's test client (no network):
   * a minimal Flask endpoint inserting one row in one transaction on the same database;
-  * ``POST /participants`` (screening) and ``POST /participants/<sn>/randomize``
+  * ``POST /participants`` (screening, the number assigned under the site lock) and
+    ``POST /participants/<sn>/randomize``
     (randomisation: locks, supply check decrypting every dispensable kit of the site, slot,
     kits, sealed arm, audit entry, Merkle nodes, signed checkpoint, receipt).
 Prints the median and mean time of each and their ratios to the minimal write. Not part of
@@ -158,25 +159,27 @@ def run(url: str, root: Path, participants: int) -> None:
     client.get("/api/v1/health")
 
     write_times = timed(lambda i: minimal.post("/write").status_code, participants)
-    screen_times = timed(
-        lambda i: (
-            client.post(
-                "/api/v1/participants",
-                headers=headers,
-                json={
-                    "screening_number": f"B-{i:05d}",
-                    "site": "101",
-                    "screened_on": today,
-                    "strata": {"prior_ig": ("yes", "no")[i % 2]},
-                },
-            ).status_code
-        ),
-        participants,
-    )
+    numbers: list[str] = []
+
+    def screen(i: int) -> int:
+        # No number sent: the service assigns the site's next one (101-0001, 101-0002, ...).
+        response = client.post(
+            "/api/v1/participants",
+            headers=headers,
+            json={
+                "site": "101",
+                "screened_on": today,
+                "strata": {"prior_ig": ("yes", "no")[i % 2]},
+            },
+        )
+        numbers.append(response.get_json()["screening_number"])
+        return response.status_code
+
+    screen_times = timed(screen, participants)
     randomize_times = timed(
         lambda i: (
             client.post(
-                f"/api/v1/participants/B-{i:05d}/randomize",
+                f"/api/v1/participants/{numbers[i]}/randomize",
                 headers=headers,
                 json={"weight_kg": 30, "eligibility": ELIGIBLE},
             ).status_code
@@ -189,7 +192,7 @@ def run(url: str, root: Path, participants: int) -> None:
         f"{2 * kits_per_arm} kits; in-process test client, one thread"
     )
     report("minimal Flask write", write_times, None)
-    report("POST /participants (screen)", screen_times, write_times)
+    report("POST /participants (assigned)", screen_times, write_times)
     report("POST .../randomize", randomize_times, write_times)
     database.dispose()
 

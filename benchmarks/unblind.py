@@ -104,7 +104,7 @@ def run(url: str, root: Path, participants: int) -> None:
     client = create_app({"settings": settings, "database": database}).test_client()
     minimal = minimal_write_app(database).test_client()
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    numbers = [f"U-{i:05d}" for i in range(2 * participants)]
+    numbers = [f"101-U-{i:05d}" for i in range(2 * participants)]
     for i, number in enumerate(numbers):
         screened = client.post(
             "/api/v1/participants",

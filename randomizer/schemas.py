@@ -409,7 +409,12 @@ class TrialSchema(ma.Schema):
     randomisation = fields.Dict(
         metadata={"description": "block_sizes and slots_per_stratum: statistician only"}
     )
-    screening = fields.Dict()
+    screening = fields.Dict(
+        metadata={
+            "description": "window_days, and number_pattern: how the service numbers a "
+            "site's participants (null: every number is sent)"
+        }
+    )
     eligibility = fields.Dict()
     kits = fields.Dict()
     dosing = fields.Dict()
@@ -488,11 +493,26 @@ def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
         name="EligibilityAnswers",
     )
 
+    pattern = definition.screening_number_pattern
+    # With a number pattern the number may be omitted (the service assigns one), never null.
+    optional_number: dict[str, Any] = (
+        {"required": True} if pattern is None else {"load_default": None, "allow_none": False}
+    )
+
     class ScreeningRequestSchema(StrictSchema):
         screening_number = SafeString(
-            required=True,
+            **optional_number,
             validate=validate.Regexp(SCREENING_NUMBER, error="1 to 32 of A-Z a-z 0-9 -."),
-            metadata={"pattern": SCREENING_NUMBER_PATTERN},
+            metadata={
+                "pattern": SCREENING_NUMBER_PATTERN,
+                "description": "must begin with your site id and a hyphen (101-... at site "
+                "101)"
+                + (
+                    f"; omit it and the service assigns the site's next number ({pattern})"
+                    if pattern is not None
+                    else ""
+                ),
+            },
         )
         site = SafeString(required=True, validate=validate.Length(min=1, max=16))
         screened_on = StrictDate(required=True)

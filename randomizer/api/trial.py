@@ -28,7 +28,10 @@ def trial_view(definition: TrialDefinition, *, blinded: bool) -> dict[str, Any]:
             {"id": f.id, "levels": list(f.levels), "source": f.source} for f in definition.factors
         ],
         "strata": [{"number": s.number, "key": s.key} for s in definition.strata()],
-        "screening": {"window_days": definition.screening_window_days},
+        "screening": {
+            "window_days": definition.screening_window_days,
+            "number_pattern": definition.screening_number_pattern,
+        },
         "eligibility": {
             "fields": [
                 {

@@ -37,6 +37,7 @@ from randomizer.domain.trial import (
     bundled_trial_path,
     load_trial,
     parse_trial,
+    screening_number_for,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "randomisable_until",
     "randomization_number",
     "rule_satisfied",
+    "screening_number_for",
     "seed_commitment",
     "seed_matches",
     "stratum_list",

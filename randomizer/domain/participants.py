@@ -7,7 +7,7 @@ neither imports the other.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -20,6 +20,19 @@ SCREENING_NUMBER: Final = re.compile(r"\A[A-Za-z0-9-]{1,32}\Z")
 SCREENING_NUMBER_PATTERN: Final = "^[A-Za-z0-9-]{1,32}$"
 #: A site id: 1 to 16 of A-Z a-z 0-9 -.
 SITE_ID: Final = re.compile(r"\A[A-Za-z0-9-]{1,16}\Z")
+
+
+def site_prefix(site: str) -> str:
+    """What every screening number of ``site`` begins with: its id and a hyphen."""
+    return f"{site}-"
+
+
+def owning_site(screening_number: str, site_ids: Iterable[str]) -> str | None:
+    """The site whose numbers ``screening_number`` is among: the longest id it begins with
+    (followed by a hyphen), so that site ``10`` cannot take ``10-1-0001`` from site ``10-1``."""
+    owners = [site for site in site_ids if screening_number.startswith(site_prefix(site))]
+    return max(owners, key=len, default=None)
+
 
 SCREENED: Final = "screened"
 RANDOMIZED: Final = "randomized"
@@ -52,7 +65,8 @@ SITE_STATUSES: Final = (SITE_OPEN, SITE_CLOSED)
 class ScreeningRequest:
     """A validated screening request (``POST /participants``)."""
 
-    screening_number: str
+    #: None: the service assigns the site's next number (the trial's number pattern).
+    screening_number: str | None
     site: str
     screened_on: date
     strata: Mapping[str, str]

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import os
 import re
+import string
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
+
+from randomizer.domain.participants import SCREENING_NUMBER
 
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,31}")
 RULE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
@@ -171,6 +174,9 @@ class TrialDefinition:
     audit_origin: str
     source_sha256: str
     #: Reasons an emergency unblinding may give (URS §6), and those that need a detail.
+    #: How the service numbers a site's participants, e.g. ``"{site}-{n:04d}"``; None: the
+    #: site sends every number itself.
+    screening_number_pattern: str | None = None
     unblinding_reasons: tuple[str, ...] = DEFAULT_UNBLINDING_REASONS
     unblinding_detail_required: tuple[str, ...] = ("other",)
 
@@ -291,6 +297,7 @@ def parse_trial(text: str) -> TrialDefinition:
     slots_per_stratum = _field(randomisation, "randomisation", "slots_per_stratum", _positive)
     screening = _section(root, "screening")
     screening_window_days = _field(screening, "screening", "window_days", _non_negative)
+    number_pattern = _field(screening, "screening", "number_pattern", _number_pattern, default=None)
     eligibility = _section(root, "eligibility")
     eligibility_fields = _parse_eligibility_fields(eligibility)
     eligibility_rules = _parse_eligibility_rules(eligibility, eligibility_fields)
@@ -319,6 +326,7 @@ def parse_trial(text: str) -> TrialDefinition:
         block_sizes=block_sizes,
         slots_per_stratum=slots_per_stratum,
         screening_window_days=screening_window_days,
+        screening_number_pattern=number_pattern,
         eligibility_fields=eligibility_fields,
         eligibility_rules=eligibility_rules,
         kit_types=kit_types,
@@ -370,7 +378,7 @@ _SECTION_KEYS = {
     "arms": _ARM_KEYS,  # an array of tables, each with these keys
     "stratification": ("factors",),
     "randomisation": ("block_sizes", "slots_per_stratum"),
-    "screening": ("window_days",),
+    "screening": ("window_days", "number_pattern"),
     "eligibility": ("fields", "rules"),
     "kits": ("grams_per_kit", "do_not_dispense_days", "types"),
     "dosing": ("grams_per_kg_per_week",),
@@ -581,6 +589,56 @@ def _parse_visits(visits: Mapping[str, Any]) -> tuple[Visit, ...]:
     _require_unique("visits.schedule", "id", [visit.id for visit in schedule], "visit id")
     _require_unique("visits.schedule", "week", [visit.week for visit in schedule], "week")
     return schedule
+
+
+#: The longest site id (URS: 1 to 16 of A-Z a-z 0-9 -), for checking a pattern's length.
+_LONGEST_SITE = "X" * 16
+
+
+def screening_number_for(pattern: str, site: str, n: int) -> str:
+    """The ``n``-th screening number (from 1) of ``site`` under a validated pattern."""
+    return pattern.format(site=site, n=n)
+
+
+def _number_pattern(value: object, path: str) -> str:
+    """A screening-number pattern: ``{site}-`` first, then literal text and one ``{n...}``."""
+    pattern = _text(value, path)
+    if not pattern.startswith("{site}-"):
+        raise TrialDefinitionError(
+            path, f"{pattern!r} must begin with '{{site}}-', so that numbers begin with the site id"
+        )
+    try:
+        parts = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        raise TrialDefinitionError(path, f"{pattern!r} is not a format string: {exc}") from None
+    names = [name for _, name, _, _ in parts if name is not None]
+    if sorted(names) != ["n", "site"]:
+        raise TrialDefinitionError(
+            path, f"{pattern!r} must use the fields {{site}} and {{n}} once each, and no other"
+        )
+    if any(conversion for _, name, _, conversion in parts if name is not None) or any(
+        spec for _, name, spec, _ in parts if name == "site"
+    ):
+        raise TrialDefinitionError(path, f"{pattern!r}: write {{site}} plainly, {{n}} or {{n:...}}")
+    try:
+        first = screening_number_for(pattern, _LONGEST_SITE, 1)
+        later = [screening_number_for(pattern, "1", n) for n in (9999, 10**6)]
+    except (ValueError, TypeError, KeyError, IndexError) as exc:  # e.g. {n:s}, {n:{width}}
+        raise TrialDefinitionError(path, f"{pattern!r}: not a format for a number: {exc}") from None
+    # A site with the longest id must get valid numbers, and the characters must stay valid
+    # as n grows (a thousands separator would not).
+    if not SCREENING_NUMBER.fullmatch(first):
+        raise TrialDefinitionError(
+            path,
+            f"{pattern!r} gives {first!r} for a 16-character site id: screening numbers are "
+            "1 to 32 of A-Z a-z 0-9 -",
+        )
+    for number in later:
+        if not SCREENING_NUMBER.fullmatch(number):
+            raise TrialDefinitionError(
+                path, f"{pattern!r} gives {number!r}: screening numbers are of A-Z a-z 0-9 -"
+            )
+    return pattern
 
 
 # Reading tables and values. Every reader takes the value and its dotted path, so each error

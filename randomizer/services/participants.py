@@ -10,6 +10,7 @@ screening window and eligibility, supply and list). A refusal is audited by
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keys import SealedArm
-from randomizer.domain import failed_rules, kits_for_visit, randomisable_until, visit_window
+from randomizer.domain import (
+    failed_rules,
+    kits_for_visit,
+    randomisable_until,
+    screening_number_for,
+    visit_window,
+)
 from randomizer.domain.participants import (
     RANDOMIZED,
     SCREENED,
@@ -30,6 +37,8 @@ from randomizer.domain.participants import (
     SITE_CLOSED,
     RandomizationRequest,
     ScreeningRequest,
+    owning_site,
+    site_prefix,
 )
 from randomizer.errors import (
     AlreadyRandomized,
@@ -42,7 +51,7 @@ from randomizer.errors import (
     StratumExhausted,
     ValidationFailed,
 )
-from randomizer.locks import lock_participant, lock_stratum
+from randomizer.locks import lock_participant, lock_site, lock_stratum
 from randomizer.models import Kit, Participant, Site, Slot, StratumCorrection, Unblinding
 from randomizer.roles import RANDOMIZE, SCREEN, Actor
 from randomizer.services import kits as kit_service
@@ -72,19 +81,34 @@ class Randomization:
 def screen_participant(
     session: Session, ctx: TrialContext, actor: Actor, request: ScreeningRequest
 ) -> Participant:
-    """Record a screened participant at the actor's own site."""
+    """Record a screened participant at the actor's own site.
+
+    A number the site sends must be one of its own (it begins with its site id and a
+    hyphen), so that an "already in use" refusal can only be about the site's own
+    participants; without one, the service assigns the site's next number under the trial's
+    number pattern. Both are decided under the site's lock (as in :mod:`randomizer.locks`),
+    so that no two processes give one number.
+    """
     SCREEN.check(actor)
     if request.site != actor.site:
         raise Forbidden(f"You may screen participants only at your own site ({actor.site}).")
     if request.screened_on > ctx.today():
         raise ValidationFailed({"screened_on": ["Must not be in the future (UTC)."]})
-    site = session.get(Site, request.site)
-    if site is None:  # a user's site always exists; belt and braces
-        raise ValidationFailed({"site": ["No such site."]})
+    pattern = ctx.definition.screening_number_pattern
+    if request.screening_number is None and pattern is None:  # the schema requires it then
+        raise ValidationFailed({"screening_number": ["Missing data for required field."]})
+    site = lock_site(session, request.site)
     if site.status == SITE_CLOSED:
         raise Conflict(f"Site {site.id} is closed: it screens no one.")
+    site_ids = session.scalars(select(Site.id)).all()
+    if request.screening_number is not None:
+        number = request.screening_number
+        _check_own_number(number, site.id, site_ids)
+    else:
+        assert pattern is not None  # checked above
+        number = _next_screening_number(session, site.id, pattern, site_ids)
     participant = Participant(
-        screening_number=request.screening_number,
+        screening_number=number,
         site_id=request.site,
         status=SCREENED,
         screened_on=request.screened_on,
@@ -94,9 +118,7 @@ def screen_participant(
         with session.begin_nested():
             session.add(participant)
     except IntegrityError:
-        raise Conflict(
-            f"Screening number {request.screening_number} is already in use in this trial."
-        ) from None
+        raise Conflict(f"Screening number {number} is already in use at site {site.id}.") from None
     ctx.audit.append(
         session,
         actor,
@@ -106,10 +128,46 @@ def screen_participant(
             "site": participant.site_id,
             "screened_on": participant.screened_on.isoformat(),
             "strata": dict(request.strata),
+            "number_assigned": request.screening_number is None,
         },
         site=participant.site_id,
     )
     return participant
+
+
+def _check_own_number(number: str, site: str, site_ids: Sequence[str]) -> None:
+    """422 unless ``number`` is among ``site``'s numbers; decided from the site ids alone, so
+    the answer is the same whether or not another site holds the number."""
+    prefix = site_prefix(site)
+    if not number.startswith(prefix):
+        raise ValidationFailed(
+            {"screening_number": [f"Must begin with your site id and a hyphen ({prefix}...)."]}
+        )
+    owner = owning_site(number, site_ids)
+    if owner is not None and owner != site:  # a longer site id that begins with ours
+        raise ValidationFailed(
+            {"screening_number": [f"Numbers beginning with {owner}- are site {owner}'s."]}
+        )
+
+
+def _next_screening_number(
+    session: Session, site_id: str, pattern: str, site_ids: Sequence[str]
+) -> str:
+    """The site's first number under ``pattern`` (n = 1, 2, ...) that it has not used yet.
+
+    The caller holds the site's lock. A site with k participants has a free number among
+    the first k + 1, so this reads the site's numbers once and stops by then.
+    """
+    taken = set(
+        session.scalars(select(Participant.screening_number).where(Participant.site_id == site_id))
+    )
+    for n in itertools.count(1):
+        number = screening_number_for(pattern, site_id, n)
+        if not SCREENING_NUMBER.fullmatch(number):
+            raise Conflict(f"Site {site_id} has used every screening number of {pattern}.")
+        if number not in taken and owning_site(number, site_ids) == site_id:
+            return number
+    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 def find_participant(

@@ -35,7 +35,7 @@ def entry_fields(seq, flavour=""):
         "actor": "coord101",
         "role": "coordinator",
         "action": "participant.screened",
-        "subject": f"S-101-{seq:04d}",
+        "subject": f"101-{seq:04d}",
         "data": {"site": "101", "strata": {"region": "north_america"}, "note": flavour},
     }
 

@@ -16,6 +16,7 @@ from randomizer.domain import (
     bundled_trial_path,
     load_trial,
     parse_trial,
+    screening_number_for,
 )
 
 BUNDLED_TEXT = bundled_trial_path().read_text(encoding="utf-8")
@@ -63,6 +64,26 @@ def test_bundled_factors_region_from_site_then_prior_ig_from_screening(trial):
 
 
 @pytest.mark.requirement("R-CFG")
+@pytest.mark.requirement("R-CFG")
+def test_bundled_screening_numbers_begin_with_the_site_id(trial):
+    assert trial.screening_number_pattern == "{site}-{n:04d}"
+    assert screening_number_for(trial.screening_number_pattern, "101", 7) == "101-0007"
+    assert screening_number_for(trial.screening_number_pattern, "201", 12345) == "201-12345"
+
+
+@pytest.mark.requirement("R-CFG")
+@pytest.mark.parametrize("pattern", ["{site}-{n}", "{site}-DM-{n:05d}", "{site}-{n:x}"])
+def test_a_number_pattern_may_add_text_and_choose_the_format_of_n(pattern):
+    text = edited('number_pattern = "{site}-{n:04d}"', f'number_pattern = "{pattern}"')
+    assert parse_trial(text).screening_number_pattern == pattern
+
+
+@pytest.mark.requirement("R-CFG")
+def test_without_a_number_pattern_every_number_is_sent():
+    text = edited('number_pattern = "{site}-{n:04d}"', "")
+    assert parse_trial(text).screening_number_pattern is None
+
+
 def test_bundled_randomisation_screening_audit_settings(trial):
     assert trial.block_sizes == (2, 4)
     assert trial.slots_per_stratum == 200
@@ -326,6 +347,96 @@ BROKEN_DEFINITIONS = [
         "randomisation.slots_per_stratum",
     ),
     ("negative window", "window_days = 21", "window_days = -1", "screening.window_days"),
+    (
+        "pattern not a string",
+        'number_pattern = "{site}-{n:04d}"',
+        "number_pattern = 4",
+        "screening.number_pattern",
+    ),
+    (
+        "pattern without the site first",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{n:04d}-{site}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern without a hyphen after the site",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}{n:04d}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern with another field",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{year}-{n}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern without n",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-0001"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern with n twice",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{n}-{n}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern with a positional field",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern with a conversion",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{n!r}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern not a number format",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{n:s}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern with a nested field",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{n:{width}}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern with an attribute of n",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{n.real}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern not a format string",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{n"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern too long for a long site id",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{n:020d}"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern with a character numbers may not hold",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{n}_A"',
+        "screening.number_pattern",
+    ),
+    (
+        "pattern with thousands separators",
+        'number_pattern = "{site}-{n:04d}"',
+        'number_pattern = "{site}-{n:,}"',
+        "screening.number_pattern",
+    ),
     ("unknown field type", 'type = "integer"', 'type = "text"', "eligibility.fields[0].type"),
     (
         "minimum above maximum",

@@ -88,7 +88,7 @@ def test_deactivated_users_token_stops_working_at_once(api, ctx, db):
         deactivate_user(session, ctx, SYSTEM, "coordinator-101")
 
     assert_unauthorized(api.get("/trial", "coordinator-101"))
-    assert_unauthorized(api.screen("S-0001", user="coordinator-101"))
+    assert_unauthorized(api.screen("101-0001", user="coordinator-101"))
     # Other users are untouched.
     assert api.get("/trial", "investigator-101").status_code == 200
 
@@ -112,7 +112,7 @@ def test_replaced_token_stops_working_and_the_new_one_works(api, ctx, db):
     assert_unauthorized(api.get("/trial", headers=bearer(old)))
     assert api.get("/trial", headers=bearer(new)).status_code == 200
     body = {
-        "screening_number": "S-0001",
+        "screening_number": "101-0001",
         "site": "101",
         "screened_on": api.clock.today().isoformat(),
         "strata": {"prior_ig": "no"},
@@ -141,14 +141,14 @@ def test_revoked_deactivated_and_unknown_tokens_get_the_same_401(api, ctx, db):
     [
         ("GET", "/trial"),
         ("POST", "/participants"),
-        ("GET", "/participants/S-0001"),
-        ("GET", "/participants/S-9999"),
-        ("POST", "/participants/S-0001/randomize"),
-        ("POST", "/participants/S-9999/randomize"),
+        ("GET", "/participants/101-0001"),
+        ("GET", "/participants/101-9999"),
+        ("POST", "/participants/101-0001/randomize"),
+        ("POST", "/participants/101-9999/randomize"),
     ],
 )
 def test_every_endpoint_but_health_needs_a_token(api, db, method, path):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     before = audit_count(db)
 
     response = api.request(method, path, json={"junk": True})

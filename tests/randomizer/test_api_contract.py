@@ -43,8 +43,8 @@ def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
 
 
 def concrete(path: str) -> str:
-    """A document path with its parameters filled in (``{screening_number}`` -> ``S-0001``)."""
-    return re.sub(r"\{[^}]+\}", "S-0001", path).removeprefix("/api/v1")
+    """A document path with its parameters filled in (``{screening_number}`` -> ``101-0001``)."""
+    return re.sub(r"\{[^}]+\}", "101-0001", path).removeprefix("/api/v1")
 
 
 @pytest.mark.requirement("R-API")
@@ -101,7 +101,7 @@ def test_the_site_derived_factor_is_documented_as_never_sent(api, document, back
     assert "region" not in strata["required"]
     for value in ("europe", "north_america", None, 1, {}):
         body = {
-            "screening_number": "S-0009",
+            "screening_number": "101-0009",
             "site": "101",
             "screened_on": api.clock.today().isoformat(),
             "strata": {"prior_ig": "no", "region": value},
@@ -182,7 +182,7 @@ ANSWERS = [
     pytest.param("GET", "/audit/verifier-key", None, id="text"),
     pytest.param("GET", "/openapi.json", None, id="document"),
     pytest.param("GET", "/trial", "coordinator-101", id="json"),
-    pytest.param("GET", "/participants/S-0001", "coordinator-101", id="participant"),
+    pytest.param("GET", "/participants/101-0001", "coordinator-101", id="participant"),
     pytest.param("GET", "/participants/NOPE", "coordinator-101", id="404"),
     pytest.param("GET", "/audit/entries?start=0", "auditor", id="jsonl"),
     pytest.param("GET", "/audit/checkpoint", "auditor", id="checkpoint"),
@@ -195,7 +195,7 @@ ANSWERS = [
 @pytest.mark.requirement("R-API")
 @pytest.mark.parametrize(("method", "path", "user"), ANSWERS)
 def test_every_answer_is_never_stored_and_never_sniffed(api, method, path, user):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
     response = api.request(method, path, user)
 
@@ -205,8 +205,8 @@ def test_every_answer_is_never_stored_and_never_sniffed(api, method, path, user)
 
 @pytest.mark.requirement("R-API")
 def test_a_randomisation_and_its_refusal_are_never_stored_and_never_sniffed(api):
-    randomized = api.screen_and_randomize("S-0002")
-    again = api.randomize("S-0002")
+    randomized = api.screen_and_randomize("101-0002")
+    again = api.randomize("101-0002")
 
     assert (randomized.status_code, again.status_code) == (201, 409)
     for response in (randomized, again):
@@ -243,11 +243,11 @@ def test_decimal_places_and_nul_free_strings_are_in_the_document(api, document):
     assert schemas["ScreeningRequest"]["properties"]["site"]["pattern"] == "^[^\\x00]*$"
     assert schemas["ReasonRequest"]["properties"]["reason"]["pattern"] == "^[^\\x00]*$"
     # And the service refuses what they exclude.
-    assert api.screen("S-0001").status_code == 201
-    problem = assert_problem(api.randomize("S-0001", weight_kg=70.0005), 422)
+    assert api.screen("101-0001").status_code == 201
+    problem = assert_problem(api.randomize("101-0001", weight_kg=70.0005), 422)
     assert problem["errors"] == {"weight_kg": ["At most 3 decimal places."]}
     body = {"reason": "moved\u0000away"}
-    response = api.post("/participants/S-0001/withdraw", "coordinator-101", json=body)
+    response = api.post("/participants/101-0001/withdraw", "coordinator-101", json=body)
     assert assert_problem(response, 422)["errors"] == {
         "reason": ["Must not contain NUL characters."]
     }

@@ -29,11 +29,11 @@ DUPLICATES = [
 @pytest.mark.requirement("R-NF-3")
 @pytest.mark.parametrize(("data", "name"), DUPLICATES)
 def test_a_member_sent_twice_is_a_400_problem_naming_it(api, db, data, name):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     before = count(db, AuditEntry)
 
     screened = post_raw(api, "/participants", data)
-    randomized = post_raw(api, "/participants/S-0001/randomize", data)
+    randomized = post_raw(api, "/participants/101-0001/randomize", data)
 
     for response in (screened, randomized):
         problem = assert_problem(response, 400)
@@ -41,17 +41,17 @@ def test_a_member_sent_twice_is_a_400_problem_naming_it(api, db, data, name):
     assert count(db, Participant) == 1
     assert count(db, AuditEntry) == before + 1
     assert last_entry(db)["action"] == "participant.randomization_refused"
-    shown = api.get("/participants/S-0001", "coordinator-101").get_json()
+    shown = api.get("/participants/101-0001", "coordinator-101").get_json()
     assert shown["status"] == "screened"
 
 
 @pytest.mark.requirement("R-NF-3")
 def test_members_of_one_name_in_different_objects_are_no_duplicates(api):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
     # Two objects with a "b" each: the body's shape is wrong (422), but it is valid JSON.
     problem = assert_problem(
-        post_raw(api, "/participants/S-0001/randomize", b'[{"b": 1}, {"b": 2}]')
+        post_raw(api, "/participants/101-0001/randomize", b'[{"b": 1}, {"b": 2}]')
     )
     assert problem["status"] == 422
-    assert api.randomize("S-0001").status_code == 201
+    assert api.randomize("101-0001").status_code == 201

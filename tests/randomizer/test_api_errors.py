@@ -36,7 +36,7 @@ def randomization(weight_kg: Any = 70, **changes: Any) -> dict[str, Any]:
 
 def screening(**changes: Any) -> dict[str, Any]:
     body = {
-        "screening_number": "S-0002",
+        "screening_number": "101-0002",
         "site": "101",
         "screened_on": PAST_DATE,
         "strata": {"prior_ig": "no"},
@@ -74,9 +74,9 @@ def last_entry(db: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def screened(api: Any) -> str:
-    response = api.screen("S-0001")
+    response = api.screen("101-0001")
     assert response.status_code == 201
-    return "S-0001"
+    return "101-0001"
 
 
 def post_raw(api: Any, path: str, data: bytes, content_type: str | None = JSON, **kw: Any) -> Any:
@@ -325,7 +325,9 @@ def test_hostile_randomization_is_a_validation_problem_that_changes_nothing(
 
 
 HOSTILE_SCREENINGS = [
-    pytest.param(screening(screening_number="S-\u00001"), None, "screening_number", id="nul-in-sn"),
+    pytest.param(
+        screening(screening_number="101-\u00001"), None, "screening_number", id="nul-in-sn"
+    ),
     pytest.param(screening(screening_number="\ud800"), None, "screening_number", id="surrogate-sn"),
     pytest.param(screening(screening_number=RAW), "1", "screening_number", id="sn-as-number"),
     pytest.param(screening(screening_number="A" * 5000), None, "screening_number", id="sn-5000"),
@@ -374,14 +376,14 @@ def test_hostile_screening_is_a_validation_problem_that_changes_nothing(api, db,
 
 HOSTILE_SEGMENTS = [
     pytest.param("A" * 5000, id="5000-characters"),
-    pytest.param("S-0001%00", id="nul"),
+    pytest.param("101-0001%00", id="nul"),
     pytest.param("%00", id="only-nul"),
     pytest.param("%ED%A0%80", id="encoded-surrogate"),
     pytest.param("%FF%FE", id="invalid-utf-8"),
-    pytest.param("S-0001%0A", id="trailing-newline"),
-    pytest.param("S-0001%20", id="trailing-space"),
+    pytest.param("101-0001%0A", id="trailing-newline"),
+    pytest.param("101-0001%20", id="trailing-space"),
     pytest.param("%E2%80%AE1000-S", id="right-to-left-override"),
-    pytest.param("S-0001'%20OR%20'1'='1", id="sql-injection"),
+    pytest.param("101-0001'%20OR%20'1'='1", id="sql-injection"),
 ]
 
 
@@ -405,9 +407,9 @@ def test_hostile_screening_number_in_the_path_is_a_404_problem(api, db, screened
     "path",
     [
         "/nope",
-        "/participants/S-0001/unknown",
+        "/participants/101-0001/unknown",
         "/Trial",
-        "/participants/S-0001/randomize/x",
+        "/participants/101-0001/randomize/x",
         "/participants/..%2F..%2Ftrial",
     ],
 )
@@ -423,11 +425,11 @@ def test_unknown_route_is_a_404_problem(api, path, user):
     ("method", "path"),
     [
         ("DELETE", "/participants"),
-        ("PUT", "/participants/S-0001"),
-        ("GET", "/participants/S-0001/randomize"),
+        ("PUT", "/participants/101-0001"),
+        ("GET", "/participants/101-0001/randomize"),
         ("POST", "/trial"),
         ("POST", "/health"),
-        ("PATCH", "/participants/S-0001"),
+        ("PATCH", "/participants/101-0001"),
     ],
 )
 def test_wrong_method_is_a_405_problem_naming_the_allowed_ones(api, method, path):

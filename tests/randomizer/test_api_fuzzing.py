@@ -119,16 +119,16 @@ def counts(db: Any) -> tuple[int, int]:
 @pytest.fixture
 def known(api: Any) -> dict[str, list[str]]:
     """Participants in several states, and kit numbers, for the fuzzer to aim at."""
-    for number in ("FZ-0001", "FZ-0002", "FZ-0003"):
+    for number in ("101-FZ-0001", "101-FZ-0002", "101-FZ-0003"):
         assert api.screen(number).status_code == 201
     kits: list[str] = []
-    for number in ("FZ-0002", "FZ-0003"):
+    for number in ("101-FZ-0002", "101-FZ-0003"):
         response = api.randomize(number, eligibility=dict(ELIGIBLE))
         assert response.status_code == 201, response.get_json()
         kits += response.get_json()["kits"]
-    assert api.screen("FZ-1021", user="coordinator-102", site="102").status_code == 201
+    assert api.screen("102-FZ-1021", user="coordinator-102", site="102").status_code == 201
     return {
-        "screening_number": ["FZ-0001", "FZ-0002", "FZ-0003", "FZ-1021"],
+        "screening_number": ["101-FZ-0001", "101-FZ-0002", "101-FZ-0003", "102-FZ-1021"],
         "kit_number": kits,
         "site": SITES,
     }

@@ -24,7 +24,7 @@ def key(value: str = KEY) -> dict[str, str]:
     return {"Idempotency-Key": value}
 
 
-def screening_body(api: Any, sn: str = "S-0001", prior_ig: str = "no") -> dict[str, Any]:
+def screening_body(api: Any, sn: str = "101-0001", prior_ig: str = "no") -> dict[str, Any]:
     return {
         "screening_number": sn,
         "site": "101",
@@ -85,11 +85,11 @@ def test_same_key_and_body_replays_the_screening_once(api, db):
 
 @pytest.mark.requirement("R-API")
 def test_same_key_and_body_replays_the_randomisation_once(api, db):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     before = counts(db)
 
-    first = api.randomize("S-0001", headers=key())
-    second = api.randomize("S-0001", headers=key())
+    first = api.randomize("101-0001", headers=key())
+    second = api.randomize("101-0001", headers=key())
 
     assert first.status_code == second.status_code == 201
     # The very same answer: number, kits, time and receipt; not a 409 already-randomized.
@@ -102,11 +102,11 @@ def test_same_key_and_body_replays_the_randomisation_once(api, db):
 
 @pytest.mark.requirement("R-API")
 def test_replay_returns_the_first_response_even_after_the_screening_window(api, clock):
-    assert api.screen("S-0001").status_code == 201
-    first = api.randomize("S-0001", headers=key())
+    assert api.screen("101-0001").status_code == 201
+    first = api.randomize("101-0001", headers=key())
     clock.advance(days=60)
 
-    second = api.randomize("S-0001", headers=key())
+    second = api.randomize("101-0001", headers=key())
 
     assert second.status_code == 201
     assert second.get_json() == first.get_json()
@@ -114,15 +114,15 @@ def test_replay_returns_the_first_response_even_after_the_screening_window(api, 
 
 @pytest.mark.requirement("R-API")
 def test_same_json_written_differently_is_the_same_body(api, db):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     body = {"weight_kg": 70.5, "eligibility": ELIGIBLE}
     compact = json.dumps(body, separators=(",", ":")).encode()
     reordered = json.dumps(
         {"eligibility": dict(reversed(list(ELIGIBLE.items()))), "weight_kg": 70.5}, indent=2
     ).encode()
 
-    first = randomize_raw(api, "S-0001", compact)
-    second = randomize_raw(api, "S-0001", reordered)
+    first = randomize_raw(api, "101-0001", compact)
+    second = randomize_raw(api, "101-0001", reordered)
 
     assert first.status_code == second.status_code == 201
     assert first.get_json() == second.get_json()
@@ -130,12 +130,12 @@ def test_same_json_written_differently_is_the_same_body(api, db):
 
 @pytest.mark.requirement("R-AUD")
 def test_audited_refusal_is_replayed_without_a_second_audit_entry(api, db):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     ineligible = {**ELIGIBLE, "age_years": 17}
     before = counts(db)
 
-    first = api.randomize("S-0001", eligibility=ineligible, headers=key())
-    second = api.randomize("S-0001", eligibility=ineligible, headers=key())
+    first = api.randomize("101-0001", eligibility=ineligible, headers=key())
+    second = api.randomize("101-0001", eligibility=ineligible, headers=key())
 
     assert first.status_code == second.status_code == 422
     assert first.mimetype == second.mimetype == "application/problem+json"
@@ -146,12 +146,12 @@ def test_audited_refusal_is_replayed_without_a_second_audit_entry(api, db):
 
 @pytest.mark.requirement("R-AUD")
 def test_oversized_randomisation_with_a_key_is_audited_once_and_replayed(api, db):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     big = json.dumps({"weight_kg": 70, "eligibility": ELIGIBLE, "pad": "a" * 100_000}).encode()
     before = counts(db)
 
-    first = randomize_raw(api, "S-0001", big)
-    second = randomize_raw(api, "S-0001", big)
+    first = randomize_raw(api, "101-0001", big)
+    second = randomize_raw(api, "101-0001", big)
 
     assert first.status_code == second.status_code == 413
     assert first.get_data() == second.get_data()
@@ -160,10 +160,10 @@ def test_oversized_randomisation_with_a_key_is_audited_once_and_replayed(api, db
 
 @pytest.mark.requirement("R-API")
 def test_refusal_that_changed_nothing_does_not_use_up_the_key(api, db):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
-    duplicate = screen(api, screening_body(api, "S-0001"))
-    fresh = screen(api, screening_body(api, "S-0002"))
+    duplicate = screen(api, screening_body(api, "101-0001"))
+    fresh = screen(api, screening_body(api, "101-0002"))
 
     assert duplicate.status_code == 409
     assert fresh.status_code == 201
@@ -174,14 +174,14 @@ def test_refusal_that_changed_nothing_does_not_use_up_the_key(api, db):
 
 @pytest.mark.requirement("R-API")
 def test_same_key_with_another_screening_body_is_refused_and_changes_nothing(api, db):
-    assert screen(api, screening_body(api, "S-0001")).status_code == 201
+    assert screen(api, screening_body(api, "101-0001")).status_code == 201
     before = counts(db)
 
-    response = screen(api, screening_body(api, "S-0002"))
+    response = screen(api, screening_body(api, "101-0002"))
 
     assert_key_reused(response)
     assert counts(db) == before
-    assert api.get("/participants/S-0002", "coordinator-101").status_code == 404
+    assert api.get("/participants/101-0002", "coordinator-101").status_code == 404
 
 
 @pytest.mark.requirement("R-API")
@@ -198,16 +198,16 @@ def test_same_key_with_another_screening_body_is_refused_and_changes_nothing(api
 def test_same_key_with_another_randomisation_body_is_refused_and_changes_nothing(
     api, db, first_weight, second_weight
 ):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     eligibility = json.dumps(ELIGIBLE)
     first = randomize_raw(
-        api, "S-0001", f'{{"weight_kg": {first_weight}, "eligibility": {eligibility}}}'.encode()
+        api, "101-0001", f'{{"weight_kg": {first_weight}, "eligibility": {eligibility}}}'.encode()
     )
     assert first.status_code == 201, first.get_json()
     before = counts(db)
 
     second = randomize_raw(
-        api, "S-0001", f'{{"weight_kg": {second_weight}, "eligibility": {eligibility}}}'.encode()
+        api, "101-0001", f'{{"weight_kg": {second_weight}, "eligibility": {eligibility}}}'.encode()
     )
 
     assert_key_reused(second)
@@ -226,14 +226,14 @@ def last_entry(db: Any) -> dict[str, Any]:
 
 @pytest.mark.requirement("R-API")
 def test_same_key_for_another_participant_is_refused(api, db):
-    assert api.screen("S-0001").status_code == 201
-    assert api.screen("S-0002").status_code == 201
-    assert api.randomize("S-0001", headers=key()).status_code == 201
+    assert api.screen("101-0001").status_code == 201
+    assert api.screen("101-0002").status_code == 201
+    assert api.randomize("101-0001", headers=key()).status_code == 201
 
-    response = api.randomize("S-0002", headers=key())
+    response = api.randomize("101-0002", headers=key())
 
     assert_key_reused(response)
-    assert api.get("/participants/S-0002", "coordinator-101").get_json()["status"] == "screened"
+    assert api.get("/participants/101-0002", "coordinator-101").get_json()["status"] == "screened"
 
 
 # Scope ---------------------------------------------------------------------------------------
@@ -241,9 +241,9 @@ def test_same_key_for_another_participant_is_refused(api, db):
 
 @pytest.mark.requirement("R-API")
 def test_same_key_on_another_endpoint_is_independent(api):
-    screened = screen(api, screening_body(api, "S-0001"))
+    screened = screen(api, screening_body(api, "101-0001"))
 
-    randomized = api.randomize("S-0001", headers=key())
+    randomized = api.randomize("101-0001", headers=key())
 
     assert screened.status_code == 201
     assert randomized.status_code == 201, randomized.get_json()
@@ -252,20 +252,20 @@ def test_same_key_on_another_endpoint_is_independent(api):
 
 @pytest.mark.requirement("R-API")
 def test_same_key_by_another_user_is_independent(api, db):
-    mine = screen(api, screening_body(api, "S-0001"), user="coordinator-101")
-    theirs = screen(api, screening_body(api, "S-0002"), user="investigator-101")
+    mine = screen(api, screening_body(api, "101-0001"), user="coordinator-101")
+    theirs = screen(api, screening_body(api, "101-0002"), user="investigator-101")
 
     assert mine.status_code == theirs.status_code == 201
-    assert theirs.get_json()["screening_number"] == "S-0002"
+    assert theirs.get_json()["screening_number"] == "101-0002"
     assert counts(db)["participants"] == 2
 
 
 @pytest.mark.requirement("R-API")
 def test_same_key_and_body_by_another_user_is_not_a_replay(api):
     # Another user's identical request is a request of its own: here a duplicate number.
-    assert screen(api, screening_body(api, "S-0001"), user="coordinator-101").status_code == 201
+    assert screen(api, screening_body(api, "101-0001"), user="coordinator-101").status_code == 201
 
-    response = screen(api, screening_body(api, "S-0001"), user="investigator-101")
+    response = screen(api, screening_body(api, "101-0001"), user="investigator-101")
 
     assert response.status_code == 409
     assert response.get_json()["type"] == "/problems/conflict"
@@ -278,12 +278,12 @@ def test_same_key_and_body_by_another_user_is_not_a_replay(api):
     ids=["empty", "space", "256-chars", "300-chars", "tab", "non-ascii"],
 )
 def test_invalid_key_is_a_400_problem_and_changes_nothing(api, db, value):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     before = counts(db)
 
-    screening = screen(api, screening_body(api, "S-0002"), key_value=value)
+    screening = screen(api, screening_body(api, "101-0002"), key_value=value)
     assert counts(db) == before
-    randomization = api.randomize("S-0001", headers=key(value))
+    randomization = api.randomize("101-0001", headers=key(value))
 
     for response in (screening, randomization):
         assert response.status_code == 400
@@ -294,7 +294,7 @@ def test_invalid_key_is_a_400_problem_and_changes_nothing(api, db, value):
     # The refused randomisation, and only it, is audited (URS §7); nothing else changed.
     assert counts(db) == {**before, "audit": before["audit"] + 1}
     entry = last_entry(db)
-    assert (entry["action"], entry["subject"]) == ("participant.randomization_refused", "S-0001")
+    assert (entry["action"], entry["subject"]) == ("participant.randomization_refused", "101-0001")
     assert entry["data"]["fields"] == ["Idempotency-Key"]
 
 

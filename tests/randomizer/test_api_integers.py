@@ -184,12 +184,12 @@ def test_a_body_integer_is_bounded_by_the_database_where_no_bound_is_stated(
 @pytest.mark.requirement("R-NF-3")
 @pytest.mark.parametrize("raw", ["2147483648", "-2147483649", "9" * 4000, "1" + "0" * 4299])
 def test_a_huge_eligibility_integer_is_an_audited_422(api, db, raw):
-    assert api.screen("S-INT1").status_code == 201
+    assert api.screen("101-INT1").status_code == 201
     before = count(db, AuditEntry)
     body = json.dumps(randomization(age_years="@raw@")).replace('"@raw@"', raw)
 
     response = api.post(
-        "/participants/S-INT1/randomize",
+        "/participants/101-INT1/randomize",
         "coordinator-101",
         data=body,
         headers={"Content-Type": "application/json"},

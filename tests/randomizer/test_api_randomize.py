@@ -161,7 +161,7 @@ def other_arm(ctx: Any, arm: str) -> str:
 
 @pytest.mark.requirement("R-API")
 def test_first_randomisation_in_a_stratum_gets_its_first_slot(api, clock):
-    response = api.screen_and_randomize("S-0001", weight_kg=70)
+    response = api.screen_and_randomize("101-0001", weight_kg=70)
 
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
@@ -176,11 +176,11 @@ def test_first_randomisation_in_a_stratum_gets_its_first_slot(api, clock):
 @pytest.mark.requirement("R-LIST-2")
 def test_consecutive_randomisations_in_a_stratum_take_consecutive_slots(api):
     numbers = [
-        api.screen_and_randomize(f"S-000{i}").get_json()["randomization_number"]
+        api.screen_and_randomize(f"101-000{i}").get_json()["randomization_number"]
         for i in range(1, 4)
     ]
     # Site 102 is in North America too: same stratum, next slot.
-    from_102 = api.screen_and_randomize("S-0004", user="coordinator-102", site="102")
+    from_102 = api.screen_and_randomize("102-0004", user="coordinator-102", site="102")
 
     assert numbers == ["R02-0001", "R02-0002", "R02-0003"]
     assert from_102.get_json()["randomization_number"] == "R02-0004"
@@ -198,7 +198,7 @@ def test_consecutive_randomisations_in_a_stratum_take_consecutive_slots(api):
 def test_stratum_comes_from_the_sites_region_and_the_screening_answer(
     api, user, site, prior_ig, stratum, number
 ):
-    response = api.screen_and_randomize("S-0001", user=user, site=site, prior_ig=prior_ig)
+    response = api.screen_and_randomize(f"{site}-0001", user=user, site=site, prior_ig=prior_ig)
 
     assert response.status_code == 201, response.get_json()
     assert (response.get_json()["stratum"], response.get_json()["randomization_number"]) == (
@@ -214,7 +214,7 @@ def test_stratum_comes_from_the_sites_region_and_the_screening_answer(
 )
 def test_week1_kit_count_follows_the_weight(api, weight_kg, kits):
     # ceil(weight * 0.5 g/kg/week * 4 weeks / 40 g): 80 kg is exactly 4 kits, 80.01 kg is 5.
-    response = api.screen_and_randomize("S-0001", weight_kg=weight_kg)
+    response = api.screen_and_randomize("101-0001", weight_kg=weight_kg)
 
     assert response.status_code == 201, response.get_json()
     assert len(set(response.get_json()["kits"])) == kits
@@ -222,9 +222,9 @@ def test_week1_kit_count_follows_the_weight(api, weight_kg, kits):
 
 @pytest.mark.requirement("R-API")
 def test_participant_shows_randomisation_afterwards(api):
-    randomized = api.screen_and_randomize("S-0001").get_json()
+    randomized = api.screen_and_randomize("101-0001").get_json()
 
-    shown = api.get("/participants/S-0001", "coordinator-101").get_json()
+    shown = api.get("/participants/101-0001", "coordinator-101").get_json()
 
     assert shown["status"] == "randomized"
     assert shown["stratum"] == randomized["stratum"] == NORTH_AMERICA_NO
@@ -236,7 +236,7 @@ def test_participant_shows_randomisation_afterwards(api):
 
 @pytest.mark.requirement("R-RCPT")
 def test_receipt_proves_the_randomized_entry_is_in_a_signed_checkpoint(api, ctx, db):
-    response = api.screen_and_randomize("S-0001")
+    response = api.screen_and_randomize("101-0001")
 
     body = response.get_json()
     receipt = body["receipt"]
@@ -244,7 +244,7 @@ def test_receipt_proves_the_randomized_entry_is_in_a_signed_checkpoint(api, ctx,
     entry = json.loads(receipt["entry"])
     assert entry["seq"] == receipt["seq"]
     assert entry["action"] == "participant.randomized"
-    assert entry["subject"] == "S-0001"
+    assert entry["subject"] == "101-0001"
     assert entry["data"]["randomization_number"] == body["randomization_number"]
     assert entry["data"]["kits"] == sorted(body["kits"])
     assert entry["data"]["stratum"] == body["stratum"]
@@ -261,10 +261,10 @@ def test_receipt_proves_the_randomized_entry_is_in_a_signed_checkpoint(api, ctx,
 
 @pytest.mark.requirement("R-AUD")
 def test_randomisation_appends_exactly_one_randomized_entry(api, db):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     before = audit_count(db)
 
-    response = api.randomize("S-0001", weight_kg=70.5)
+    response = api.randomize("101-0001", weight_kg=70.5)
 
     assert response.status_code == 201
     assert audit_count(db) == before + 1
@@ -278,7 +278,7 @@ def test_randomisation_appends_exactly_one_randomized_entry(api, db):
 
 @pytest.mark.requirement("R-ROLE")
 def test_investigator_can_randomize(api):
-    response = api.screen_and_randomize("S-0001", user="investigator-101")
+    response = api.screen_and_randomize("101-0001", user="investigator-101")
 
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["randomization_number"] == "R02-0001"
@@ -287,10 +287,10 @@ def test_investigator_can_randomize(api):
 @pytest.mark.requirement("R-ROLE")
 @pytest.mark.parametrize("user", NOT_RANDOMIZERS)
 def test_only_coordinators_and_investigators_can_randomize_and_refusals_are_audited(api, db, user):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     before, state = audit_count(db), trial_state(db)
 
-    response = api.randomize("S-0001", user=user)
+    response = api.randomize("101-0001", user=user)
 
     assert response.status_code == 403
     assert response.get_json()["type"] == "/problems/forbidden"
@@ -306,10 +306,10 @@ def test_only_coordinators_and_investigators_can_randomize_and_refusals_are_audi
 
 @pytest.mark.requirement("R-API")
 def test_second_randomisation_is_refused_with_the_existing_number(api, db):
-    first = api.screen_and_randomize("S-0001").get_json()
+    first = api.screen_and_randomize("101-0001").get_json()
     state = trial_state(db)
 
-    again = api.randomize("S-0001", weight_kg=100)
+    again = api.randomize("101-0001", weight_kg=100)
 
     assert again.status_code == 409
     problem = again.get_json()
@@ -321,21 +321,21 @@ def test_second_randomisation_is_refused_with_the_existing_number(api, db):
 @pytest.mark.requirement("R-API")
 @pytest.mark.parametrize("days", [0, 1, 20, 21])
 def test_randomisation_is_allowed_until_window_days_after_screening_inclusive(api, clock, days):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     clock.advance(days=days)
 
-    response = api.randomize("S-0001")
+    response = api.randomize("101-0001")
 
     assert response.status_code == 201, response.get_json()
 
 
 @pytest.mark.requirement("R-API")
 def test_randomisation_after_the_screening_window_is_refused(api, clock, db):
-    screened = api.screen("S-0001").get_json()
+    screened = api.screen("101-0001").get_json()
     clock.advance(days=22)
     state = trial_state(db)
 
-    response = api.randomize("S-0001")
+    response = api.randomize("101-0001")
 
     assert response.status_code == 422
     problem = response.get_json()
@@ -346,9 +346,9 @@ def test_randomisation_after_the_screening_window_is_refused(api, clock, db):
 
 @pytest.mark.requirement("R-API")
 def test_ineligible_refusal_lists_every_failed_rule_in_rule_order(api, ctx):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
-    response = api.randomize("S-0001", eligibility=dict(FAILS_EVERY_RULE))
+    response = api.randomize("101-0001", eligibility=dict(FAILS_EVERY_RULE))
 
     assert response.status_code == 422
     problem = response.get_json()
@@ -381,9 +381,9 @@ def test_ineligible_refusal_lists_every_failed_rule_in_rule_order(api, ctx):
     ],
 )
 def test_eligibility_rules_at_their_boundaries(api, changes, failed):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
-    response = api.randomize("S-0001", eligibility=answers(**changes))
+    response = api.randomize("101-0001", eligibility=answers(**changes))
 
     if not failed:
         assert response.status_code == 201, response.get_json()
@@ -409,9 +409,9 @@ def test_eligibility_rules_at_their_boundaries(api, changes, failed):
 def test_eligibility_answer_bounds_are_inclusive(api, field, value, failed):
     # The definition's minimum and maximum are valid answers: validation accepts them, and
     # only an eligibility rule may refuse them (with a problem naming the rule, not a field).
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
-    response = api.randomize("S-0001", eligibility=answers(**{field: value}))
+    response = api.randomize("101-0001", eligibility=answers(**{field: value}))
 
     if not failed:
         assert response.status_code == 201, response.get_json()
@@ -446,10 +446,10 @@ ANSWER_BOUNDS = {
 )
 def test_eligibility_answer_just_outside_its_bounds_is_a_validation_problem(api, db, field, value):
     # One step past a bound: 1 for an integer, 0.001 (the places a decimal may have) else.
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     state = trial_state(db)
 
-    response = api.randomize("S-0001", eligibility=answers(**{field: value}))
+    response = api.randomize("101-0001", eligibility=answers(**{field: value}))
 
     assert response.status_code == 422, response.get_json()
     problem = response.get_json()
@@ -465,25 +465,25 @@ def test_eligibility_answer_just_outside_its_bounds_is_a_validation_problem(api,
 
 @pytest.mark.requirement("R-AUD")
 def test_ineligible_refusal_is_audited_with_the_failed_rule_ids(api, db):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
-    api.randomize("S-0001", eligibility=answers(age_years=17, pgd_vas_cm=5))
+    api.randomize("101-0001", eligibility=answers(age_years=17, pgd_vas_cm=5))
 
     entry = last_entry(db)
     assert entry["action"] == "participant.randomization_refused"
-    assert entry["subject"] == "S-0001"
+    assert entry["subject"] == "101-0001"
     assert entry["data"]["failed_rules"] == ["I1", "E3"]
 
 
 @pytest.mark.requirement("R-BLIND-2")
 @pytest.mark.parametrize("short_arm", ["the participant's own arm", "the other arm"])
 def test_site_short_of_either_arm_refuses_every_randomisation(api, ctx, db, short_arm):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     own = arm_of_next_slot(db, ctx, NORTH_AMERICA_NO)
     arm = own if short_arm == "the participant's own arm" else other_arm(ctx, own)
     leave_available(db, ctx, "101", arm, keep=0)
 
-    response = api.randomize("S-0001")
+    response = api.randomize("101-0001")
 
     assert response.status_code == 409
     problem = response.get_json()
@@ -499,37 +499,39 @@ def test_site_short_of_either_arm_refuses_every_randomisation(api, ctx, db, shor
 @pytest.mark.parametrize(("keep", "status"), [(3, 409), (4, 201)])
 def test_site_must_hold_the_needed_kits_of_every_arm(api, ctx, db, keep, status):
     # 70 kg needs 4 kits; the other arm (not the participant's) is the one left short.
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     leave_available(
         db, ctx, "101", other_arm(ctx, arm_of_next_slot(db, ctx, NORTH_AMERICA_NO)), keep
     )
 
-    assert api.randomize("S-0001", weight_kg=70).status_code == status
+    assert api.randomize("101-0001", weight_kg=70).status_code == status
 
 
 @pytest.mark.requirement("R-BLIND-2")
 def test_supply_of_another_site_does_not_count(api, ctx, db):
     for arm in ctx.definition.arms:
         leave_available(db, ctx, "101", arm.id, keep=0)
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
-    assert api.randomize("S-0001").status_code == 409
-    assert api.screen_and_randomize("S-0002", user="coordinator-102", site="102").status_code == 201
+    assert api.randomize("101-0001").status_code == 409
+    assert (
+        api.screen_and_randomize("102-0002", user="coordinator-102", site="102").status_code == 201
+    )
 
 
 @pytest.mark.requirement("R-LIST")
 def test_exhausted_stratum_refuses_and_never_improvises_a_slot(api, db):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     exhaust_stratum(db, NORTH_AMERICA_NO)
     state = trial_state(db)
 
-    response = api.randomize("S-0001")
+    response = api.randomize("101-0001")
 
     assert response.status_code == 409
     assert response.get_json()["type"] == "/problems/stratum-exhausted"
     assert trial_state(db) == state
     # Other strata go on.
-    assert api.screen_and_randomize("S-0002", prior_ig="yes").status_code == 201
+    assert api.screen_and_randomize("101-0002", prior_ig="yes").status_code == 201
 
 
 @pytest.mark.requirement("R-AUD")
@@ -547,15 +549,15 @@ def test_exhausted_stratum_refuses_and_never_improvises_a_slot(api, db):
     ],
 )
 def test_refusal_changes_nothing_but_adds_one_refused_entry(api, clock, ctx, db, refusal):
-    assert api.screen_and_randomize("S-0000").status_code == 201  # some state to keep
-    assert api.screen("S-0001").status_code == 201
-    user, sn, body = "coordinator-101", "S-0001", {"weight_kg": 70, "eligibility": ELIGIBLE}
+    assert api.screen_and_randomize("101-0000").status_code == 201  # some state to keep
+    assert api.screen("101-0001").status_code == 201
+    user, sn, body = "coordinator-101", "101-0001", {"weight_kg": 70, "eligibility": ELIGIBLE}
     if refusal == "forbidden":
         user = "pharmacist-101"
     elif refusal == "not-found":
         user = "coordinator-102"
     elif refusal == "already-randomized":
-        sn = "S-0000"
+        sn = "101-0000"
     elif refusal == "validation":
         body = {"weight_kg": 70, "eligibility": answers(age_years="54")}
     elif refusal == "screening-window":
@@ -584,10 +586,10 @@ def test_refusal_changes_nothing_but_adds_one_refused_entry(api, clock, ctx, db,
 
 @pytest.mark.requirement("R-API")
 def test_role_is_checked_before_the_participant_exists(api):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
-    unknown = api.randomize("S-9999", user="pharmacist-101", weight_kg="junk")
-    known = api.randomize("S-0001", user="pharmacist-101", weight_kg="junk")
+    unknown = api.randomize("101-9999", user="pharmacist-101", weight_kg="junk")
+    known = api.randomize("101-0001", user="pharmacist-101", weight_kg="junk")
 
     assert unknown.status_code == known.status_code == 403
     assert unknown.get_json() == known.get_json()
@@ -595,11 +597,11 @@ def test_role_is_checked_before_the_participant_exists(api):
 
 @pytest.mark.requirement("R-API")
 def test_visibility_is_checked_before_the_body(api):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     invalid = {"weight_kg": "seventy", "eligibility": {"age_years": "old"}}
 
-    elsewhere = randomize_body(api, "S-0001", invalid, "coordinator-102")
-    unknown = randomize_body(api, "S-9999", invalid, "coordinator-102")
+    elsewhere = randomize_body(api, "101-0001", invalid, "coordinator-102")
+    unknown = randomize_body(api, "101-9999", invalid, "coordinator-102")
 
     assert elsewhere.status_code == unknown.status_code == 404
     assert elsewhere.get_json() == unknown.get_json()
@@ -607,9 +609,9 @@ def test_visibility_is_checked_before_the_body(api):
 
 @pytest.mark.requirement("R-API")
 def test_already_randomised_is_checked_before_the_body(api):
-    first = api.screen_and_randomize("S-0001").get_json()
+    first = api.screen_and_randomize("101-0001").get_json()
 
-    response = randomize_body(api, "S-0001", {"weight_kg": "junk"})
+    response = randomize_body(api, "101-0001", {"weight_kg": "junk"})
 
     assert response.status_code == 409
     assert response.get_json()["type"] == "/problems/already-randomized"
@@ -618,9 +620,9 @@ def test_already_randomised_is_checked_before_the_body(api):
 
 @pytest.mark.requirement("R-API")
 def test_body_is_validated_before_eligibility(api):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
 
-    response = api.randomize("S-0001", weight_kg="70", eligibility=dict(FAILS_EVERY_RULE))
+    response = api.randomize("101-0001", weight_kg="70", eligibility=dict(FAILS_EVERY_RULE))
 
     assert response.status_code == 422
     assert response.get_json()["type"] == "/problems/validation"
@@ -629,10 +631,10 @@ def test_body_is_validated_before_eligibility(api):
 
 @pytest.mark.requirement("R-API")
 def test_screening_window_is_checked_before_eligibility(api, clock):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     clock.advance(days=22)
 
-    response = api.randomize("S-0001", eligibility=dict(FAILS_EVERY_RULE))
+    response = api.randomize("101-0001", eligibility=dict(FAILS_EVERY_RULE))
 
     assert response.status_code == 422
     assert response.get_json()["type"] == "/problems/screening-window"
@@ -640,11 +642,11 @@ def test_screening_window_is_checked_before_eligibility(api, clock):
 
 @pytest.mark.requirement("R-API")
 def test_eligibility_is_checked_before_supply(api, ctx, db):
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     for arm in ctx.definition.arms:
         leave_available(db, ctx, "101", arm.id, keep=0)
 
-    response = api.randomize("S-0001", eligibility=answers(age_years=17))
+    response = api.randomize("101-0001", eligibility=answers(age_years=17))
 
     assert response.status_code == 422
     assert response.get_json()["type"] == "/problems/ineligible"
@@ -653,11 +655,11 @@ def test_eligibility_is_checked_before_supply(api, ctx, db):
 @pytest.mark.requirement("R-BLIND-2")
 def test_supply_is_checked_before_the_list(api, ctx, db):
     # Supply is decided before, and independently of, the slot (and its arm).
-    assert api.screen("S-0001").status_code == 201
+    assert api.screen("101-0001").status_code == 201
     leave_available(db, ctx, "101", ctx.definition.arms[1].id, keep=0)
     exhaust_stratum(db, NORTH_AMERICA_NO)
 
-    response = api.randomize("S-0001")
+    response = api.randomize("101-0001")
 
     assert response.status_code == 409
     assert response.get_json()["type"] == "/problems/insufficient-supply"

@@ -112,7 +112,7 @@ def test_trial_describes_reclaiim_as_its_definition_file_does(api):
         {"number": 5, "key": "region=rest_of_world|prior_ig=yes"},
         {"number": 6, "key": "region=rest_of_world|prior_ig=no"},
     ]
-    assert body["screening"] == {"window_days": 21}
+    assert body["screening"] == {"window_days": 21, "number_pattern": "{site}-{n:04d}"}
     rules = [rule["id"] for rule in body["eligibility"]["rules"]]
     assert rules == ["I1", "I2", "I3", "I4", "I5", "E1", "E2", "E3", "E4"]
     assert body["audit"] == {"origin": "sealroom/RECLAIIM"}
@@ -183,6 +183,17 @@ def test_openapi_screening_number_pattern_is_ecma_regex(openapi):
 
     assert screening["properties"]["screening_number"]["pattern"] == "^[A-Za-z0-9-]{1,32}$"
     assert screening["additionalProperties"] is False
+
+
+@pytest.mark.requirement("R-API")
+def test_openapi_screening_number_is_optional_and_says_it_begins_with_the_site(openapi):
+    screening = openapi["components"]["schemas"]["ScreeningRequest"]
+    number = screening["properties"]["screening_number"]
+
+    assert "screening_number" not in screening["required"]
+    assert "site id and a hyphen" in number["description"]
+    assert "{site}-{n:04d}" in number["description"]
+    assert number.get("nullable") is not True
 
 
 @pytest.mark.requirement("R-API")

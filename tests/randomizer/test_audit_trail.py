@@ -76,8 +76,8 @@ def one_entry_since(db, size: int) -> dict[str, Any]:
 
 @pytest.mark.requirement("R-AUD")
 def test_the_whole_log_is_a_chain_from_seq_0_without_gaps(api, db):
-    api.screen_and_randomize("S-CHAIN-1")
-    api.screen_and_randomize("S-CHAIN-2", prior_ig="yes")
+    api.screen_and_randomize("101-CHAIN-1")
+    api.screen_and_randomize("101-CHAIN-2", prior_ig="yes")
 
     log = stored_log(db)
 
@@ -90,7 +90,7 @@ def test_the_whole_log_is_a_chain_from_seq_0_without_gaps(api, db):
 def test_screening_appends_one_participant_screened_entry(api, db, clock):
     size = len(stored_log(db))
 
-    response = api.screen("S-AUD-1", prior_ig="yes")
+    response = api.screen("101-AUD-1", prior_ig="yes")
 
     assert response.status_code == 201
     entry = one_entry_since(db, size)
@@ -98,21 +98,22 @@ def test_screening_appends_one_participant_screened_entry(api, db, clock):
     assert (entry["actor"], entry["role"], entry["subject"]) == (
         "coordinator-101",
         "coordinator",
-        "S-AUD-1",
+        "101-AUD-1",
     )
     assert entry["data"] == {
         "site": "101",
         "screened_on": clock.today().isoformat(),
         "strata": {"prior_ig": "yes"},
+        "number_assigned": False,
     }
 
 
 @pytest.mark.requirement("R-AUD")
 def test_randomisation_appends_one_participant_randomized_entry(api, db, ctx):
-    assert api.screen("S-AUD-2").status_code == 201
+    assert api.screen("101-AUD-2").status_code == 201
     size = len(stored_log(db))
 
-    response = api.randomize("S-AUD-2", weight_kg=70.5)
+    response = api.randomize("101-AUD-2", weight_kg=70.5)
 
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
@@ -121,7 +122,7 @@ def test_randomisation_appends_one_participant_randomized_entry(api, db, ctx):
     assert (entry["actor"], entry["role"], entry["subject"]) == (
         "coordinator-101",
         "coordinator",
-        "S-AUD-2",
+        "101-AUD-2",
     )
     data = entry["data"]
     assert data["randomization_number"] == body["randomization_number"]
@@ -144,13 +145,15 @@ def test_randomisation_appends_one_participant_randomized_entry(api, db, ctx):
     assert set(data["sealed_arm"]) == {"key_id", "nonce", "ciphertext"}
     # The sealed arm is the participant's own arm, sealed to the participant.
     entry_arm = ctx.sealer.unseal_arm(
-        SealedArm.from_json(data["sealed_arm"]), "participant", "S-AUD-2"
+        SealedArm.from_json(data["sealed_arm"]), "participant", "101-AUD-2"
     )
     with db.reading() as session:
         stored = session.scalars(
-            select(Participant.sealed_arm).where(Participant.screening_number == "S-AUD-2")
+            select(Participant.sealed_arm).where(Participant.screening_number == "101-AUD-2")
         ).one()
-    assert entry_arm == ctx.sealer.unseal_arm(SealedArm.from_text(stored), "participant", "S-AUD-2")
+    assert entry_arm == ctx.sealer.unseal_arm(
+        SealedArm.from_text(stored), "participant", "101-AUD-2"
+    )
     # The receipt is this very entry (R-RCPT).
     assert body["receipt"]["seq"] == entry["seq"]
     assert body["receipt"]["entry"] == stored_log(db)[entry["seq"]]
@@ -158,15 +161,17 @@ def test_randomisation_appends_one_participant_randomized_entry(api, db, ctx):
 
 @pytest.mark.requirement("R-AUD")
 def test_an_ineligible_randomisation_appends_one_refusal_naming_the_failed_rules(api, db):
-    assert api.screen("S-AUD-3").status_code == 201
+    assert api.screen("101-AUD-3").status_code == 201
     size = len(stored_log(db))
 
-    response = api.randomize("S-AUD-3", eligibility={**ELIGIBLE, "age_years": 17, "pgd_vas_cm": 3})
+    response = api.randomize(
+        "101-AUD-3", eligibility={**ELIGIBLE, "age_years": 17, "pgd_vas_cm": 3}
+    )
 
     assert response.status_code == 422
     entry = one_entry_since(db, size)
     assert entry["action"] == "participant.randomization_refused"
-    assert entry["subject"] == "S-AUD-3"
+    assert entry["subject"] == "101-AUD-3"
     assert entry["data"]["reason"] == "ineligible"
     assert entry["data"]["failed_rules"] == ["I1", "E3"]
 
@@ -175,10 +180,12 @@ def test_an_ineligible_randomisation_appends_one_refusal_naming_the_failed_rules
 def test_a_randomisation_outside_the_screening_window_appends_one_refusal_with_its_reason(
     api, db, clock
 ):
-    assert api.screen("S-AUD-4", screened_on=clock.today() - timedelta(days=22)).status_code == 201
+    assert (
+        api.screen("101-AUD-4", screened_on=clock.today() - timedelta(days=22)).status_code == 201
+    )
     size = len(stored_log(db))
 
-    response = api.randomize("S-AUD-4")
+    response = api.randomize("101-AUD-4")
 
     assert response.status_code == 422
     entry = one_entry_since(db, size)
@@ -255,9 +262,9 @@ def test_a_screening_whose_entry_fails_leaves_no_participant(db, ctx, monkeypatc
     )
 
     with pytest.raises(AuditUnavailable), db.transaction() as session:
-        screen_participant(session, ctx, COORDINATOR_101, screening("S-ATOM-1", ctx))
+        screen_participant(session, ctx, COORDINATOR_101, screening("101-ATOM-1", ctx))
 
-    assert participants_named(db, "S-ATOM-1") == []
+    assert participants_named(db, "101-ATOM-1") == []
     assert len(stored_log(db)) == size
 
 
@@ -270,9 +277,9 @@ def test_a_screening_whose_checkpoint_fails_at_commit_leaves_neither_participant
     monkeypatch.setattr(ctx.audit, "checkpoint", refuse)
 
     with pytest.raises(AuditUnavailable), db.transaction() as session:
-        screen_participant(session, ctx, COORDINATOR_101, screening("S-ATOM-2", ctx))
+        screen_participant(session, ctx, COORDINATOR_101, screening("101-ATOM-2", ctx))
 
-    assert participants_named(db, "S-ATOM-2") == []
+    assert participants_named(db, "101-ATOM-2") == []
     assert len(stored_log(db)) == size
 
 
@@ -294,7 +301,7 @@ def randomisation_state(db) -> dict[str, Any]:
             "participant": [
                 (p.status, p.randomization_number, p.sealed_arm, p.weight_kg)
                 for p in session.scalars(
-                    select(Participant).where(Participant.screening_number == "S-ATOM-3")
+                    select(Participant).where(Participant.screening_number == "101-ATOM-3")
                 )
             ],
             "log size": len(stored_log(db)),
@@ -307,7 +314,7 @@ def test_a_randomisation_whose_entry_fails_leaves_slot_kits_and_participant_unto
     db, ctx, monkeypatch, failure
 ):
     with db.transaction() as session:
-        screen_participant(session, ctx, COORDINATOR_101, screening("S-ATOM-3", ctx))
+        screen_participant(session, ctx, COORDINATOR_101, screening("101-ATOM-3", ctx))
     before = randomisation_state(db)
     monkeypatch.setattr(
         ctx.audit, "append", refuse if failure == "append refuses" else fail_after(ctx.audit.append)
@@ -318,7 +325,7 @@ def test_a_randomisation_whose_entry_fails_leaves_slot_kits_and_participant_unto
     )
 
     with pytest.raises(AuditUnavailable), db.transaction() as session:
-        randomize_participant(session, ctx, COORDINATOR_101, "S-ATOM-3", Submission.of(request))
+        randomize_participant(session, ctx, COORDINATOR_101, "101-ATOM-3", Submission.of(request))
 
     assert randomisation_state(db) == before
     assert before["participant"] == [("screened", None, None, None)]
@@ -328,12 +335,12 @@ def test_a_randomisation_whose_entry_fails_leaves_slot_kits_and_participant_unto
 def test_a_randomisation_through_the_api_whose_entry_fails_changes_nothing(api, db, monkeypatch):
     from randomizer.services.audit_log import AuditLog
 
-    assert api.screen("S-ATOM-3").status_code == 201
+    assert api.screen("101-ATOM-3").status_code == 201
     before = randomisation_state(db)
     monkeypatch.setattr(AuditLog, "append", refuse)
 
     try:
-        response = api.randomize("S-ATOM-3")
+        response = api.randomize("101-ATOM-3")
     except AuditUnavailable:
         pass  # the test app propagates exceptions
     else:

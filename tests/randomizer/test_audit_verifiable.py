@@ -57,14 +57,14 @@ def _verifier_key(api: Any) -> Any:
 
 @pytest.mark.requirement("R-RCPT")
 def test_a_receipt_proves_offline_what_the_site_was_given(api: Any) -> None:
-    receipt = api.screen_and_randomize("RCPT-1").get_json()["receipt"]
+    receipt = api.screen_and_randomize("101-RCPT-1").get_json()["receipt"]
     key = _verifier_key(api)
 
     checkpoint = verify_checkpoint(receipt["checkpoint"], key)
     entry = json.loads(receipt["entry"])
     assert entry["seq"] == receipt["seq"]
     assert entry["action"] == "participant.randomized"
-    assert entry["subject"] == "RCPT-1"
+    assert entry["subject"] == "101-RCPT-1"
     assert canonical_bytes(entry) == receipt["entry"].encode()
     # The checkpoint that first includes the entry is the one of seq + 1 entries.
     assert checkpoint.size == receipt["seq"] + 1
@@ -79,8 +79,8 @@ def test_a_receipt_proves_offline_what_the_site_was_given(api: Any) -> None:
 
 @pytest.mark.requirement("R-RCPT")
 def test_a_site_later_proves_the_log_still_extends_its_receipt(api: Any) -> None:
-    receipt = api.screen_and_randomize("RCPT-2").get_json()["receipt"]
-    for number in ("RCPT-3", "RCPT-4"):
+    receipt = api.screen_and_randomize("101-RCPT-2").get_json()["receipt"]
+    for number in ("101-RCPT-3", "101-RCPT-4"):
         api.screen_and_randomize(number)
     key = _verifier_key(api)
     old = verify_checkpoint(receipt["checkpoint"], key)
@@ -103,7 +103,7 @@ def test_a_site_later_proves_the_log_still_extends_its_receipt(api: Any) -> None
 
 @pytest.mark.requirement("R-RCPT")
 def test_an_inclusion_proof_for_the_wrong_index_fails(api: Any) -> None:
-    receipt = api.screen_and_randomize("RCPT-5").get_json()["receipt"]
+    receipt = api.screen_and_randomize("101-RCPT-5").get_json()["receipt"]
     checkpoint, _ = parse_checkpoint(receipt["checkpoint"])
     leaf = leaf_hash(receipt["entry"].encode())
     proof = _b64(receipt["inclusion_proof"])
@@ -118,9 +118,9 @@ def test_an_inclusion_proof_for_the_wrong_index_fails(api: Any) -> None:
 def test_every_transaction_that_appends_stores_a_checkpoint_of_its_new_size(
     api: Any, db: Database
 ) -> None:
-    api.screen("CP-1")
-    api.randomize("CP-1", eligibility={**ELIGIBLE, "age_years": 17})  # refused: audited
-    api.randomize("CP-1")
+    api.screen("101-CP-1")
+    api.randomize("101-CP-1", eligibility={**ELIGIBLE, "age_years": 17})  # refused: audited
+    api.randomize("101-CP-1")
     key = _verifier_key(api)
     with db.reading() as session:
         size = session.scalar(select(text("size")).select_from(text("audit_head")))
@@ -186,7 +186,7 @@ def test_entries_come_at_most_ten_thousand_at_a_time(api: Any) -> None:
 
 @pytest.mark.requirement("R-API")
 def test_site_staff_get_inclusion_proofs_only_for_their_own_site(api: Any) -> None:
-    seq = api.screen_and_randomize("INC-1").get_json()["receipt"]["seq"]
+    seq = api.screen_and_randomize("101-INC-1").get_json()["receipt"]["seq"]
     size = seq + 1
     for user in ("coordinator-101", "investigator-101", "pharmacist-101", "auditor"):
         response = api.get(f"/audit/proof/inclusion?index={seq}&size={size}", user)
@@ -241,7 +241,7 @@ def own_trial(scratch: Any, backend: str, tmp_path: Path) -> Any:
     trial = make_trial_database(scratch, backend, tmp_path, kits_per_arm=12)
     app = create_app({"settings": trial.settings, "TESTING": True})
     client = ApiClient(app.test_client(), trial.tokens, Clock())
-    for number in ("A-1", "A-2", "A-3"):
+    for number in ("101-A-1", "101-A-2", "101-A-3"):
         assert client.screen_and_randomize(number).status_code == 201
     yield trial, client, app.extensions["sealroom"].db
     app.extensions["sealroom"].db.dispose()
@@ -552,7 +552,7 @@ def test_the_monitor_accepts_a_log_that_grows(own_trial: Any, tmp_path: Path) ->
     key = _verifier_key(client)
     first = check_log(_fetcher(client), key, tmp_path / "state")
     assert first.previous is None
-    assert client.screen_and_randomize("A-4").status_code == 201
+    assert client.screen_and_randomize("101-A-4").status_code == 201
     second = check_log(_fetcher(client), key, tmp_path / "state")
     assert second.previous == first.latest
     assert second.latest.size > first.latest.size
@@ -580,7 +580,7 @@ def test_the_monitor_raises_the_alarm_on_a_fork_signed_by_the_stolen_key(
 
     key = _verifier_key(client)
     check_log(_fetcher(client), key, tmp_path / "state")
-    client.screen_and_randomize("A-5")
+    client.screen_and_randomize("101-A-5")
     _rewrite_log(database, "sealroom/RECLAIIM", load_signing_key(trial.settings.keys_dir))
     with pytest.raises(MonitorAlarm, match="fork"):
         check_log(_fetcher(client), key, tmp_path / "state")
@@ -590,7 +590,7 @@ def test_the_monitor_raises_the_alarm_on_a_fork_signed_by_the_stolen_key(
 def test_the_monitor_raises_the_alarm_on_a_rollback(own_trial: Any, tmp_path: Path) -> None:
     _trial, client, database = own_trial
     key = _verifier_key(client)
-    client.screen_and_randomize("A-6")
+    client.screen_and_randomize("101-A-6")
     check_log(_fetcher(client), key, tmp_path / "state")
     with database.reading() as session:
         latest = session.scalar(select(AuditCheckpoint.size).order_by(AuditCheckpoint.size.desc()))
@@ -613,7 +613,7 @@ def test_the_service_refuses_to_sign_over_a_rewritten_tree(own_trial: Any) -> No
             text("UPDATE audit_node SET hash = :h WHERE level = :l AND node_index = 0"),
             {"h": bytes(32), "l": level},
         )
-    response = client.screen("A-7")
+    response = client.screen("101-A-7")
     assert response.status_code == 500
     assert response.mimetype == "application/problem+json"
     assert len(_log(database)) == before
@@ -623,7 +623,7 @@ def test_the_service_refuses_to_sign_over_a_rewritten_tree(own_trial: Any) -> No
             session.scalar(
                 select(func.count())
                 .select_from(Participant)
-                .where(Participant.screening_number == "A-7")
+                .where(Participant.screening_number == "101-A-7")
             )
             == 0
         )

@@ -72,7 +72,7 @@ def test_the_arm_words_searched_for_are_the_trials_arms(ctx):
 #: Twelve participants over the three demo sites and both screening strata:
 #: (screening number, site, coordinator, prior_ig, weight).
 ENROLMENT = [
-    (f"S-BL-{site}-{prior_ig}-{n}", site, f"coordinator-{site}", prior_ig, weight)
+    (f"{site}-BL-{prior_ig}-{n}", site, f"coordinator-{site}", prior_ig, weight)
     for site in ("101", "102", "201")
     for prior_ig in ("yes", "no")
     for n, weight in enumerate((45, 132.5))
@@ -241,7 +241,7 @@ SEALED_ROWS = {
 @pytest.mark.parametrize("kind", sorted(SEALED_ROWS))
 def test_a_sealed_arm_copied_onto_another_row_does_not_open_there(api, db, ctx, kind):
     model, object_id = SEALED_ROWS[kind]
-    for number in ("S-COPY-1", "S-COPY-2", "S-COPY-3"):
+    for number in ("101-COPY-1", "101-COPY-2", "101-COPY-3"):
         assert api.screen_and_randomize(number).status_code == 201
     rows = read(
         db, select(model).where(model.sealed_arm.is_not(None)).order_by(object_id).limit(20)
@@ -275,7 +275,7 @@ def test_a_sealed_arm_copied_onto_another_row_does_not_open_there(api, db, ctx, 
 
 @pytest.mark.requirement("R-SEAL")
 def test_a_slots_seal_copied_onto_its_participant_does_not_open_as_the_participant(api, db, ctx):
-    response = api.screen_and_randomize("S-COPY-4")
+    response = api.screen_and_randomize("101-COPY-4")
     number = response.get_json()["randomization_number"]
     with db.reading() as session:
         slot_seal = session.scalars(
@@ -284,11 +284,11 @@ def test_a_slots_seal_copied_onto_its_participant_does_not_open_as_the_participa
     sealed = SealedArm.from_text(slot_seal)
 
     with pytest.raises(UnsealError):
-        ctx.sealer.unseal_arm(sealed, "participant", "S-COPY-4")
+        ctx.sealer.unseal_arm(sealed, "participant", "101-COPY-4")
     # Bound to the kind too: the same object id under another kind does not open.
     with pytest.raises(UnsealError):
         ctx.sealer.unseal_arm(sealed, "participant", number)
-    assert ctx.sealer.unseal_arm(sealed, "slot", number) == arm_of(db, ctx, "S-COPY-4")
+    assert ctx.sealer.unseal_arm(sealed, "slot", number) == arm_of(db, ctx, "101-COPY-4")
 
 
 # R-BLIND-1: what blinded roles are told -----------------------------------------------------
@@ -328,7 +328,7 @@ def response_length_without_position(response) -> int:
 def test_responses_have_the_same_shape_and_size_whatever_the_arm(api, db, ctx):
     by_arm: dict[str, list[tuple[str, Any]]] = defaultdict(list)
     for n in range(8):
-        number = f"S-SIZE-{n}"
+        number = f"101-SIZE-{n}"
         response = api.screen_and_randomize(number, weight_kg=70)
         assert response.status_code == 201
         by_arm[arm_of(db, ctx, number)].append((number, response))
@@ -398,8 +398,8 @@ def statements_of_one_randomisation(db, ctx, number: str) -> tuple[str, list[str
 def test_a_randomisation_runs_the_same_statements_whatever_the_arm(api, db, ctx):
     """Both runs start from the same state (same stratum, slot, log size, weight, kits):
     between them, only the arm sealed in the next slot is changed."""
-    assert api.screen("S-SQL-1").status_code == 201
-    first_arm, first = statements_of_one_randomisation(db, ctx, "S-SQL-1")
+    assert api.screen("101-SQL-1").status_code == 201
+    first_arm, first = statements_of_one_randomisation(db, ctx, "101-SQL-1")
     other_arm = next(arm for arm in ARM_IDS if arm != first_arm)
     with db.transaction() as session:
         stratum = session.get_one(Stratum, SITE_101_STRATA["no"])
@@ -412,7 +412,7 @@ def test_a_randomisation_runs_the_same_statements_whatever_the_arm(api, db, ctx)
             other_arm, "slot", slot.randomization_number
         ).to_text()
 
-    second_arm, second = statements_of_one_randomisation(db, ctx, "S-SQL-1")
+    second_arm, second = statements_of_one_randomisation(db, ctx, "101-SQL-1")
 
     assert {first_arm, second_arm} == set(ARM_IDS)
     assert len(first) == len(second) > 10
@@ -505,7 +505,7 @@ def test_a_site_short_of_one_arm_refuses_every_randomisation_whatever_the_next_s
     next_arms = {prior: next_slot_arm(db, ctx, n) for prior, n in SITE_101_STRATA.items()}
     assert set(next_arms.values()) == set(ARM_IDS)  # one stratum's next slot is each arm
     for prior_ig in SITE_101_STRATA:
-        assert api.screen(f"S-SHORT-{prior_ig}", prior_ig=prior_ig).status_code == 201
+        assert api.screen(f"101-SHORT-{prior_ig}", prior_ig=prior_ig).status_code == 201
     kits = site_kits_by_arm(db, ctx, "101")
     refusals = []
 
@@ -514,7 +514,7 @@ def test_a_site_short_of_one_arm_refuses_every_randomisation_whatever_the_next_s
         withheld = kits[short_arm][3:]
         set_kits(db, withheld, status="quarantined")
         for prior_ig in SITE_101_STRATA:
-            response = api.randomize(f"S-SHORT-{prior_ig}", weight_kg=70)
+            response = api.randomize(f"101-SHORT-{prior_ig}", weight_kg=70)
             assert response.status_code == 409, response.get_json()
             assert response.get_json()["type"] == "/problems/insufficient-supply"
             assert not names_an_arm(response.get_data(as_text=True))
@@ -525,7 +525,7 @@ def test_a_site_short_of_one_arm_refuses_every_randomisation_whatever_the_next_s
     assert len(set(refusals)) == 1
     # Nothing was consumed: with the stock back, both get their stratum's first slot.
     for prior_ig, stratum in SITE_101_STRATA.items():
-        response = api.randomize(f"S-SHORT-{prior_ig}", weight_kg=70)
+        response = api.randomize(f"101-SHORT-{prior_ig}", weight_kg=70)
         assert response.status_code == 201
         assert response.get_json()["randomization_number"] == f"R{stratum:02d}-0001"
 
@@ -566,9 +566,9 @@ def test_kits_are_chosen_at_random_not_by_number_row_id_or_insertion_order(api, 
         )
     }
 
-    response = api.screen_and_randomize("S-PICK-1", weight_kg=70)
+    response = api.screen_and_randomize("101-PICK-1", weight_kg=70)
 
-    arm = arm_of(db, ctx, "S-PICK-1")
+    arm = arm_of(db, ctx, "101-PICK-1")
     given = set(response.get_json()["kits"])
     orders = {
         name: [kit.kit_number for kit in kits if kit_arm(ctx, kit) == arm]
@@ -599,13 +599,13 @@ def test_kits_within_the_do_not_dispense_window_are_never_allocated(api, db, ctx
         for n, offset in enumerate((window, window - 1, 1, 0, -5)):
             set_kits(db, kits[arm][6 + n :: 5], expires_on=today + timedelta(days=offset))
 
-    response = api.screen_and_randomize("S-EXP-1", weight_kg=70)
+    response = api.screen_and_randomize("101-EXP-1", weight_kg=70)
 
     assert response.status_code == 201, response.get_json()
-    arm = arm_of(db, ctx, "S-EXP-1")
+    arm = arm_of(db, ctx, "101-EXP-1")
     assert set(response.get_json()["kits"]) == {kit.kit_number for kit in dispensable[arm]}
     # The participant's arm has no dispensable kit left at 101: the next one is refused,
     # whichever arm its slot holds.
-    refused = api.screen_and_randomize("S-EXP-2", weight_kg=70)
+    refused = api.screen_and_randomize("101-EXP-2", weight_kg=70)
     assert refused.status_code == 409
     assert refused.get_json()["type"] == "/problems/insufficient-supply"

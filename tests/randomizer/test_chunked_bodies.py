@@ -129,11 +129,11 @@ def assert_too_large(status: int, content_type: str, problem: dict[str, Any]) ->
 @pytest.mark.requirement("R-NF-3")
 def test_a_chunked_body_of_the_limit_in_small_chunks_is_read_whole(server: Server) -> None:
     status, _type, body = send_chunked(
-        server, "/participants", padded(screening("CH-0001"), LIMIT), chunk_size=7
+        server, "/participants", padded(screening("101-CH-0001"), LIMIT), chunk_size=7
     )
     assert status == 201, body
     status, _type, body = send_chunked(
-        server, "/participants/CH-0001/randomize", padded(randomization(), LIMIT)
+        server, "/participants/101-CH-0001/randomize", padded(randomization(), LIMIT)
     )
     assert status == 201, body
     assert body["randomization_number"]
@@ -144,7 +144,7 @@ def test_a_chunked_body_of_the_limit_in_small_chunks_is_read_whole(server: Serve
 def test_a_chunked_randomisation_past_the_limit_is_an_audited_413_and_acts_on_nothing(
     server: Server, size: int
 ) -> None:
-    number = f"CH-R{size}"
+    number = f"101-CH-R{size}"
     status, _type, body = send_chunked(server, "/participants", padded(screening(number), 1000))
     assert status == 201, body
     participants, entries = counts(server)
@@ -171,7 +171,7 @@ def test_a_chunked_screening_past_the_limit_is_a_413_that_writes_nothing(
     before = counts(server)
 
     status, content_type, problem = send_chunked(
-        server, "/participants", padded(screening(f"CH-S{size}"), size)
+        server, "/participants", padded(screening(f"101-CH-S{size}"), size)
     )
 
     assert_too_large(status, content_type, problem)
@@ -232,10 +232,10 @@ def send_raw(
 
 
 MALFORMED_CHUNKS = [
-    pytest.param(b"zz\r\n{}\r\n0\r\n\r\n", "CH-M1", id="size-not-hexadecimal"),
-    pytest.param(b"2\r\n{}XX0\r\n\r\n", "CH-M2", id="chunk-not-terminated"),
-    pytest.param(b"5\r\n{}\r\n0\r\n\r\n", "CH-M3", id="chunk-shorter-than-its-size"),
-    pytest.param(b"2\r\n{}\r\n", "CH-M4", id="no-last-chunk"),
+    pytest.param(b"zz\r\n{}\r\n0\r\n\r\n", "101-CH-M1", id="size-not-hexadecimal"),
+    pytest.param(b"2\r\n{}XX0\r\n\r\n", "101-CH-M2", id="chunk-not-terminated"),
+    pytest.param(b"5\r\n{}\r\n0\r\n\r\n", "101-CH-M3", id="chunk-shorter-than-its-size"),
+    pytest.param(b"2\r\n{}\r\n", "101-CH-M4", id="no-last-chunk"),
 ]
 
 

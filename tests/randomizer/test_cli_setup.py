@@ -404,8 +404,8 @@ def state_of(db: Any, screening_number: str) -> dict[str, Any]:
 
 @pytest.fixture
 def site_102_closed(api, db, ctx) -> Iterator[None]:
-    """Site 102 of the demo, closed (as `sealroom sites close 102` does) after S-CL-0001."""
-    screened = api.screen("S-CL-0001", user="coordinator-102", site="102")
+    """Site 102 of the demo, closed (as `sealroom sites close 102` does) after 102-CL-0001."""
+    screened = api.screen("102-CL-0001", user="coordinator-102", site="102")
     assert screened.status_code == 201, screened.get_json()
     with db.transaction() as session:
         close_site(session, ctx, roles.SYSTEM, "102")
@@ -416,13 +416,13 @@ def site_102_closed(api, db, ctx) -> Iterator[None]:
 def test_a_closed_site_screens_no_one(api, db, site_102_closed):
     before = audit_entries(db)
 
-    response = api.screen("S-CL-0002", user="coordinator-102", site="102")
+    response = api.screen("102-CL-0002", user="coordinator-102", site="102")
 
     assert response.status_code == 409, response.get_json()
     problem = response.get_json()
     assert problem["type"] == "/problems/conflict"
     assert problem["detail"] == "Site 102 is closed: it screens no one."
-    assert api.get("/participants/S-CL-0002", "coordinator-102").status_code == 404
+    assert api.get("/participants/102-CL-0002", "coordinator-102").status_code == 404
     assert not [e for e in audit_entries(db)[len(before) :] if e["action"].endswith("screened")]
 
 
@@ -431,26 +431,26 @@ def test_a_closed_site_screens_no_one(api, db, site_102_closed):
 def test_a_participant_screened_before_the_close_cannot_be_randomised_and_the_refusal_is_audited(
     api, db, site_102_closed
 ):
-    size, before = len(audit_entries(db)), state_of(db, "S-CL-0001")
+    size, before = len(audit_entries(db)), state_of(db, "102-CL-0001")
 
-    response = api.randomize("S-CL-0001", user="coordinator-102")
+    response = api.randomize("102-CL-0001", user="coordinator-102")
 
     assert response.status_code == 409, response.get_json()
     problem = response.get_json()
     assert problem["type"] == "/problems/conflict"
     assert problem["detail"] == "Site 102 is closed: it randomises no one."
-    assert state_of(db, "S-CL-0001") == before
+    assert state_of(db, "102-CL-0001") == before
     (entry,) = audit_entries(db)[size:]
     assert (entry["action"], entry["actor"], entry["subject"]) == (
         "participant.randomization_refused",
         "coordinator-102",
-        "S-CL-0001",
+        "102-CL-0001",
     )
     assert entry["data"]["reason"] == "conflict" and entry["data"]["status"] == 409
     # Still readable as it was; the other sites go on.
-    read = api.get("/participants/S-CL-0001", "coordinator-102")
+    read = api.get("/participants/102-CL-0001", "coordinator-102")
     assert read.status_code == 200 and read.get_json()["status"] == "screened"
-    assert api.screen_and_randomize("S-CL-0003").status_code == 201
+    assert api.screen_and_randomize("101-CL-0003").status_code == 201
 
 
 # init-demo --keep-existing -----------------------------------------------------------------

@@ -43,7 +43,7 @@ def _participants(count: int) -> list[tuple[str, str, str]]:
     plan = []
     for i in range(count):
         site = ("101", "102")[i % 2]
-        plan.append((f"C-{i:04d}", f"coordinator-{site}", ("yes", "no")[(i // 2) % 2]))
+        plan.append((f"{site}-C-{i:04d}", f"coordinator-{site}", ("yes", "no")[(i // 2) % 2]))
     return plan
 
 
@@ -204,7 +204,7 @@ def test_eight_server_processes_give_every_slot_and_kit_once_on_postgresql(pg_se
 @pytest.mark.requirement("R-API")
 def test_one_idempotency_key_acts_once_across_server_processes(pg_server: Any) -> None:
     trial, client = pg_server
-    number, user = "IDEM-1", "coordinator-101"
+    number, user = "101-IDEM-1", "coordinator-101"
     _screen_all(client, [(number, user, "no")], datetime.now(UTC).date().isoformat())
     body = {"weight_kg": WEIGHT_KG, "eligibility": ELIGIBLE}
     headers = {"Idempotency-Key": "same-key-from-16-threads"}
@@ -229,6 +229,49 @@ def test_one_idempotency_key_acts_once_across_server_processes(pg_server: Any) -
         assert actions == ["participant.screened", "participant.randomized"]
     finally:
         database.dispose()
+
+
+#: Screenings without a number sent at once, per site, through the 8 server processes.
+ASSIGNED_PER_SITE = 24
+
+
+@pytest.mark.multiprocess
+@pytest.mark.requirement("R-NF-1")
+@pytest.mark.requirement("R-API")
+def test_assigned_screening_numbers_are_given_once_across_server_processes(pg_server: Any) -> None:
+    """Two sites screen 24 participants each at once, sending no number: each site gets
+    exactly its numbers 1 to 24, in no particular order, and no number twice. Without the
+    site lock in ``screen_participant`` two processes pick one number and the second is a
+    409 "already in use" for a number nobody sent."""
+    trial, client = pg_server
+    today = datetime.now(UTC).date().isoformat()
+    requests = [site for site in ("101", "102") for _ in range(ASSIGNED_PER_SITE)]
+    barrier = threading.Barrier(len(requests))
+
+    def screen(site: str) -> tuple[str, int, dict[str, Any]]:
+        body = {"site": site, "screened_on": today, "strata": {"prior_ig": "no"}}
+        barrier.wait(timeout=60)
+        return (site, *client.post("/participants", f"coordinator-{site}", body))
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        answers = list(pool.map(screen, requests))
+
+    assert [status for _, status, _ in answers] == [201] * len(requests), [
+        body for _, status, body in answers if status != 201
+    ][:3]
+    for site in ("101", "102"):
+        given = sorted(body["screening_number"] for s, _, body in answers if s == site)
+        assert given == [f"{site}-{n:04d}" for n in range(1, ASSIGNED_PER_SITE + 1)]
+    database = Database(trial.url)
+    try:
+        with database.reading() as session:
+            subjects = session.scalars(
+                select(AuditEntry.subject).where(AuditEntry.action == "participant.screened")
+            ).all()
+    finally:
+        database.dispose()
+    assigned = [s for s in subjects if s.split("-")[1].isdigit()]
+    assert len(assigned) == len(set(assigned)) == len(requests)
 
 
 @dataclass(frozen=True)
@@ -293,8 +336,8 @@ def test_one_participant_randomised_at_once_by_several_processes_acts_once_on_po
     """
     with _own_pg_server(scratch, tmp_path) as (trial, client):
         plan = [
-            (f"P-{i:04d}", user, prior)
-            for i, (_, user, prior) in enumerate(_participants(SAME_PARTICIPANT_PAIRS))
+            (number.replace("-C-", "-P-"), user, prior)
+            for number, user, prior in _participants(SAME_PARTICIPANT_PAIRS)
         ]
         _screen_all(client, plan, datetime.now(UTC).date().isoformat())
         requests = [(number, user) for number, user, _ in plan for _ in range(REQUESTS_EACH)]
@@ -385,7 +428,7 @@ def test_scarce_stock_of_one_site_is_shared_by_its_strata_one_at_a_time_on_postg
     """
     with _own_pg_server(scratch, tmp_path, kits_per_arm=SCARCE_KITS_PER_ARM) as (trial, client):
         plan = [
-            (f"S-{prior}-{i:02d}", SCARCE_USER, prior)
+            (f"101-{prior}-{i:02d}", SCARCE_USER, prior)
             for i in range(SCARCE_PER_STRATUM)
             for prior in ("yes", "no")
         ]

@@ -190,7 +190,7 @@ def test_after_commit_runs_after_the_commit_of_a_recorded_refusal(real):
 
     with pytest.raises(Conflict) as refused, real.database.transaction() as session:
         after_commit(session, "test.look", look)
-        with refusals_audited(session, real.ctx, SYSTEM, "test.refused", "S-1", site=None):
+        with refusals_audited(session, real.ctx, SYSTEM, "test.refused", "101-1", site=None):
             add_row(session, real, "refused work")
             after_commit(session, "test.inner", recorder(calls, "inner"))
             raise Conflict("refused")

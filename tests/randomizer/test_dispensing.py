@@ -55,14 +55,14 @@ def dispense(api, number: str, visit: str, weight=70, user="pharmacist-101", **k
 @pytest.mark.requirement("R-DISP")
 @pytest.mark.requirement("R-KIT-2")
 def test_a_participant_is_followed_through_the_whole_schedule(api, db, ctx, clock):
-    assert api.screen_and_randomize("S-SCHED-1", weight_kg=70).status_code == 201
-    arm = arm_of(db, ctx, "S-SCHED-1")
+    assert api.screen_and_randomize("101-SCHED-1", weight_kg=70).status_code == 201
+    arm = arm_of(db, ctx, "101-SCHED-1")
     definition = ctx.definition
     given: dict[str, list[str]] = {}
 
     for visit in definition.visits[1:]:
         clock.advance(days=7 * (visit.week - 1) - (clock.today() - api_randomized_on(api)).days)
-        response = dispense(api, "S-SCHED-1", visit.id)
+        response = dispense(api, "101-SCHED-1", visit.id)
         if not visit.dispenses:
             assert response.status_code == 422, response.get_json()
             assert response.get_json()["errors"] == {
@@ -92,7 +92,7 @@ def test_a_participant_is_followed_through_the_whole_schedule(api, db, ctx, cloc
             assert not names_an_arm(changed.get_data(as_text=True))
             shown = api.get(f"/kits/{replacement}", "pharmacist-101").get_json()
             assert shown["replaces"] == damaged and shown["visit"] == "week9"
-            assert shown["participant"] == "S-SCHED-1" and shown["status"] == "allocated"
+            assert shown["participant"] == "101-SCHED-1" and shown["status"] == "allocated"
             given["week9"] = sorted([*body["kits"][1:], replacement, damaged])
         for kit in body["kits"]:
             if kit != body["kits"][0] or visit.id != "week9":
@@ -104,7 +104,7 @@ def test_a_participant_is_followed_through_the_whole_schedule(api, db, ctx, cloc
                 assert handed.status_code == 200, handed.get_json()
                 assert handed.get_json()["replacement"] is None
 
-    shown = api.get("/participants/S-SCHED-1", "coordinator-101")
+    shown = api.get("/participants/101-SCHED-1", "coordinator-101")
     assert shown.status_code == 200
     visits = {v["visit"]: v for v in shown.get_json()["visits"]}
     assert [v["visit"] for v in shown.get_json()["visits"]] == [v.id for v in definition.visits]
@@ -113,27 +113,27 @@ def test_a_participant_is_followed_through_the_whole_schedule(api, db, ctx, cloc
         assert visits[visit_id]["status"] == "dispensed"
         assert visits[visit_id]["kits"] == sorted(kits)
     assert not names_an_arm(shown.get_data(as_text=True))
-    assert actions(db, "S-SCHED-1").count("participant.dispensed") == 5
-    assert actions(db, "S-SCHED-1").count("participant.dispense_refused") == 1  # week25
+    assert actions(db, "101-SCHED-1").count("participant.dispensed") == 5
+    assert actions(db, "101-SCHED-1").count("participant.dispense_refused") == 1  # week25
 
 
 def api_randomized_on(api):
     from datetime import date
 
-    body = api.get("/participants/S-SCHED-1", "coordinator-101").get_json()
+    body = api.get("/participants/101-SCHED-1", "coordinator-101").get_json()
     return date.fromisoformat(body["randomized_at"][:10])
 
 
 @pytest.mark.requirement("R-DISP")
 def test_a_visit_is_dispensed_once_inside_its_window(api, db, clock):
-    assert api.screen_and_randomize("S-WIN-1").status_code == 201
+    assert api.screen_and_randomize("101-WIN-1").status_code == 201
     clock.advance(days=24)  # week5 is day 28, its window 25 to 31
-    early = dispense(api, "S-WIN-1", "week5")
+    early = dispense(api, "101-WIN-1", "week5")
     clock.advance(days=1)
-    first = dispense(api, "S-WIN-1", "week5")
-    again = dispense(api, "S-WIN-1", "week5")
+    first = dispense(api, "101-WIN-1", "week5")
+    again = dispense(api, "101-WIN-1", "week5")
     clock.advance(days=7)  # day 32: week5's window closed, week9's (53 to 59) not open
-    late = dispense(api, "S-WIN-1", "week9")
+    late = dispense(api, "101-WIN-1", "week9")
 
     assert early.status_code == 422 and early.get_json()["type"] == "/problems/visit-window"
     assert first.status_code == 201
@@ -142,28 +142,28 @@ def test_a_visit_is_dispensed_once_inside_its_window(api, db, clock):
     assert late.status_code == 422 and late.get_json()["type"] == "/problems/visit-window"
     visits = {
         v["visit"]: v["status"]
-        for v in api.get("/participants/S-WIN-1", "coordinator-101").get_json()["visits"]
+        for v in api.get("/participants/101-WIN-1", "coordinator-101").get_json()["visits"]
     }
     assert visits["week1"] == visits["week5"] == "dispensed"
     assert visits["week9"] == "due"
-    assert actions(db, "S-WIN-1").count("participant.dispense_refused") == 3
+    assert actions(db, "101-WIN-1").count("participant.dispense_refused") == 3
 
 
 @pytest.mark.requirement("R-LIFE")
 def test_withdrawal_and_discontinuation_end_dispensing(api, db, clock):
-    for number in ("S-LIFE-1", "S-LIFE-2"):
+    for number in ("101-LIFE-1", "101-LIFE-2"):
         assert api.screen_and_randomize(number).status_code == 201
     withdrawn = api.post(
-        "/participants/S-LIFE-1/withdraw", "coordinator-101", json={"reason": "consent withdrawn"}
+        "/participants/101-LIFE-1/withdraw", "coordinator-101", json={"reason": "consent withdrawn"}
     )
     stopped = api.post(
-        "/participants/S-LIFE-2/discontinue", "investigator-101", json={"reason": "adverse event"}
+        "/participants/101-LIFE-2/discontinue", "investigator-101", json={"reason": "adverse event"}
     )
     clock.advance(days=28)
 
     assert withdrawn.status_code == 200 and withdrawn.get_json()["status"] == "withdrawn"
     assert stopped.status_code == 200 and stopped.get_json()["status"] == "discontinued"
-    for number in ("S-LIFE-1", "S-LIFE-2"):
+    for number in ("101-LIFE-1", "101-LIFE-2"):
         refused = dispense(api, number, "week5")
         assert refused.status_code == 409, refused.get_json()
         visits = {
@@ -171,24 +171,30 @@ def test_withdrawal_and_discontinuation_end_dispensing(api, db, clock):
             for v in api.get(f"/participants/{number}", "coordinator-101").get_json()["visits"]
         }
         assert visits["week5"] == "stopped" and visits["week25"] == "assessment"
-    again = api.post("/participants/S-LIFE-1/discontinue", "coordinator-101", json={"reason": "x"})
+    again = api.post(
+        "/participants/101-LIFE-1/discontinue", "coordinator-101", json={"reason": "x"}
+    )
     assert again.status_code == 409
-    assert "participant.withdrawn" in actions(db, "S-LIFE-1")
-    assert "participant.discontinued_refused" in actions(db, "S-LIFE-1")
+    assert "participant.withdrawn" in actions(db, "101-LIFE-1")
+    assert "participant.discontinued_refused" in actions(db, "101-LIFE-1")
 
 
 @pytest.mark.requirement("R-FIX")
 def test_an_admin_flags_an_error_and_corrects_a_stratum_beside_the_original(api, db):
-    assert api.screen_and_randomize("S-FIX-1", prior_ig="no").status_code == 201
-    original = api.get("/participants/S-FIX-1", "coordinator-101").get_json()
+    assert api.screen_and_randomize("101-FIX-1", prior_ig="no").status_code == 201
+    original = api.get("/participants/101-FIX-1", "coordinator-101").get_json()
 
     corrected = api.post(
-        "/participants/S-FIX-1/correct-stratum",
+        "/participants/101-FIX-1/correct-stratum",
         "admin",
         json={"strata": {"prior_ig": "yes"}, "reason": "prior IVIG found in the records"},
     )
-    by_site = api.post("/participants/S-FIX-1/flag-error", "coordinator-101", json={"reason": "x"})
-    flagged = api.post("/participants/S-FIX-1/flag-error", "admin", json={"reason": "not eligible"})
+    by_site = api.post(
+        "/participants/101-FIX-1/flag-error", "coordinator-101", json={"reason": "x"}
+    )
+    flagged = api.post(
+        "/participants/101-FIX-1/flag-error", "admin", json={"reason": "not eligible"}
+    )
 
     assert corrected.status_code == 200, corrected.get_json()
     body = corrected.get_json()
@@ -198,12 +204,12 @@ def test_an_admin_flags_an_error_and_corrects_a_stratum_beside_the_original(api,
     assert by_site.status_code == 403
     assert flagged.status_code == 200 and flagged.get_json()["status"] == "randomized_in_error"
     assert flagged.get_json()["randomization_number"] == original["randomization_number"]
-    assert "participant.stratum_corrected" in actions(db, "S-FIX-1")
+    assert "participant.stratum_corrected" in actions(db, "101-FIX-1")
 
 
 @pytest.mark.requirement("R-KIT-2")
 def test_illegal_kit_changes_and_other_sites_kits_are_refused(api, db):
-    response = api.screen_and_randomize("S-KIT-1")
+    response = api.screen_and_randomize("101-KIT-1")
     kit = response.get_json()["kits"][0]
     returned = api.post(
         f"/kits/{kit}/status", "pharmacist-101", json={"status": "returned", "reason": "x"}
@@ -229,7 +235,7 @@ def test_illegal_kit_changes_and_other_sites_kits_are_refused(api, db):
 
 @pytest.mark.requirement("R-BLIND-1")
 def test_inventory_counts_by_status_never_by_arm(api):
-    assert api.screen_and_randomize("S-INV-1").status_code == 201
+    assert api.screen_and_randomize("101-INV-1").status_code == 201
     shown = api.get("/sites/101/inventory", "pharmacist-101")
     other = api.get("/sites/102/inventory", "pharmacist-101")
     admin = api.get("/sites/102/inventory", "admin")

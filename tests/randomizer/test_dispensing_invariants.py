@@ -324,7 +324,7 @@ class DispensingMachine(RuleBasedStateMachine):
     def screen(self, wait: int, prior_ig: str, days_ago: int) -> None:
         """Let a few days pass, then screen a participant (screened today or a few days ago)."""
         self.clock.advance(days=wait)
-        number = f"S-SM-{len(self.screened) + 1}"
+        number = f"101-SM-{len(self.screened) + 1}"
         request = ScreeningRequest(
             number, SITE, self.clock.today() - timedelta(days=days_ago), {"prior_ig": prior_ig}
         )
@@ -766,69 +766,69 @@ def run_relabel_sequence(trial: Any, start: datetime) -> RelabelRun:
         start_seq = session.scalar(select(func.count()).select_from(AuditEntry))
 
     # Day 0: three participants of stratum 1 screened and randomised (A, P, A).
-    for number in ("R-1", "R-2", "R-3"):
+    for number in ("101-R-1", "101-R-2", "101-R-3"):
         screen(number)
-    randomize("R-1", 100)  # 5 kits: A 7, P 12 left
-    randomize("R-2", 30, user="investigator-101")  # 2 kits: P 10
-    randomize("R-3", 30.0)  # 2 kits: A 5
+    randomize("101-R-1", 100)  # 5 kits: A 7, P 12 left
+    randomize("101-R-2", 30, user="investigator-101")  # 2 kits: P 10
+    randomize("101-R-3", 30.0)  # 2 kits: A 5
     get("pharmacist-101", "/sites/101/inventory")
     get("admin", "/sites/101/inventory")
-    r1 = kits["R-1/week1"]
+    r1 = kits["101-R-1/week1"]
     get("pharmacist-101", f"/kits/{r1[0]}")
     # The pharmacy: a hand-over, a damaged and a lost kit (replaced: A 3), illegal changes.
     kit_status(r1[0], "dispensed")
-    kit_status(r1[1], "damaged", name="R-1/replacement-1")
-    kit_status(r1[2], "lost", name="R-1/replacement-2")
+    kit_status(r1[1], "damaged", name="101-R-1/replacement-1")
+    kit_status(r1[2], "lost", name="101-R-1/replacement-2")
     kit_status(r1[3], "returned", (409, "conflict"))  # not from allocated
     kit_status(r1[0], "returned")
     kit_status(r1[0], "dispensed", (409, "conflict"))  # returned is final
     for user in ("pharmacist-101", "admin"):
-        get(user, f"/kits/{kits['R-1/replacement-1'][0]}")
+        get(user, f"/kits/{kits['101-R-1/replacement-1'][0]}")
         get(user, f"/kits/{r1[2]}")
     get("pharmacist-102", f"/kits/{r1[0]}", 404)  # another site's kit
     for user in ("coordinator-101", "sponsor", "medical-monitor"):
-        get(user, "/participants/R-1")
-        get(user, "/participants/R-2")
+        get(user, "/participants/101-R-1")
+        get(user, "/participants/101-R-2")
 
     # Day 28: week5's window is open for R-1, R-2 and R-3.
     clock.advance(days=28)
-    screen("R-4")
-    screen("R-5", user="investigator-101")
-    own_arm_had_enough(arm_of("R-2"), 5, "R-2's week5 at 100 kg")
-    dispense("R-2", "week5", 100, (409, "insufficient-supply"))  # the other arm has 3
-    dispense("R-2", "week5", 30, headers={"Idempotency-Key": "r2-week5"})  # P 8
-    dispense("R-2", "week5", 30, headers={"Idempotency-Key": "r2-week5"})  # replayed
-    dispense("R-3", "week5", 45.5, user="coordinator-101")  # 3 kits: A 0
-    dispense("R-2", "week5", 30, (409, "conflict"), user="investigator-101")  # given already
-    dispense("R-3", "week9", 30, (422, "visit-window"))
-    dispense("R-3", "week25", 30, (422, "validation"))  # dispenses nothing
-    dispense("R-4", "week5", 30, (409, "conflict"))  # not randomised
-    kit_status(kits["R-3/week5"][0], "dispensed")
-    own_arm_had_enough(arm_of("R-2"), 1, "R-2's replacement")
-    kit_status(kits["R-2/week5"][0], "damaged", (409, "insufficient-supply"))  # none for A
-    kit_status(kits["R-2/week5"][0], "dispensed")
-    own_arm_had_enough(next_slot_arm(1), 2, "R-4's randomisation")
-    randomize("R-4", 30, (409, "insufficient-supply"))
-    randomize("R-1", 30, (409, "already-randomized"))
-    dispense("R-1", "week5", 30, (409, "insufficient-supply"))  # its arm is short too
+    screen("101-R-4")
+    screen("101-R-5", user="investigator-101")
+    own_arm_had_enough(arm_of("101-R-2"), 5, "101-R-2's week5 at 100 kg")
+    dispense("101-R-2", "week5", 100, (409, "insufficient-supply"))  # the other arm has 3
+    dispense("101-R-2", "week5", 30, headers={"Idempotency-Key": "r2-week5"})  # P 8
+    dispense("101-R-2", "week5", 30, headers={"Idempotency-Key": "r2-week5"})  # replayed
+    dispense("101-R-3", "week5", 45.5, user="coordinator-101")  # 3 kits: A 0
+    dispense("101-R-2", "week5", 30, (409, "conflict"), user="investigator-101")  # given already
+    dispense("101-R-3", "week9", 30, (422, "visit-window"))
+    dispense("101-R-3", "week25", 30, (422, "validation"))  # dispenses nothing
+    dispense("101-R-4", "week5", 30, (409, "conflict"))  # not randomised
+    kit_status(kits["101-R-3/week5"][0], "dispensed")
+    own_arm_had_enough(arm_of("101-R-2"), 1, "101-R-2's replacement")
+    kit_status(kits["101-R-2/week5"][0], "damaged", (409, "insufficient-supply"))  # none for A
+    kit_status(kits["101-R-2/week5"][0], "dispensed")
+    own_arm_had_enough(next_slot_arm(1), 2, "101-R-4's randomisation")
+    randomize("101-R-4", 30, (409, "insufficient-supply"))
+    randomize("101-R-1", 30, (409, "already-randomized"))
+    dispense("101-R-1", "week5", 30, (409, "insufficient-supply"))  # its arm is short too
     get("pharmacist-101", "/sites/101/inventory")
 
     # Lifecycle and corrections.
-    post("coordinator-101", "/participants/R-1/withdraw", {"reason": "consent withdrawn"}, 200)
-    dispense("R-1", "week5", 30, (409, "conflict"))  # withdrawn
-    post("coordinator-101", "/participants/R-1/withdraw", {"reason": "again"}, 409)
-    post("investigator-101", "/participants/R-2/discontinue", {"reason": "adverse event"}, 200)
+    post("coordinator-101", "/participants/101-R-1/withdraw", {"reason": "consent withdrawn"}, 200)
+    dispense("101-R-1", "week5", 30, (409, "conflict"))  # withdrawn
+    post("coordinator-101", "/participants/101-R-1/withdraw", {"reason": "again"}, 409)
+    post("investigator-101", "/participants/101-R-2/discontinue", {"reason": "adverse event"}, 200)
     clock.advance(days=28)
-    dispense("R-2", "week9", 30, (409, "conflict"))  # discontinued
-    dispense("R-3", "week9", 30, (409, "insufficient-supply"))
-    post("admin", "/participants/R-3/flag-error", {"reason": "not eligible after all"}, 200)
-    dispense("R-3", "week9", 30, (409, "conflict"))  # randomised in error
+    dispense("101-R-2", "week9", 30, (409, "conflict"))  # discontinued
+    dispense("101-R-3", "week9", 30, (409, "insufficient-supply"))
+    post("admin", "/participants/101-R-3/flag-error", {"reason": "not eligible after all"}, 200)
+    dispense("101-R-3", "week9", 30, (409, "conflict"))  # randomised in error
     correction = {"strata": {"prior_ig": "no"}, "reason": "no prior IVIG after all"}
-    post("admin", "/participants/R-2/correct-stratum", correction, 200)
-    post("admin", "/participants/R-2/correct-stratum", correction, 422)  # recorded already
+    post("admin", "/participants/101-R-2/correct-stratum", correction, 200)
+    post("admin", "/participants/101-R-2/correct-stratum", correction, 422)  # recorded already
 
     # What every blinded reader sees at the end.
-    for number in ("R-1", "R-2", "R-3", "R-4", "R-5"):
+    for number in ("101-R-1", "101-R-2", "101-R-3", "101-R-4", "101-R-5"):
         for user in ("coordinator-101", "investigator-101", "pharmacist-101"):
             get(user, f"/participants/{number}")
         for user in ("sponsor", "medical-monitor"):
@@ -841,7 +841,7 @@ def run_relabel_sequence(trial: Any, start: datetime) -> RelabelRun:
         size = session.scalar(select(func.count()).select_from(AuditEntry))
     get("auditor", f"/audit/entries?start={start_seq}&end={size}")
 
-    arms = {number: arm_of(number) for number in ("R-1", "R-2", "R-3")}
+    arms = {number: arm_of(number) for number in ("101-R-1", "101-R-2", "101-R-3")}
     database.dispose()
     return RelabelRun(answers, arms, premises)
 
@@ -901,7 +901,7 @@ def randomised_28_days_ago(scratch, tmp_path_factory):
     clock.advance(days=-28)
     app = create_app({"settings": trial.settings, "clock": clock, "TESTING": True})
     api = ApiClient(app.test_client(), trial.tokens, clock)
-    numbers = [f"D-{i:03d}" for i in range(DISPENSING_PARTICIPANTS)]
+    numbers = [f"101-D-{i:03d}" for i in range(DISPENSING_PARTICIPANTS)]
     for i, number in enumerate(numbers):
         response = api.screen_and_randomize(number, prior_ig=("yes", "no")[i % 2], weight_kg=30)
         assert response.status_code == 201, response.get_json()
@@ -997,7 +997,7 @@ def test_server_processes_dispensing_at_one_site_never_give_a_kit_twice(randomis
 
 # d. Wrong and hostile input (R-NF-3) -------------------------------------------------------
 
-HOSTILE_NUMBER = "S-HOSTILE-1"
+HOSTILE_NUMBER = "101-HOSTILE-1"
 DISPENSE_PATH = f"/participants/{HOSTILE_NUMBER}/dispense"
 WEEK5 = {"visit": "week5", "weight_kg": 70}
 REASON = "as the pharmacist found it"
@@ -1074,7 +1074,7 @@ HOSTILE = [
             "participant.dispense_refused",
             WEEK5,
         )
-        for number in ("S-NOBODY", "S%00X", "S" * 33, "%C5%9E-1", "S-1%0A")
+        for number in ("101-NOBODY", "S%00X", "S" * 33, "%C5%9E-1", "101-1%0A")
     ),
     # Kit status changes.
     _kit("unknown kit", 404, {"status": "dispensed", "reason": REASON}, kit="K0000-0000"),
@@ -1096,7 +1096,7 @@ HOSTILE = [
     ),
     _kit("reason a number", 422, {"status": "dispensed", "reason": 5}),
     _kit("no reason", 422, {"status": "dispensed"}),
-    _kit("unknown field", 422, {"status": "dispensed", "reason": REASON, "participant": "S-1"}),
+    _kit("unknown field", 422, {"status": "dispensed", "reason": REASON, "participant": "101-1"}),
     _kit("malformed JSON", 400, raw=b'{"status": "dispensed", "reason": "x"'),
     _kit(
         "Idempotency-Key empty",
@@ -1173,7 +1173,7 @@ HOSTILE = [
 
 @pytest.fixture
 def hostile_scene(api, db):
-    """S-HOSTILE-1 randomised at site 101 28 days ago (week5 is open: only the input is
+    """101-HOSTILE-1 randomised at site 101 28 days ago (week5 is open: only the input is
     wrong); one of its kits, an available kit of site 101 and one of site 102."""
     response = api.screen_and_randomize(HOSTILE_NUMBER, prior_ig="no")
     assert response.status_code == 201, response.get_json()

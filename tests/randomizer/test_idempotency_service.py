@@ -177,8 +177,8 @@ def test_a_recorded_refusal_is_stored_and_replayed_without_acting_or_auditing_ag
 
     def refused_action() -> tuple[int, dict[str, Any]]:
         runs.append(1)
-        with refusals_audited(session, ctx, actor, "test.refused", "S-0001", site="101"):
-            raise Conflict("Participant S-0001 is withdrawn.", screening_number="S-0001")
+        with refusals_audited(session, ctx, actor, "test.refused", "101-0001", site="101"):
+            raise Conflict("Participant 101-0001 is withdrawn.", screening_number="101-0001")
 
     before = audit_size(db)
     with pytest.raises(Conflict) as first, db.transaction() as session:

@@ -30,7 +30,7 @@ from randomizer.locks import (
 
 #: The locks in their documented order, each as (name, take).
 LOCKS: list[tuple[str, Callable[[Session], Any]]] = [
-    ("participant", lambda session: lock_participant(session, "S-0001")),
+    ("participant", lambda session: lock_participant(session, "101-0001")),
     ("stratum", lambda session: lock_stratum(session, 1)),
     ("site", lambda session: lock_site(session, "101")),
     ("audit head", lock_audit_head),
@@ -60,8 +60,8 @@ def statements_sent(engine: Any) -> Iterator[list[str]]:
 @pytest.fixture
 def screened(api: Any) -> str:
     """A participant of site 101, so that every lock has a row to lock."""
-    assert api.screen("S-0001").status_code == 201
-    return "S-0001"
+    assert api.screen("101-0001").status_code == 201
+    return "101-0001"
 
 
 @pytest.mark.requirement("R-NF-1")

@@ -257,7 +257,7 @@ def test_an_unblinding_is_mailed_to_safety_and_the_sites_investigators_without_t
     service, mail_server
 ):
     client = service.app(mail_server.url)
-    by_arm = one_of_each_arm(client, definition_of(client), "S-MAIL")
+    by_arm = one_of_each_arm(client, definition_of(client), "101-MAIL")
     answers = {arm: unblind(client, sn) for arm, sn in by_arm.items()}
     assert all(a.status_code == 200 for a in answers.values())
     assert {arm: a.get_json()["arm"]["id"] for arm, a in answers.items()} == {a: a for a in ARM_IDS}
@@ -347,12 +347,12 @@ def test_the_investigators_of_the_participants_site_are_told_and_no_others(servi
         session.execute(update(User).where(User.name == "inv-101-d").values(active=False))
         add_user(session, ctx, SYSTEM, "crc-101", "coordinator", "101", email="e@site101.test")
     client = service.app(mail_server.url)
-    assert client.screen_and_randomize("S-TOLD-1").status_code == 201
+    assert client.screen_and_randomize("101-TOLD-1").status_code == 201
 
     detail = "Anaphylaxis after the infusion; the site asks for the treatment."
     body = {"reason": "other", "event_reference": "SAE-7", "detail": detail}
 
-    response = unblind(client, "S-TOLD-1", "medical-monitor", body)
+    response = unblind(client, "101-TOLD-1", "medical-monitor", body)
 
     assert response.status_code == 200
     received = mail_server.inbox.wait_for(3)
@@ -384,11 +384,11 @@ def test_an_investigator_added_with_an_email_hears_of_unblindings_at_its_site(se
     assert added.exit_code == 0, added.output
     client = service.app(mail_server.url)
     client.tokens = {**client.tokens, "investigator-102": added.output.strip()}
-    response = client.screen_and_randomize("S-NEW-1", user="coordinator-102", site="102")
+    response = client.screen_and_randomize("102-NEW-1", user="coordinator-102", site="102")
     assert response.status_code == 201
 
-    assert unblind(client, "S-NEW-1", "investigator-101").status_code == 404
-    assert unblind(client, "S-NEW-1", "investigator-102").status_code == 200
+    assert unblind(client, "102-NEW-1", "investigator-101").status_code == 404
+    assert unblind(client, "102-NEW-1", "investigator-102").status_code == 200
 
     received = mail_server.inbox.wait_for(2)
     service.settle()
@@ -407,10 +407,10 @@ def test_an_investigator_added_with_an_email_hears_of_unblindings_at_its_site(se
 @pytest.mark.requirement("R-CLI")
 def test_with_the_mail_server_down_the_unblinding_answers_and_the_mail_waits(service, dead_port):
     client = service.app(dead_port.url)
-    assert client.screen_and_randomize("S-DOWN-1").status_code == 201
+    assert client.screen_and_randomize("101-DOWN-1").status_code == 201
 
     started = time.monotonic()
-    response = unblind(client, "S-DOWN-1")
+    response = unblind(client, "101-DOWN-1")
     elapsed = time.monotonic() - started
 
     assert response.status_code == 200
@@ -436,7 +436,7 @@ def test_with_the_mail_server_down_the_unblinding_answers_and_the_mail_waits(ser
         (r.id, "pending", 1) for r in rows
     ]
     assert all(i["last_error"] == r.last_error for i, r in zip(items, rows, strict=True))
-    assert all(i["about"] == "S-DOWN-1" and i["topic"] == "participant.unblinded" for i in items)
+    assert all(i["about"] == "101-DOWN-1" and i["topic"] == "participant.unblinded" for i in items)
     assert not names_an_arm(listed.get_data(as_text=True))
     assert client.get("/notifications?status=delivered", "admin").get_json() == []
     for user in ("sponsor", "medical-monitor", "statistician", "coordinator-101", "auditor"):
@@ -483,13 +483,13 @@ def test_a_slow_mail_server_delays_no_unblinding(service, mail_server):
     """While the server sits on a message, further unblindings still answer at once."""
     client = service.app(mail_server.url)
     for n in range(3):
-        assert client.screen_and_randomize(f"S-SLOW-{n}").status_code == 201
+        assert client.screen_and_randomize(f"101-SLOW-{n}").status_code == 201
     mail_server.inbox.hold.clear()
 
-    assert unblind(client, "S-SLOW-0").status_code == 200
+    assert unblind(client, "101-SLOW-0").status_code == 200
     assert mail_server.inbox.waiting.wait(10), "the dispatcher never reached the server"
     timings = []
-    for sn in ("S-SLOW-1", "S-SLOW-2"):
+    for sn in ("101-SLOW-1", "101-SLOW-2"):
         started = time.monotonic()
         response = unblind(client, sn)
         timings.append(time.monotonic() - started)
@@ -506,9 +506,9 @@ def test_a_slow_mail_server_delays_no_unblinding(service, mail_server):
 def test_two_delivery_rounds_at_once_send_each_message_once(service, mail_server):
     """`notifications send --all` while the dispatcher is stuck on a slow server."""
     client = service.app(mail_server.url)
-    assert client.screen_and_randomize("S-TWICE-1").status_code == 201
+    assert client.screen_and_randomize("101-TWICE-1").status_code == 201
     mail_server.inbox.hold.clear()
-    assert unblind(client, "S-TWICE-1").status_code == 200
+    assert unblind(client, "101-TWICE-1").status_code == 200
     assert mail_server.inbox.waiting.wait(10), "the dispatcher never reached the server"
 
     results: list[Any] = []
@@ -542,8 +542,8 @@ def test_two_delivery_rounds_at_once_send_each_message_once(service, mail_server
 def test_without_a_mail_server_messages_wait_and_retries_back_off(service, dead_port):
     """The demo: no SEALROOM_SMTP_URL. The messages wait; delivery later respects back-off."""
     client = service.app(None)
-    assert client.screen_and_randomize("S-WAIT-1").status_code == 201
-    assert unblind(client, "S-WAIT-1").status_code == 200
+    assert client.screen_and_randomize("101-WAIT-1").status_code == 201
+    assert unblind(client, "101-WAIT-1").status_code == 200
     assert [(r.status, r.attempts) for r in service.outbox()] == [("pending", 0), ("pending", 0)]
     refused = service.cli("notifications", "send")
     assert refused.exit_code == 1
@@ -602,10 +602,10 @@ def test_the_statistician_is_mailed_once_when_a_stratum_runs_out(service, mail_s
         add_user(session, ctx, SYSTEM, "statistician-3", "statistician", None)  # no address
     client = service.app(mail_server.url)
     exhaust(service.database, NORTH_AMERICA_NO)
-    for sn in ("S-FULL-1", "S-FULL-2"):
+    for sn in ("101-FULL-1", "101-FULL-2"):
         assert client.screen(sn).status_code == 201
 
-    refusals = [client.randomize(sn) for sn in ("S-FULL-1", "S-FULL-2", "S-FULL-1")]
+    refusals = [client.randomize(sn) for sn in ("101-FULL-1", "101-FULL-2", "101-FULL-1")]
 
     assert [r.status_code for r in refusals] == [409, 409, 409]
     assert {r.get_json()["type"] for r in refusals} == {"/problems/stratum-exhausted"}
@@ -625,9 +625,9 @@ def test_the_statistician_is_mailed_once_when_a_stratum_runs_out(service, mail_s
     assert [e["data"]["reason"] for e in refused] == ["stratum-exhausted"] * 3
     # Another stratum running out alerts again, once.
     exhaust(service.database, "region=north_america|prior_ig=yes")
-    assert client.screen("S-FULL-3", prior_ig="yes").status_code == 201
-    assert client.randomize("S-FULL-3").status_code == 409
-    assert client.randomize("S-FULL-3").status_code == 409
+    assert client.screen("101-FULL-3", prior_ig="yes").status_code == 201
+    assert client.randomize("101-FULL-3").status_code == 409
+    assert client.randomize("101-FULL-3").status_code == 409
     mail_server.inbox.wait_for(4)
     service.settle()
     assert len(service.outbox()) == 4
@@ -638,10 +638,10 @@ def test_the_statistician_is_mailed_once_when_a_stratum_runs_out(service, mail_s
 def test_the_stratum_alert_is_written_once_with_the_refusal(api, db):
     """On the shared demo database (savepoint): the alert is an outbox row, written once."""
     exhaust(db, NORTH_AMERICA_NO)
-    assert api.screen("S-ALERT-1").status_code == 201
-    assert api.screen("S-ALERT-2").status_code == 201
+    assert api.screen("101-ALERT-1").status_code == 201
+    assert api.screen("101-ALERT-2").status_code == 201
 
-    for sn in ("S-ALERT-1", "S-ALERT-1", "S-ALERT-2"):
+    for sn in ("101-ALERT-1", "101-ALERT-1", "101-ALERT-2"):
         assert api.randomize(sn).status_code == 409
 
     with db.reading() as session:
@@ -655,15 +655,15 @@ def test_messages_written_before_a_server_was_configured_go_out_after_a_later_co
     service, mail_server
 ):
     quiet = service.app(None)
-    assert quiet.screen_and_randomize("S-LATER-1").status_code == 201
-    assert unblind(quiet, "S-LATER-1").status_code == 200
+    assert quiet.screen_and_randomize("101-LATER-1").status_code == 201
+    assert unblind(quiet, "101-LATER-1").status_code == 200
     assert {r.status for r in service.outbox()} == {"pending"}
 
     loud = service.app(mail_server.url)
-    assert loud.screen_and_randomize("S-LATER-2").status_code == 201
-    assert unblind(loud, "S-LATER-2").status_code == 200
+    assert loud.screen_and_randomize("101-LATER-2").status_code == 201
+    assert unblind(loud, "101-LATER-2").status_code == 200
 
     received = mail_server.inbox.wait_for(4)
     service.settle()
-    assert {r.message["Subject"].split()[-4] for r in received} == {"S-LATER-1", "S-LATER-2"}
+    assert {r.message["Subject"].split()[-4] for r in received} == {"101-LATER-1", "101-LATER-2"}
     assert {r.status for r in service.outbox()} == {"delivered"}

@@ -62,7 +62,7 @@ def message(n: int, recipient: str = "safety@example.org") -> Message:
         topic="participant.unblinded",
         recipient=recipient,
         subject=f"Unblinding {n}",
-        body=f"Participant S-{n:04d} was unblinded. The arm is not in this message.",
+        body=f"Participant 101-{n:04d} was unblinded. The arm is not in this message.",
     )
 
 
@@ -98,7 +98,7 @@ def test_a_refused_change_leaves_its_refusal_entry_but_no_message(db, ctx):
     with (
         pytest.raises(Conflict),
         db.transaction() as session,
-        refusals_audited(session, ctx, SYSTEM, "test.unblinding_refused", "S-1", site=None),
+        refusals_audited(session, ctx, SYSTEM, "test.unblinding_refused", "101-1", site=None),
     ):
         enqueue(session, ctx, [message(1)], wake=lambda: wakes.append("wake"))
         raise Conflict("refused after the message was written")

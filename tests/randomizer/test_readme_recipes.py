@@ -122,9 +122,11 @@ def test_the_readmes_standalone_verifier_recipe_passes_as_written(
     server = Server(trial, instance, workers=1).start()
     try:
         # Something worth auditing first: a screening and a randomisation.
-        assert server.client.post("/participants", "coordinator-101", screening("S-0001"))[0] == 201
+        assert (
+            server.client.post("/participants", "coordinator-101", screening("101-0001"))[0] == 201
+        )
         status, body = server.client.post(
-            "/participants/S-0001/randomize",
+            "/participants/101-0001/randomize",
             "coordinator-101",
             {"weight_kg": 70, "eligibility": ELIGIBLE},
         )
@@ -268,7 +270,7 @@ def test_make_run_twice_serves_the_existing_demo_the_second_time(tmp_path: Path)
     try:
         client = first.start(timeout=600)
         tokens_before = (instance / "tokens.json").read_bytes()
-        status, body = client.post("/participants", "coordinator-101", screening("S-0001"))
+        status, body = client.post("/participants", "coordinator-101", screening("101-0001"))
         assert status == 201, body
     finally:
         first.stop()
@@ -278,7 +280,9 @@ def test_make_run_twice_serves_the_existing_demo_the_second_time(tmp_path: Path)
     second = MakeRun(instance, tmp_path / "make-run-again.log")
     try:
         client = second.start(timeout=300)
-        status, _type, raw = client.request("GET", "/api/v1/participants/S-0001", "coordinator-101")
+        status, _type, raw = client.request(
+            "GET", "/api/v1/participants/101-0001", "coordinator-101"
+        )
     finally:
         second.stop()
 
@@ -288,7 +292,7 @@ def test_make_run_twice_serves_the_existing_demo_the_second_time(tmp_path: Path)
     assert (instance / "tokens.json").read_bytes() == tokens_before
     assert status == 200, raw  # the same token still works...
     participant = json.loads(raw)
-    assert (participant["screening_number"], participant["site"]) == ("S-0001", "101")
+    assert (participant["screening_number"], participant["site"]) == ("101-0001", "101")
     assert participant["status"] == "screened"  # ...and the participant is still there
     assert (instance / "sealroom.db").is_file()
     assert snapshot(REPO / "instance") == repo_instance, "make run wrote to ./instance"

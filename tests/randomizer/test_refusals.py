@@ -62,7 +62,7 @@ def outbox_count(db: Database) -> int:
 
 def do_some_work(session: Any, ctx: Any) -> None:
     """Writes a refused block makes before it refuses: an audit entry and a message."""
-    ctx.audit.append(session, ACTOR, "test.work", "S-0001", {"step": 1}, site="101")
+    ctx.audit.append(session, ACTOR, "test.work", "101-0001", {"step": 1}, site="101")
     enqueue(session, ctx, [Message("test", "someone@example.org", "work", "done")])
 
 
@@ -71,7 +71,7 @@ def refuse(db: Database, ctx: Any, problem: Problem, **kwargs: Any) -> Problem:
     with (
         pytest.raises(type(problem)) as raised,
         db.transaction() as session,
-        refusals_audited(session, ctx, ACTOR, ACTION, "S-0001", site="101", **kwargs),
+        refusals_audited(session, ctx, ACTOR, ACTION, "101-0001", site="101", **kwargs),
     ):
         do_some_work(session, ctx)
         raise problem
@@ -86,13 +86,13 @@ def test_a_refusal_leaves_exactly_its_own_entry_and_none_of_the_blocks_work(db, 
     with db.reading() as session:
         previous = session.scalar(select(AuditEntry.canonical).where(AuditEntry.seq == before - 1))
 
-    problem = refuse(db, ctx, Conflict("Participant S-0001 is withdrawn."))
+    problem = refuse(db, ctx, Conflict("Participant 101-0001 is withdrawn."))
 
     assert problem.recorded
     (entry,) = entries_from(db, before)
     assert entry["seq"] == before
     assert entry["action"] == ACTION
-    assert entry["subject"] == "S-0001"
+    assert entry["subject"] == "101-0001"
     assert (entry["actor"], entry["role"], entry["site_id"]) == (
         "coordinator-101",
         "coordinator",
@@ -127,10 +127,10 @@ def test_the_log_still_verifies_after_refused_work_that_had_appended_entries(db,
 def test_the_callers_data_is_added_to_the_entry(db, ctx):
     before = audit_size(db)
 
-    refuse(db, ctx, Conflict("refused"), data={"screening_number": "S-0001?"})
+    refuse(db, ctx, Conflict("refused"), data={"screening_number": "101-0001?"})
 
     (entry,) = entries_from(db, before)
-    assert entry["data"] == {"reason": "conflict", "status": 409, "screening_number": "S-0001?"}
+    assert entry["data"] == {"reason": "conflict", "status": 409, "screening_number": "101-0001?"}
 
 
 def test_an_exception_that_is_not_a_refusal_rolls_back_everything(db, ctx):
@@ -139,7 +139,7 @@ def test_an_exception_that_is_not_a_refusal_rolls_back_everything(db, ctx):
     with (
         pytest.raises(RuntimeError),
         db.transaction() as session,
-        refusals_audited(session, ctx, ACTOR, ACTION, "S-0001", site="101"),
+        refusals_audited(session, ctx, ACTOR, ACTION, "101-0001", site="101"),
     ):
         do_some_work(session, ctx)
         raise RuntimeError("a bug, not a refusal")
@@ -159,7 +159,7 @@ def test_a_later_failure_of_the_transaction_rolls_back_the_refusal_entry_too(db,
 
     with pytest.raises(type(later)), db.transaction() as session:
         try:
-            with refusals_audited(session, ctx, ACTOR, ACTION, "S-0001", site="101"):
+            with refusals_audited(session, ctx, ACTOR, ACTION, "101-0001", site="101"):
                 do_some_work(session, ctx)
                 raise Conflict("refused")
         except Conflict as refusal:
@@ -187,7 +187,7 @@ def test_work_that_succeeds_inside_the_block_commits_without_a_refusal_entry(db,
 
     with (
         db.transaction() as session,
-        refusals_audited(session, ctx, ACTOR, ACTION, "S-0001", site="101"),
+        refusals_audited(session, ctx, ACTOR, ACTION, "101-0001", site="101"),
     ):
         do_some_work(session, ctx)
 
@@ -263,17 +263,17 @@ def test_field_paths_are_kept_printable_short_and_few():
 
 
 def test_randomising_twice_records_the_existing_randomization_number(api, db):
-    first = api.screen_and_randomize("S-REF-1")
+    first = api.screen_and_randomize("101-REF-1")
     assert first.status_code == 201, first.get_json()
     before = audit_size(db)
 
-    again = api.randomize("S-REF-1")
+    again = api.randomize("101-REF-1")
 
     assert again.status_code == 409
     assert again.get_json()["type"] == "/problems/already-randomized"
     (entry,) = entries_from(db, before)
     assert entry["action"] == "participant.randomization_refused"
-    assert entry["subject"] == "S-REF-1"
+    assert entry["subject"] == "101-REF-1"
     assert entry["data"] == {
         "reason": "already-randomized",
         "status": 409,
@@ -282,10 +282,10 @@ def test_randomising_twice_records_the_existing_randomization_number(api, db):
 
 
 def test_an_ineligible_randomisation_records_the_failed_rule_ids_only(api, db):
-    assert api.screen("S-REF-2").status_code == 201
+    assert api.screen("101-REF-2").status_code == 201
     before = audit_size(db)
 
-    refused = api.randomize("S-REF-2", eligibility={**ELIGIBLE, "age_years": 12})
+    refused = api.randomize("101-REF-2", eligibility={**ELIGIBLE, "age_years": 12})
 
     assert refused.status_code == 422
     rule_ids = [rule["id"] for rule in refused.get_json()["failed_rules"]]
@@ -295,10 +295,10 @@ def test_an_ineligible_randomisation_records_the_failed_rule_ids_only(api, db):
 
 
 def test_an_invalid_randomisation_records_the_field_paths(api, db):
-    assert api.screen("S-REF-3").status_code == 201
+    assert api.screen("101-REF-3").status_code == 201
     before = audit_size(db)
 
-    refused = api.randomize("S-REF-3", weight_kg="70")
+    refused = api.randomize("101-REF-3", weight_kg="70")
 
     assert refused.status_code == 422
     assert sorted(refused.get_json()["errors"]) == ["weight_kg"]

@@ -28,11 +28,11 @@ def last_entry(db) -> dict:
 @pytest.mark.parametrize(
     ("method", "path", "action", "subject"),
     [
-        ("PUT", "/participants/S-M-1/randomize", "participant.randomization_refused", "S-M-1"),
-        ("GET", "/participants/S-M-1/randomize", "participant.randomization_refused", "S-M-1"),
-        ("DELETE", "/participants/S-M-1/dispense", "participant.dispense_refused", "S-M-1"),
-        ("GET", "/participants/S-M-1/unblind", "participant.unblind_refused", "S-M-1"),
-        ("PATCH", "/participants/S-M-1/withdraw", "participant.withdrawn_refused", "S-M-1"),
+        ("PUT", "/participants/101-M-1/randomize", "participant.randomization_refused", "101-M-1"),
+        ("GET", "/participants/101-M-1/randomize", "participant.randomization_refused", "101-M-1"),
+        ("DELETE", "/participants/101-M-1/dispense", "participant.dispense_refused", "101-M-1"),
+        ("GET", "/participants/101-M-1/unblind", "participant.unblind_refused", "101-M-1"),
+        ("PATCH", "/participants/101-M-1/withdraw", "participant.withdrawn_refused", "101-M-1"),
         ("GET", "/kits/K1234-5678/status", "kit.status_change_refused", "K1234-5678"),
     ],
 )
@@ -59,9 +59,9 @@ def test_a_wrong_method_by_an_authenticated_user_is_an_audited_refusal(
 def test_a_wrong_method_without_a_valid_token_or_on_an_unaudited_route_is_not_audited(api, db):
     before = audit_size(db)
 
-    anonymous = api.request("PUT", "/participants/S-M-2/randomize")
+    anonymous = api.request("PUT", "/participants/101-M-2/randomize")
     bad_token = api.request(
-        "PUT", "/participants/S-M-2/randomize", headers={"Authorization": "Bearer " + "x" * 43}
+        "PUT", "/participants/101-M-2/randomize", headers={"Authorization": "Bearer " + "x" * 43}
     )
     unaudited = api.request("PUT", "/participants", "coordinator-101")
 

@@ -76,8 +76,8 @@ def test_the_health_answer_is_the_one_rendering(api):
 
 
 def test_a_post_answer_and_the_get_of_the_same_participant_are_rendered_alike(api):
-    posted = api.screen("S-RENDER-1")
-    got = api.get("/participants/S-RENDER-1", "coordinator-101")
+    posted = api.screen("101-RENDER-1")
+    got = api.get("/participants/101-RENDER-1", "coordinator-101")
 
     assert posted.status_code == 201
     assert got.status_code == 200
@@ -88,11 +88,11 @@ def test_a_post_answer_and_the_get_of_the_same_participant_are_rendered_alike(ap
 
 
 def test_a_randomisation_and_its_replay_are_the_one_rendering(api):
-    assert api.screen("S-RENDER-2").status_code == 201
+    assert api.screen("101-RENDER-2").status_code == 201
     headers = {"Idempotency-Key": "render-2"}
 
-    first = api.randomize("S-RENDER-2", headers=headers)
-    replay = api.randomize("S-RENDER-2", headers=headers)
+    first = api.randomize("101-RENDER-2", headers=headers)
+    replay = api.randomize("101-RENDER-2", headers=headers)
 
     assert first.status_code == replay.status_code == 201
     assert replay.headers["Idempotent-Replayed"] == "true"
@@ -103,7 +103,7 @@ def test_a_randomisation_and_its_replay_are_the_one_rendering(api):
 @pytest.mark.parametrize(
     ("method", "path", "user", "body", "status"),
     [
-        ("GET", "/participants/S-NOBODY", "coordinator-101", None, 404),
+        ("GET", "/participants/101-NOBODY", "coordinator-101", None, 404),
         ("GET", "/trial", None, None, 401),
         ("POST", "/participants", "coordinator-101", {"unknown": 1}, 422),
         ("POST", "/participants", "sponsor", {}, 403),

@@ -77,33 +77,33 @@ class Scene:
 
     @staticmethod
     def to_screen(role: str) -> str:
-        return f"S-SCR-{dashed(role)}"
+        return f"101-SCR-{dashed(role)}"
 
     @staticmethod
     def to_randomize(role: str) -> str:
-        return f"S-RND-{dashed(role)}"
+        return f"101-RND-{dashed(role)}"
 
     @staticmethod
     def to_dispense(role: str) -> str:
         """Randomised 28 days before the scene's today: its week5 window is open."""
-        return f"S-DSP-{dashed(role)}"
+        return f"101-DSP-{dashed(role)}"
 
     @staticmethod
     def to_withdraw(role: str) -> str:
-        return f"S-WDR-{dashed(role)}"
+        return f"101-WDR-{dashed(role)}"
 
     @staticmethod
     def to_discontinue(role: str) -> str:
-        return f"S-DSC-{dashed(role)}"
+        return f"101-DSC-{dashed(role)}"
 
     @staticmethod
     def to_flag(role: str) -> str:
-        return f"S-FLG-{dashed(role)}"
+        return f"101-FLG-{dashed(role)}"
 
     @staticmethod
     def to_correct(role: str) -> str:
         """Randomised with ``prior_ig`` "no": the correction says "yes"."""
-        return f"S-COR-{dashed(role)}"
+        return f"101-COR-{dashed(role)}"
 
 
 Call = Callable[[Any, str | None, Scene], Any]
@@ -349,10 +349,10 @@ def set_scene(api: Any, db: Any) -> Scene:
     for role in DISPENSERS:
         randomise(Scene.to_dispense(role))
     api.clock.advance(days=28)
-    for number in ["S-READ", *(Scene.to_randomize(role) for role in roles.ROLES)]:
+    for number in ["101-READ", *(Scene.to_randomize(role) for role in roles.ROLES)]:
         response = api.screen(number, user=USERS[COORDINATOR], site=SITE)
         assert response.status_code == 201, response.get_json()
-    kit = randomise("S-UNBLIND").get_json()["kits"][0]
+    kit = randomise("101-UNBLIND").get_json()["kits"][0]
     for role in LIFECYCLE_CHANGERS:
         randomise(Scene.to_withdraw(role))
         randomise(Scene.to_discontinue(role))
@@ -362,7 +362,7 @@ def set_scene(api: Any, db: Any) -> Scene:
     with db.reading() as session:
         index = session.scalar(select(func.max(AuditEntry.seq)).where(AuditEntry.site_id == SITE))
         size = session.scalar(select(func.count()).select_from(AuditEntry))
-    return Scene(participant="S-READ", randomised="S-UNBLIND", kit=kit, index=index, size=size)
+    return Scene(participant="101-READ", randomised="101-UNBLIND", kit=kit, index=index, size=size)
 
 
 def problem_detail(response: Any) -> str | None:

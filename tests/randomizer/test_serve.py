@@ -60,7 +60,7 @@ def test_a_crash_mid_load_loses_nothing_acknowledged_and_leaves_no_half_change(
 ) -> None:
     client = server.client
     today = datetime.now(UTC).date().isoformat()
-    numbers = [f"K-{i:03d}" for i in range(60)]
+    numbers = [f"101-K-{i:03d}" for i in range(60)]
     for i, number in enumerate(numbers):
         status, body = client.post(
             "/participants",

@@ -57,14 +57,14 @@ def test_health_and_randomisation_answer_while_many_idle_clients_hold_connection
             "/participants",
             "coordinator-101",
             {
-                "screening_number": "S-SLOW-1",
+                "screening_number": "101-SLOW-1",
                 "site": "101",
                 "screened_on": datetime.now(UTC).date().isoformat(),
                 "strata": {"prior_ig": "no"},
             },
         )
         randomised = server.client.post(
-            "/participants/S-SLOW-1/randomize",
+            "/participants/101-SLOW-1/randomize",
             "coordinator-101",
             {"weight_kg": 70, "eligibility": ELIGIBLE},
         )

@@ -55,7 +55,7 @@ def test_a_long_read_does_not_make_a_write_wait(sqlite_trial):
         # A read in the middle of its transaction, as `audit verify` or a report would be.
         assert session.scalar(select(func.count()).select_from(AuditEntry)) > 0
         started = time.monotonic()
-        answer = screen(client, token, "S-LOCK-1")
+        answer = screen(client, token, "101-LOCK-1")
         waited = time.monotonic() - started
 
     assert answer.status_code == 201, answer.get_json()
@@ -71,11 +71,11 @@ def test_a_busy_database_answers_503_with_retry_after_and_changes_nothing(sqlite
     holder = sqlite3.connect(make_url(sqlite_trial.url).database, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
     try:
-        busy = screen(client, token, "S-LOCK-2")
+        busy = screen(client, token, "101-LOCK-2")
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    after_release = screen(client, token, "S-LOCK-2")
+    after_release = screen(client, token, "101-LOCK-2")
 
     assert busy.status_code == 503
     assert busy.mimetype == "application/problem+json"

@@ -97,11 +97,11 @@ def test_kits_have_random_uuid_row_ids(db):
 @pytest.mark.requirement("R-KIT")
 def test_participants_have_random_uuid_row_ids(api, db):
     for number in range(1, 6):
-        assert api.screen(f"S-UUID-{number}").status_code == 201
+        assert api.screen(f"101-UUID-{number}").status_code == 201
 
     with db.reading() as session:
         ids = session.scalars(
-            select(Participant.id).where(Participant.screening_number.like("S-UUID-%"))
+            select(Participant.id).where(Participant.screening_number.like("101-UUID-%"))
         ).all()
 
     assert len(ids) == 5

@@ -34,7 +34,13 @@ from tests.randomizer.test_blinding import ARM_IDS, names_an_arm
 #: A valid request body.
 SAE = {"reason": "serious_adverse_event", "event_reference": "SAE-2026-0042"}
 #: The participants of the role matrix (site 101 and 102 share their strata).
-R101, S101, R102, S102, UNKNOWN = "S-UB-101R", "S-UB-101S", "S-UB-102R", "S-UB-102S", "S-UB-999"
+R101, S101, R102, S102, UNKNOWN = (
+    "101-UB-101R",
+    "101-UB-101S",
+    "102-UB-102R",
+    "102-UB-102S",
+    "101-UB-999",
+)
 CASES = (R101, S101, R102, S102, UNKNOWN)
 #: The users who may unblind, and what each gets for each case; everyone else gets 403.
 ALLOWED = {
@@ -397,7 +403,7 @@ def test_the_arm_returned_is_the_seeds_allocation(api, ctx, db):
     """Six participants in one stratum cover both arms (blocks of 2 and 4, ratio 1:1)."""
     arms = set()
     for n in range(6):
-        sn = f"S-UB-ALLOC-{n}"
+        sn = f"101-UB-ALLOC-{n}"
         number = api.screen_and_randomize(sn).get_json()["randomization_number"]
         response = unblind(api, sn, "investigator-101")
         assert response.status_code == 200
@@ -710,7 +716,7 @@ def test_the_log_verifies_after_unblindings_and_the_exported_list_tells_the_trut
     trial, client = own_trial
     answers = {}
     for n in range(4):
-        sn = f"S-UB-CLI-{n}"
+        sn = f"101-UB-CLI-{n}"
         number = client.screen_and_randomize(sn).get_json()["randomization_number"]
         response = client.post(f"/participants/{sn}/unblind", "investigator-101", json=SAE)
         assert response.status_code == 200

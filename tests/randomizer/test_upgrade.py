@@ -329,8 +329,14 @@ def test_a_database_made_by_the_landed_revision_upgrades_keeping_every_row(
             "screened_on": today,
             "strata": {"prior_ig": "yes"},
         }
+        # The old definition has no number pattern: a new number is sent, with the site's
+        # prefix (old numbers such as OLD-0001 stay as they are).
+        refused = client.call("POST", "/participants", "coordinator-201", screening)
+        assert refused.status_code == 422, refused.get_json()
+        assert list(refused.get_json()["errors"]) == ["screening_number"]
+        screening["screening_number"] = "201-NEW-0001"
         assert client.call("POST", "/participants", "coordinator-201", screening).status_code == 201
-        fresh = client.call("POST", "/participants/NEW-0001/randomize", "coordinator-201", body)
+        fresh = client.call("POST", "/participants/201-NEW-0001/randomize", "coordinator-201", body)
         assert fresh.status_code == 201, fresh.get_json()
     finally:
         client.close()
@@ -520,7 +526,7 @@ def accepted(connection: Connection, statement: Any) -> None:
 
 def a_participant(status: str = "screened") -> Any:
     return insert(Participant).values(
-        screening_number=f"S-CK-{status}"[:32],
+        screening_number=f"101-CK-{status}"[:32],
         site_id="101",
         status=status,
         screened_on=date(2026, 1, 5),
@@ -533,7 +539,7 @@ def a_participant(status: str = "screened") -> Any:
 @pytest.mark.parametrize("bogus", ["bogus", "", "Screened", "randomised"])
 def test_the_database_refuses_a_participant_status_outside_urs_8(connection, bogus):
     connection.execute(a_participant())
-    participant = Participant.screening_number == "S-CK-screened"
+    participant = Participant.screening_number == "101-CK-screened"
 
     refused(connection, a_participant(bogus), "ck_participant_status")
     refused(

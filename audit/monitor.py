@@ -96,11 +96,6 @@ def check_log(fetch: Fetch, verifier_key: VerifierKey, state_dir: Path) -> Monit
     previous = _load_previous(state_dir, verifier_key)
     if previous is not None:
         _check_same_origin(previous, latest)
-        if latest.size < previous.size:
-            raise MonitorAlarm(
-                f"rollback: the log now has {latest.size} entries, but a checkpoint of "
-                f"{previous.size} entries was signed and seen earlier"
-            )
         _check_extends(fetch, previous, latest, "seen earlier")
     _save(state_dir, note, latest)
     return MonitorResult(latest=latest, previous=previous)
@@ -148,12 +143,7 @@ def accept_restore(
         raise MonitorAlarm(f"bad signature: the restored checkpoint is refused: {error}") from None
     note, latest = _latest(fetch, verifier_key)
     _check_same_origin(restored, latest)
-    if latest.size < restored.size:
-        raise MonitorAlarm(
-            f"rollback: the log now has {latest.size} entries, fewer than the restored "
-            f"checkpoint of {restored.size}"
-        )
-    _check_extends(fetch, restored, latest, "restored")
+    _check_extends(fetch, restored, latest, "announced as the one restored to")
     previous = _load_previous(state_dir, verifier_key)
     anchor = _last_seen_within(state_dir, restored.size, previous)
     if anchor is not None:
@@ -177,7 +167,12 @@ def _check_same_origin(earlier: Checkpoint, latest: Checkpoint) -> None:
 
 
 def _check_extends(fetch: Fetch, earlier: Checkpoint, latest: Checkpoint, what: str) -> None:
-    """Alarm unless the log of ``latest`` extends ``earlier`` (``latest.size >= earlier.size``)."""
+    """Alarm unless the log of ``latest`` extends ``earlier``: a rollback or a fork."""
+    if latest.size < earlier.size:
+        raise MonitorAlarm(
+            f"rollback: the log now has {latest.size} entries, but a checkpoint of "
+            f"{earlier.size} entries was signed and {what}"
+        )
     if latest.size == earlier.size:
         if latest.root != earlier.root:
             raise MonitorAlarm(f"fork: two different signed roots for the same size {latest.size}")
@@ -186,7 +181,7 @@ def _check_extends(fetch: Fetch, earlier: Checkpoint, latest: Checkpoint, what: 
     if not verify_consistency(earlier.size, latest.size, earlier.root, latest.root, proof):
         raise MonitorAlarm(
             f"fork: the log of {latest.size} entries does not extend the checkpoint "
-            f"of {earlier.size} entries {what}: its history was rewritten"
+            f"of {earlier.size} entries signed and {what}: its history was rewritten"
         )
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from datetime import date
@@ -30,9 +33,10 @@ from randomizer.cli import main
 from randomizer.db import Database
 from randomizer.migrations import alembic_config, head_revision
 from randomizer.models import AuditCheckpoint, AuditEntry
-from randomizer.services.backup import BackupError, find_pg_tool
+from randomizer.services.backup import BackupError, database_contents, find_pg_tool
 from tests.conftest import BACKENDS, ELIGIBLE, TrialDatabase, make_trial_database
 from tests.randomizer.served import HttpClient, Server
+from tests.randomizer.test_readme_recipes import FENCED_SH, readme_section
 
 pytestmark = pytest.mark.requirement("R-NF-7")
 
@@ -284,10 +288,7 @@ def test_a_backup_with_a_file_that_does_not_match_its_manifest_is_refused(
     assert "the backup was altered or damaged" in result.output
     database = Database(target)
     try:
-        with database.reading() as session:
-            from randomizer.services.backup import _tables
-
-            assert _tables(session) == []
+        assert database_contents(database)[0] == []
     finally:
         database.dispose()
 
@@ -335,8 +336,6 @@ def test_a_restore_needs_this_trials_keys_and_touches_nothing_without_them(
     assert result.exit_code == 1
     assert "the backup's covered checkpoint is not signed by the signing key in" in result.output
     assert "restore the keys of this trial first" in result.output
-    from randomizer.services.backup import database_contents
-
     assert database_contents(Database(target))[0] == []
 
 
@@ -578,3 +577,36 @@ def test_the_restore_drill_raises_the_monitors_rollback_alarm_and_verifies(
         assert monitor(trial, restored, state).exit_code == 0
     finally:
         restored.stop()
+
+
+def test_the_readme_drill_runs_as_written(scratch: Any, tmp_path: Path) -> None:
+    """The restore drill of README.md's Operations section, run with bash, unchanged."""
+    (recipe,) = [
+        match.group("body")
+        for match in FENCED_SH.finditer(readme_section("## Operations"))
+        if 'restore --from "$BACKUP"' in match.group("body")
+    ]
+    trial = make_trial_database(scratch, "sqlite", tmp_path / "service", kits_per_arm=12)
+    backup = tmp_path / "backup"
+    assert sealroom(trial, "backup", "--out", str(backup)).exit_code == 0
+    (tmp_path / "drill").mkdir()
+    environment = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "SEALROOM_KEYS_DIR": str(trial.settings.keys_dir),
+        "BACKUP": str(backup),
+        "DRILL": str(tmp_path / "drill"),
+        "KEY": verifier_key(trial),
+    }
+    environment.pop("SEALROOM_DATABASE_URL", None)
+
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", recipe],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("OK: ") == 2, result.stdout

@@ -517,6 +517,8 @@ def check_restorable(
             f"neither in {keys_dir} nor in SEALROOM_MASTER_KEY: restore the keys first "
             "(README, Operations)"
         )
+    if db.dialect == "sqlite":
+        make_private_dir(_sqlite_path(db).parent)  # a new machine's instance directory
     tables, state = database_contents(db)
     if tables and not force:
         held = state.describe() if state is not None else f"{len(tables)} tables"

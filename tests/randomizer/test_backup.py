@@ -589,13 +589,12 @@ def test_the_readme_drill_runs_as_written(scratch: Any, tmp_path: Path) -> None:
     trial = make_trial_database(scratch, "sqlite", tmp_path / "service", kits_per_arm=12)
     backup = tmp_path / "backup"
     assert sealroom(trial, "backup", "--out", str(backup)).exit_code == 0
-    (tmp_path / "drill").mkdir()
     environment = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "SEALROOM_KEYS_DIR": str(trial.settings.keys_dir),
         "BACKUP": str(backup),
-        "DRILL": str(tmp_path / "drill"),
+        "DRILL": str(tmp_path / "drill"),  # not there yet: the restore makes it (0700)
         "KEY": verifier_key(trial),
     }
     environment.pop("SEALROOM_DATABASE_URL", None)
@@ -610,3 +609,5 @@ def test_the_readme_drill_runs_as_written(scratch: Any, tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("OK: ") == 2, result.stdout
+    assert mode(tmp_path / "drill") == 0o700
+    assert mode(tmp_path / "drill" / "drill.db") == 0o600

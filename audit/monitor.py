@@ -4,7 +4,16 @@ Run from cron with any user's token: it fetches the latest signed checkpoint, ch
 signature against the verifier key it was given out of band (never the one the server
 offers), asks for a consistency proof from the last checkpoint it saw, and keeps the new one
 in its state directory. A rollback (the log got shorter), a fork (the log no longer extends
-what was seen) or a bad signature is an alarm: exit status 1 and a message saying which.
+what was seen) or a bad signature is an alarm: exit status 1 and a message saying which. The
+alarm stands, run after run, until it is dealt with.
+
+After the service was restored from a backup, the alarm is expected: the restored log ends at
+the backup's checkpoint (then grows again). The monitor's operator, told of the restore out of
+band and handed the backup's signed checkpoint, accepts it once (:func:`accept_restore`): the
+monitor checks that the checkpoint is signed by the trusted key, that it extends every
+checkpoint this monitor saw up to its size, and that the log now served extends it; it then
+says how many entries it had seen signed that are gone, and watches the restored log from
+there. Nothing else resets the alarm short of deleting the state directory.
 
 Standard library (urllib) and this package only: it shares no code with the server.
 """
@@ -27,6 +36,8 @@ from audit.merkle import verify_consistency
 
 STATE_FILE = "checkpoint"
 HISTORY_FILE = "history.log"
+#: The history line of an accepted restore: ``<time> restore-accepted <origin> <size> <root>``.
+RESTORED_MARK = "restore-accepted"
 
 Fetch = Callable[[str], bytes]
 
@@ -81,39 +92,123 @@ def http_fetcher(base_url: str, token: str, timeout: float = 30) -> Fetch:
 
 def check_log(fetch: Fetch, verifier_key: VerifierKey, state_dir: Path) -> MonitorResult:
     """Check the log once; remember the new checkpoint only if everything holds."""
+    note, latest = _latest(fetch, verifier_key)
+    previous = _load_previous(state_dir, verifier_key)
+    if previous is not None:
+        _check_same_origin(previous, latest)
+        _check_extends(fetch, previous, latest, "seen earlier")
+    _save(state_dir, note, latest)
+    return MonitorResult(latest=latest, previous=previous)
+
+
+@dataclass(frozen=True)
+class RestoreAccepted:
+    """A restore accepted: the checkpoint restored to, and what this monitor saw that is gone."""
+
+    restored: Checkpoint
+    latest: Checkpoint
+    previous: Checkpoint | None
+
+    @property
+    def lost(self) -> int:
+        """Entries this monitor had seen signed beyond the restored checkpoint."""
+        if self.previous is None:
+            return 0
+        return max(0, self.previous.size - self.restored.size)
+
+    def message(self) -> str:
+        """One line for the cron log, saying what was lost."""
+        seen = "nothing" if self.previous is None else f"{self.previous.size} entries"
+        return (
+            f"RESTORE ACCEPTED: {self.latest.origin} was restored to its signed checkpoint of "
+            f"{self.restored.size} entries and now has {self.latest.size}; this monitor had "
+            f"seen {seen}: {self.lost} entries it saw signed are no longer in the log. "
+            "Watching the restored log from here."
+        )
+
+
+def accept_restore(
+    fetch: Fetch, verifier_key: VerifierKey, state_dir: Path, restored_note: str
+) -> RestoreAccepted:
+    """Accept that the log was restored to the signed checkpoint ``restored_note``.
+
+    Holds only if that checkpoint is signed by the trusted key, extends every checkpoint this
+    monitor saw of at most its size (the restore rewrote nothing this monitor saw before the
+    backup) and the log now served extends it. Then the served checkpoint is kept as the new
+    state and the history records the restore.
+    """
+    try:
+        restored = verify_checkpoint(restored_note, verifier_key)
+    except CheckpointError as error:
+        raise MonitorAlarm(f"bad signature: the restored checkpoint is refused: {error}") from None
+    note, latest = _latest(fetch, verifier_key)
+    _check_same_origin(restored, latest)
+    _check_extends(fetch, restored, latest, "announced as the one restored to")
+    previous = _load_previous(state_dir, verifier_key)
+    anchor = _last_seen_within(state_dir, restored.size, previous)
+    if anchor is not None:
+        _check_same_origin(anchor, latest)
+        _check_extends(fetch, anchor, latest, "seen before the backup")
+    _save(state_dir, note, latest, restored_from=restored)
+    return RestoreAccepted(restored=restored, latest=latest, previous=previous)
+
+
+def _latest(fetch: Fetch, verifier_key: VerifierKey) -> tuple[str, Checkpoint]:
     note = _text(fetch("/audit/checkpoint"))
     try:
-        latest = verify_checkpoint(note, verifier_key)
+        return note, verify_checkpoint(note, verifier_key)
     except CheckpointError as error:
         raise MonitorAlarm(f"bad signature: the latest checkpoint is refused: {error}") from None
 
-    previous = _load_previous(state_dir, verifier_key)
+
+def _check_same_origin(earlier: Checkpoint, latest: Checkpoint) -> None:
+    if latest.origin != earlier.origin:
+        raise MonitorAlarm(f"the log's origin changed from {earlier.origin!r} to {latest.origin!r}")
+
+
+def _check_extends(fetch: Fetch, earlier: Checkpoint, latest: Checkpoint, what: str) -> None:
+    """Alarm unless the log of ``latest`` extends ``earlier``: a rollback or a fork."""
+    if latest.size < earlier.size:
+        raise MonitorAlarm(
+            f"rollback: the log now has {latest.size} entries, but a checkpoint of "
+            f"{earlier.size} entries was signed and {what}"
+        )
+    if latest.size == earlier.size:
+        if latest.root != earlier.root:
+            raise MonitorAlarm(f"fork: two different signed roots for the same size {latest.size}")
+        return
+    proof = _consistency_proof(fetch, earlier.size, latest.size)
+    if not verify_consistency(earlier.size, latest.size, earlier.root, latest.root, proof):
+        raise MonitorAlarm(
+            f"fork: the log of {latest.size} entries does not extend the checkpoint "
+            f"of {earlier.size} entries signed and {what}: its history was rewritten"
+        )
+
+
+def _last_seen_within(state_dir: Path, size: int, previous: Checkpoint | None) -> Checkpoint | None:
+    """The largest checkpoint this monitor saw (since the last restore it accepted) of at most
+    ``size`` entries, from its history and its saved checkpoint."""
+    seen: list[Checkpoint] = []
+    history = state_dir / HISTORY_FILE
+    try:
+        lines = history.read_text(encoding="utf-8").splitlines() if history.exists() else []
+    except OSError as error:
+        raise MonitorError(f"the history {history} cannot be read: {error}") from None
+    for number, line in enumerate(lines, 1):
+        # <time> [restore-accepted] <origin> <size> <root>; the origin may hold spaces.
+        _stamp, _, rest = line.partition(" ")
+        restore, _, marked = rest.partition(" ")
+        try:
+            origin, size_text, root = (marked if restore == RESTORED_MARK else rest).rsplit(" ", 2)
+            checkpoint = Checkpoint(origin, int(size_text), base64.b64decode(root, validate=True))
+        except ValueError:
+            raise MonitorError(f"{history}, line {number}, is not a history line") from None
+        # What was seen before an accepted restore is superseded by its checkpoint.
+        seen = [checkpoint] if restore == RESTORED_MARK else [*seen, checkpoint]
     if previous is not None:
-        if latest.origin != previous.origin:
-            raise MonitorAlarm(
-                f"the log's origin changed from {previous.origin!r} to {latest.origin!r}"
-            )
-        if latest.size < previous.size:
-            raise MonitorAlarm(
-                f"rollback: the log now has {latest.size} entries, but a checkpoint of "
-                f"{previous.size} entries was signed and seen earlier"
-            )
-        if latest.size == previous.size:
-            if latest.root != previous.root:
-                raise MonitorAlarm(
-                    f"fork: two different signed roots for the same size {latest.size}"
-                )
-        else:
-            proof = _consistency_proof(fetch, previous.size, latest.size)
-            if not verify_consistency(
-                previous.size, latest.size, previous.root, latest.root, proof
-            ):
-                raise MonitorAlarm(
-                    f"fork: the log of {latest.size} entries does not extend the checkpoint "
-                    f"of {previous.size} entries seen earlier: its history was rewritten"
-                )
-    _save(state_dir, note, latest)
-    return MonitorResult(latest=latest, previous=previous)
+        seen.append(previous)
+    within = [checkpoint for checkpoint in seen if checkpoint.size <= size]
+    return max(within, key=lambda checkpoint: checkpoint.size, default=None)
 
 
 def _consistency_proof(fetch: Fetch, first: int, second: int) -> list[bytes]:
@@ -137,16 +232,27 @@ def _load_previous(state_dir: Path, verifier_key: VerifierKey) -> Checkpoint | N
         raise MonitorError(f"the saved checkpoint {path} cannot be trusted: {error}") from None
 
 
-def _save(state_dir: Path, note: str, checkpoint: Checkpoint) -> None:
-    """Replace the saved checkpoint atomically and append a line to the history."""
+def _save(
+    state_dir: Path, note: str, checkpoint: Checkpoint, restored_from: Checkpoint | None = None
+) -> None:
+    """Replace the saved checkpoint atomically and append to the history (first the restore
+    accepted, if one was)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     temporary = state_dir / f".{STATE_FILE}.tmp"
     temporary.write_text(note, encoding="utf-8")
     os.replace(temporary, state_dir / STATE_FILE)
-    root = base64.b64encode(checkpoint.root).decode("ascii")
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lines = []
+    if restored_from is not None:
+        lines.append(f"{stamp} {RESTORED_MARK} {_history_fields(restored_from)}\n")
+    lines.append(f"{stamp} {_history_fields(checkpoint)}\n")
     with (state_dir / HISTORY_FILE).open("a", encoding="utf-8") as history:
-        history.write(f"{stamp} {checkpoint.origin} {checkpoint.size} {root}\n")
+        history.writelines(lines)
+
+
+def _history_fields(checkpoint: Checkpoint) -> str:
+    root = base64.b64encode(checkpoint.root).decode("ascii")
+    return f"{checkpoint.origin} {checkpoint.size} {root}"
 
 
 def _text(raw: bytes) -> str:

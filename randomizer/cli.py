@@ -66,9 +66,10 @@ def _expected_failures() -> tuple[type[Exception], ...]:
     from keys import KeysError
     from randomizer.config import ConfigError
     from randomizer.migrations import SchemaMismatch
+    from randomizer.services.backup import BackupError
     from randomizer.services.context import NotInitialised
 
-    return (KeysError, ConfigError, SchemaMismatch, NotInitialised)
+    return (KeysError, ConfigError, SchemaMismatch, NotInitialised, BackupError)
 
 
 class _Commands(click.Group):
@@ -469,44 +470,12 @@ def audit_group() -> None:
 @pass_cli
 def audit_verify(cli: Cli, verifier_key: str | None, checkpoint_file: str | None) -> None:
     """Recompute the chain, the tree and every checkpoint; name the first altered entry."""
-    from audit.checkpoint import CheckpointError, parse_verifier_key, verifier_key_from_private
-    from audit.verify import verify_log
-    from keys import load_signing_key
-    from randomizer.models import AuditCheckpoint, AuditEntry, AuditHead
+    from randomizer.services.verification import verify_stored_log
 
-    if verifier_key:
-        try:
-            key = parse_verifier_key(verifier_key)
-        except CheckpointError as exc:
-            fail(f"--verifier-key: {exc}")
-    else:
-        with cli.db.reading() as session:
-            origin = _origin(session)
-        key = verifier_key_from_private(origin, load_signing_key(cli.settings.keys_dir))
-        click.echo(
-            "warning: no --verifier-key given: checking against the service's own key, "
-            "which proves nothing against whoever holds that key",
-            err=True,
-        )
+    key = _verifier_key(cli, verifier_key)
     trusted = [Path(checkpoint_file).read_text(encoding="utf-8")] if checkpoint_file else []
     with cli.db.reading() as session:
-        # One snapshot: the service may go on appending, but what this reads is one state
-        # of the log. Every stored entry and checkpoint is read, whatever audit_head says:
-        # the head is a lock and a cache, and verify_log reports one that disagrees.
-        _snapshot(session)
-        checkpoints = list(
-            session.scalars(select(AuditCheckpoint.note).order_by(AuditCheckpoint.size))
-        )
-        size, head = session.execute(select(AuditHead.size, AuditHead.last_hash)).one()
-        entries = (
-            canonical.encode("utf-8")
-            for canonical in session.scalars(
-                select(AuditEntry.canonical)
-                .order_by(AuditEntry.seq)
-                .execution_options(yield_per=2000)
-            )
-        )
-        report = verify_log(entries, checkpoints, key, trusted, head_hash=head, head_size=size)
+        report, checkpoints = verify_stored_log(session, key, trusted)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if not report.ok:
@@ -514,7 +483,7 @@ def audit_verify(cli: Cli, verifier_key: str | None, checkpoint_file: str | None
             click.echo(f"FAILED: {problem}", err=True)
         sys.exit(1)
     click.echo(
-        f"OK: {report.size} entries; chain, Merkle tree and {len(checkpoints)} "
+        f"OK: {report.size} entries; chain, Merkle tree and {checkpoints} "
         f"checkpoints verified against {key.line()}"
     )
 
@@ -573,17 +542,31 @@ def audit_export(cli: Cli, out: str) -> None:
     type=click.Path(file_okay=False),
     help="Directory keeping the last checkpoint seen (and a history).",
 )
-def monitor(url: str, token: str, verifier_key: str, state_dir: str) -> None:
+@click.option(
+    "--accept-restore",
+    "restored_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="After an announced restore: the backup's signed checkpoint (its checkpoint.txt). "
+    "Accepted if it extends what this monitor saw up to its size and the log extends it.",
+)
+def monitor(
+    url: str, token: str, verifier_key: str, state_dir: str, restored_file: str | None
+) -> None:
     """Check that the log still extends the last checkpoint seen; exit 1 on fork or rollback."""
     from audit.checkpoint import CheckpointError, parse_verifier_key
-    from audit.monitor import MonitorAlarm, MonitorError, check_log, http_fetcher
+    from audit.monitor import MonitorAlarm, MonitorError, accept_restore, check_log, http_fetcher
 
     try:
         key = parse_verifier_key(verifier_key)
     except CheckpointError as exc:
         fail(f"--verifier-key: {exc}")
     try:
-        result = check_log(http_fetcher(url, token), key, Path(state_dir))
+        fetch = http_fetcher(url, token)
+        if restored_file is None:
+            result: Any = check_log(fetch, key, Path(state_dir))
+        else:
+            restored = Path(restored_file).read_text(encoding="utf-8")
+            result = accept_restore(fetch, key, Path(state_dir), restored)
     except MonitorAlarm as alarm:
         click.echo(f"ALARM: {alarm}", err=True)
         sys.exit(1)
@@ -591,6 +574,125 @@ def monitor(url: str, token: str, verifier_key: str, state_dir: str) -> None:
         click.echo(f"error: cannot check the log: {error}", err=True)
         sys.exit(2)
     click.echo(result.message())
+
+
+# backup, restore --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="A new (or empty) directory for the copy and its manifest; never the keys directory.",
+)
+@pass_cli
+def backup(cli: Cli, out: str) -> None:
+    """Write a consistent copy of the database while the service runs, with a manifest.
+
+    SQLite: its online backup API. PostgreSQL: pg_dump, custom format, from one snapshot.
+    The keys are not in it: back them up apart (README, Operations).
+    """
+    from randomizer.services.backup import MANIFEST_FILE, create_backup
+
+    manifest = create_backup(cli.db, Path(out), cli.settings.keys_dir)
+    backend = "PostgreSQL" if manifest.backend == "postgresql" else "SQLite"
+    click.echo(f"{backend}: backup written to {out} (mode 0700) by {manifest.method}:")
+    for name, digest in sorted({**manifest.files, MANIFEST_FILE: None}.items()):
+        click.echo(f"  {name}" + (f"  sha256 {digest}" if digest else ""))
+    click.echo(
+        f"It covers {manifest.audit_entries} audit entries up to the signed checkpoint of size "
+        f"{manifest.checkpoint.size} (root {manifest.checkpoint.root}); schema revision "
+        f"{manifest.schema_revision}."
+    )
+    click.echo(
+        f"The keys are not in it: back up {cli.settings.keys_dir} (master key "
+        f"{manifest.master_key_id} and the signing key) apart (README, Operations)."
+    )
+
+
+@main.command()
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A backup directory written by `sealroom backup`.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a database that is not empty (what it holds is printed first).",
+)
+@click.option("--verifier-key", help="The log's verifier key line, obtained out of band.")
+@pass_cli
+def restore(cli: Cli, source: str, force: bool, verifier_key: str | None) -> None:
+    """Restore a backup into an empty database, announce it in the log and verify the audit.
+
+    Stop the service first. Refuses a database that is not empty unless --force; exits 1,
+    saying what failed, when the restored audit does not verify.
+    """
+    from audit.checkpoint import CheckpointError, parse_verifier_key
+    from randomizer.services.backup import (
+        CHECKPOINT_FILE,
+        RESTORED_ACTION,
+        RestoreNotVerified,
+        restore_backup,
+    )
+
+    key = None
+    if verifier_key:
+        try:
+            key = parse_verifier_key(verifier_key)
+        except CheckpointError as exc:
+            fail(f"--verifier-key: {exc}")
+    else:
+        click.echo(OWN_KEY_WARNING, err=True)
+
+    def replacing(state: Any) -> None:
+        click.echo(f"--force: replacing the target database, which holds {state.describe()}")
+
+    directory = Path(source)
+    try:
+        result = restore_backup(
+            cli.db,
+            directory,
+            cli.settings.keys_dir,
+            force=force,
+            verifier_key=key,
+            on_replace=replacing,
+        )
+    except RestoreNotVerified as failure:
+        for warning in failure.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        for problem in failure.problems:
+            click.echo(f"FAILED: {failure.stage}: {problem}", err=True)
+        click.echo("error: the restore did not verify: do not serve this database", err=True)
+        sys.exit(1)
+    manifest = result.manifest
+    click.echo(
+        f"Restored the backup of {manifest.created_at} ({manifest.method}): "
+        f"{manifest.audit_entries} audit entries, up to the signed checkpoint of size "
+        f"{manifest.checkpoint.size}."
+    )
+    if result.upgraded_from is not None:
+        click.echo(f"Schema upgraded from revision {result.upgraded_from}.")
+    click.echo(
+        f"Announced: entry {result.announcement_seq} ({RESTORED_ACTION}), signed into the "
+        f"checkpoint of size {result.announcement_seq + 1}."
+    )
+    for warning in result.report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(
+        f"OK: {result.report.size} entries; chain, Merkle tree and {result.checkpoints} "
+        f"checkpoints verified against {result.verifier_key.line()}; the log extends the "
+        "backup's checkpoint."
+    )
+    click.echo(
+        "Every monitor that saw a later checkpoint now raises its rollback alarm, as it must. "
+        f"Tell them of the restore and hand them {directory / CHECKPOINT_FILE}: "
+        "`sealroom monitor ... --accept-restore checkpoint.txt` (README, Operations)."
+    )
 
 
 # lists ------------------------------------------------------------------------------------
@@ -773,22 +875,28 @@ def db_revision(cli: Cli) -> None:
     click.echo(f"database: {current or 'none'}; code: {head_revision()}")
 
 
-def _snapshot(session: Any) -> None:
-    """Make every read of ``session`` see one state of the database, however long it runs.
+#: What a verification against the service's own key is worth.
+OWN_KEY_WARNING = (
+    "warning: no --verifier-key given: checking against the service's own key, "
+    "which proves nothing against whoever holds that key"
+)
 
-    PostgreSQL: a read-only REPEATABLE READ transaction (never a serialisation failure for
-    reads). SQLite: any open transaction is a snapshot (WAL); one is opened if the session
-    has none yet.
-    """
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        session.connection(
-            execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-        )
-        return
-    connection = session.connection()
-    if not connection.connection.driver_connection.in_transaction:
-        connection.exec_driver_sql("BEGIN")
+
+def _verifier_key(cli: Cli, line: str | None) -> Any:
+    """The verifier key given on the command line, or the service's own (with a warning)."""
+    from audit.checkpoint import CheckpointError, parse_verifier_key, verifier_key_from_private
+    from keys import load_signing_key
+
+    if line:
+        try:
+            return parse_verifier_key(line)
+        except CheckpointError as exc:
+            fail(f"--verifier-key: {exc}")
+    with cli.db.reading() as session:
+        origin = _origin(session)
+    key = verifier_key_from_private(origin, load_signing_key(cli.settings.keys_dir))
+    click.echo(OWN_KEY_WARNING, err=True)
+    return key
 
 
 def _origin(session: Any) -> str:

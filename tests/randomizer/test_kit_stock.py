@@ -16,12 +16,13 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from randomizer import create_app
+from randomizer.db import Database
 from randomizer.domain.kits import ALLOCATED, AVAILABLE, QUARANTINED
 from randomizer.models import Kit, Participant, Site
 from randomizer.roles import Actor
 from randomizer.services import kits as kit_service
 from randomizer.services.kit_stock import ChangedKit, SiteStock, distinct_indices
-from tests.conftest import ApiClient
+from tests.conftest import ApiClient, make_trial_database
 from tests.randomizer.test_blinding import ARM_IDS, Undo, kit_arm, site_kits_by_arm
 
 SITE = "101"
@@ -277,3 +278,51 @@ def test_distinct_indices_draw_every_subset_about_equally():
     seen = Counter(frozenset(distinct_indices(rng, 5, 2)) for _ in range(20000))
     # C(5, 2) = 10 subsets, 2,000 each expected (sd about 42).
     assert len(seen) == 10 and all(1800 < n < 2200 for n in seen.values())
+
+
+def test_a_kit_written_without_the_site_lock_is_stamped_after_the_lock_holders(
+    backend, scratch, tmp_path
+):
+    """PostgreSQL: a writer that skips locks.lock_site (a person at psql) still gets a
+    version above that of a transaction that held the site's lock while it wrote."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    import threading
+
+    from sqlalchemy import text
+
+    trial = make_trial_database(scratch, backend, tmp_path, kits_per_arm=4)
+    engine = Database(trial.url).engine
+    holder, intruder = engine.connect(), engine.connect()
+    try:
+        holder.begin()
+        holder.execute(text("SELECT 1 FROM site WHERE id = '101' FOR UPDATE"))
+        first, second = holder.scalars(
+            text("SELECT kit_number FROM kit WHERE site_id = '101' ORDER BY id LIMIT 2")
+        ).all()
+        intruder.begin()
+
+        def write() -> None:
+            intruder.execute(text("UPDATE kit SET lot = 'X' WHERE kit_number = :n"), {"n": second})
+            intruder.commit()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive()  # it waits for the holder of the site's row
+        holder.execute(text("UPDATE kit SET lot = 'Y' WHERE kit_number = :n"), {"n": first})
+        holder.commit()
+        thread.join(10)
+        with engine.connect() as reader:
+            site = reader.scalar(text("SELECT kit_version FROM site WHERE id = '101'"))
+            stamps = dict(
+                reader.execute(
+                    text("SELECT kit_number, site_version FROM kit WHERE kit_number IN (:a, :b)"),
+                    {"a": first, "b": second},
+                ).all()
+            )
+        assert stamps[first] < stamps[second] == site
+    finally:
+        holder.close()
+        intruder.close()
+        engine.dispose()

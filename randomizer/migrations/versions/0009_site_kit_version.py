@@ -8,10 +8,9 @@
 - Triggers, not the code, keep the counters: every INSERT or UPDATE of a kit at a site
   bumps the site's counter in the same transaction and stamps the kit with it, whoever
   wrote it (a service, a migration, a person with ``psql``), so no writer can forget.
-  On PostgreSQL a row trigger locks the site's row and stamps the kit, and a statement
-  trigger bumps the counter once per statement (a per-row bump would stack one version
-  of the site's row per kit of a shipment); on SQLite, whose triggers are per row only,
-  each kit bumps the counter.
+  On PostgreSQL a row trigger stamps the kit and a statement trigger bumps the counter
+  once per statement (a per-row bump would stack one version of the site's row per kit
+  of a shipment); on SQLite, whose triggers are per row only, each kit bumps it.
 - A kit never leaves the site it was received at, and is never deleted: both are refused
   (a cache reading a site's changed kits would not see a kit that left). Kits at no site
   yet (a depot) are free.
@@ -39,6 +38,9 @@ POSTGRESQL_UP = (
     f"""
     CREATE FUNCTION kit_stamp_site_version() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+        IF pg_trigger_depth() > 1 THEN  -- the re-stamp below
+            RETURN NEW;
+        END IF;
         IF TG_OP = 'DELETE' THEN
             IF OLD.site_id IS NOT NULL THEN
                 RAISE EXCEPTION '{DELETED}' USING ERRCODE = 'check_violation';
@@ -49,21 +51,31 @@ POSTGRESQL_UP = (
                 AND NEW.site_id IS DISTINCT FROM OLD.site_id THEN
             RAISE EXCEPTION '{LEAVES}' USING ERRCODE = 'check_violation';
         END IF;
-        IF NEW.site_id IS NULL THEN
-            NEW.site_version := 0;
-        ELSE
-            -- The lock serialises every writer of the site's kits, locks.py's or not.
-            SELECT kit_version + 1 INTO NEW.site_version FROM site
-                WHERE id = NEW.site_id FOR UPDATE;
-        END IF;
+        NEW.site_version := COALESCE(
+            (SELECT kit_version + 1 FROM site WHERE id = NEW.site_id), 0);
         RETURN NEW;
     END $$
     """,  # noqa: S608
+    # The bump waits for whoever holds the site's row (locks.lock_site): a writer that
+    # came without that lock is serialised here, and if another transaction moved the
+    # counter meanwhile, its kits are stamped again with the counter it ends at.
     """
     CREATE FUNCTION kit_bump_site_version() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        bumped RECORD;
     BEGIN
-        UPDATE site SET kit_version = kit_version + 1
-            WHERE id IN (SELECT site_id FROM changed_kits);
+        IF pg_trigger_depth() > 1 THEN
+            RETURN NULL;
+        END IF;
+        FOR bumped IN
+            UPDATE site SET kit_version = kit_version + 1
+                WHERE id IN (SELECT site_id FROM changed_kits)
+                RETURNING id, kit_version
+        LOOP
+            UPDATE kit SET site_version = bumped.kit_version
+                WHERE id IN (SELECT id FROM changed_kits WHERE site_id = bumped.id)
+                AND site_version <> bumped.kit_version;
+        END LOOP;
         RETURN NULL;
     END $$
     """,

@@ -39,10 +39,15 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## make bench: the figures README.md quotes (not part of CI; several minutes)
+## make bench: the figures README.md quotes (not part of CI; several minutes). With
+## BENCH_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) the load
+## benchmark also runs on PostgreSQL, in a scratch database of that server.
+BENCH_DATABASE_URL ?=
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/audit.py
 	$(BIN)/python benchmarks/randomize.py
+	$(BIN)/python benchmarks/stock.py
+	$(BIN)/python benchmarks/load.py $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .ruff_cache

@@ -8,7 +8,7 @@ through Flask's test client (no network):
   * a minimal Flask endpoint inserting one row in one transaction on the same database;
   * ``POST /participants`` (screening, the number assigned under the site lock) and
     ``POST /participants/<sn>/randomize``
-    (randomisation: locks, supply check decrypting every dispensable kit of the site, slot,
+    (randomisation: locks, supply check over the site's kits by arm, slot,
     kits, sealed arm, audit entry, Merkle nodes, signed checkpoint, receipt).
 Prints the median and mean time of each and their ratios to the minimal write. Not part of
 CI: it prints figures for a person to read; quote ratios from one run.

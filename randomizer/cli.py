@@ -354,6 +354,7 @@ def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     from randomizer import create_app
+    from randomizer.serving import gunicorn_settings
 
     settings = cli.settings
     # Refuses (an error: line, by the command group) a schema or keys it cannot serve.
@@ -361,25 +362,8 @@ def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
 
     class Server(BaseApplication):
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", workers)
-            # Threaded workers whose client sockets never wait without a deadline: a few
-            # slow clients cannot take every worker (randomizer/serving.py says how).
-            self.cfg.set("worker_class", "randomizer.serving.Worker")
-            self.cfg.set("threads", threads)
-            self.cfg.set("timeout", 60)
-            self.cfg.set("keepalive", 5)
-            # A request line of a few thousand characters must reach the application's
-            # own error handling (a problem detail), not gunicorn's HTML 400.
-            self.cfg.set("limit_request_line", 8190)
-            # Each header at most 8,190 bytes, at most 100 of them (gunicorn's defaults,
-            # stated): beyond, a 431 problem detail (randomizer/serving.py).
-            self.cfg.set("limit_request_field_size", 8190)
-            self.cfg.set("limit_request_fields", 100)
-            self.cfg.set("accesslog", "-")
-            # No management socket in the home directory: one path shared by every server
-            # on the machine, and an admin channel the service does not need.
-            self.cfg.set("control_socket_disable", True)
+            for name, value in gunicorn_settings(host, port, workers, threads).items():
+                self.cfg.set(name, value)
 
         def load(self) -> Any:
             return create_app({"settings": settings})

@@ -77,9 +77,18 @@ def lock_stratum(session: Session, number: int) -> Stratum:
 
 
 def lock_site(session: Session, site_id: str) -> Site:
-    """Lock and return the site's row: the lock on the site's kits."""
+    """Lock and return the site's row: the lock on the site's kits.
+
+    The row is read afresh even if the session had loaded it before the lock: its
+    ``kit_version`` must be the one the lock guards.
+    """
     _enter(session, SITE)
-    return session.execute(select(Site).where(Site.id == site_id).with_for_update()).scalar_one()
+    return session.execute(
+        select(Site)
+        .where(Site.id == site_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
 
 
 def lock_audit_head(session: Session) -> AuditHead:

@@ -61,6 +61,32 @@ def write_problem(sock: socket.socket, status: int, reason: str, message: str) -
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
+def gunicorn_settings(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
+    """The settings ``sealroom serve`` runs gunicorn with (``benchmarks/load.py`` serves its
+    yardstick under the same)."""
+    return {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        # Threaded workers whose client sockets never wait without a deadline: a few slow
+        # clients cannot take every worker (this module's docstring says how).
+        "worker_class": "randomizer.serving.Worker",
+        "threads": threads,
+        "timeout": 60,
+        "keepalive": 5,
+        # A request line of a few thousand characters must reach the application's own error
+        # handling (a problem detail), not gunicorn's HTML 400.
+        "limit_request_line": 8190,
+        # Each header at most 8,190 bytes, at most 100 of them (gunicorn's defaults, stated):
+        # beyond, a 431 problem detail (write_problem below).
+        "limit_request_field_size": 8190,
+        "limit_request_fields": 100,
+        "accesslog": "-",
+        # No management socket in the home directory: one path shared by every server on the
+        # machine, and an admin channel the service does not need.
+        "control_socket_disable": True,
+    }
+
+
 class Worker(ThreadWorker):
     """gunicorn's ``gthread`` worker: client sockets reading with a timeout, and its own
     error answers as problem details."""

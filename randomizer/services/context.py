@@ -27,6 +27,7 @@ from keys import (
 from randomizer.domain import TrialDefinition, parse_trial
 from randomizer.models import DataKey, Trial
 from randomizer.services.audit_log import AuditLog
+from randomizer.services.kit_stock import KitStock
 
 
 def utc_now() -> datetime:
@@ -61,6 +62,8 @@ class TrialContext:
     notices: Notices = field(default_factory=Notices)
     #: How long a new API token is valid (SEALROOM_TOKEN_DAYS).
     token_lifetime: timedelta = timedelta(days=365)
+    #: This process's unsealed view of each site's available kits (services/kit_stock.py).
+    kit_stock: KitStock = field(default_factory=KitStock, repr=False, compare=False)
 
     def today(self) -> date:
         """Today's calendar date in UTC (URS §8: dates are UTC calendar dates)."""

@@ -132,9 +132,9 @@ def _dispense(
             window={"from": opens.isoformat(), "to": closes.isoformat()},
         )
     needed = kits_for_visit(definition, request.weight_kg, visit)
-    by_arm = kit_service.reserve_supply(session, ctx, participant.site_id, needed)
+    supply = kit_service.reserve_supply(session, ctx, participant.site_id, needed)
     numbers = kit_service.allocate_kits(
-        session, ctx, by_arm[participant_arm(ctx, participant)], needed, participant, visit.id
+        session, ctx, supply, participant_arm(ctx, participant), needed, participant, visit.id
     )
     ctx.audit.append(
         session,
@@ -219,11 +219,12 @@ def _change_kit_status(
     replacement = None
     if previous == ALLOCATED and request.status in NEEDS_REPLACEMENT:
         assert participant is not None and kit.visit is not None
-        by_arm = kit_service.reserve_supply(session, ctx, kit.site_id, 1)
+        supply = kit_service.reserve_supply(session, ctx, kit.site_id, 1)
         (replacement,) = kit_service.allocate_kits(
             session,
             ctx,
-            by_arm[participant_arm(ctx, participant)],
+            supply,
+            participant_arm(ctx, participant),
             1,
             participant,
             kit.visit,

@@ -2,19 +2,22 @@
 
 Nothing here may behave differently by arm where anyone blinded could notice: kit numbers
 are drawn at random whatever the arm, kits are created in random order with random row ids,
-and an allocation reads and decrypts every dispensable kit of the site, whatever the arm it
-needs, so that the queries, the work and the time are the same for both arms.
+and an allocation runs the same statements and the same work whatever the arm it needs
+(:func:`site_supply`), so that the queries, the work and the time are the same for both
+arms. The arms of a site's kits are unsealed once per server process and kept in memory
+(:mod:`randomizer.services.kit_stock`); the database holds no index or tag of them.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from itertools import chain
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from keys import SealedArm
 from randomizer.domain.kits import ALLOCATED, AVAILABLE
@@ -23,6 +26,7 @@ from randomizer.locks import lock_site
 from randomizer.models import Kit, Participant, Site
 from randomizer.roles import Actor
 from randomizer.services.context import TrialContext
+from randomizer.services.kit_stock import ChangedKit, SiteStock
 
 KIT_SEAL_KIND = "kit"
 
@@ -90,82 +94,122 @@ def stock_site(
     return numbers
 
 
+#: Set on a session once its transaction has written a kit through the ORM.
+_KITS_WRITTEN = "sealroom.kits.written"
+
+
+@event.listens_for(Session, "before_flush")
+def _note_kits_flushed(session: Session, _context: Any, _instances: Any) -> None:
+    if any(isinstance(obj, Kit) for obj in chain(session.new, session.dirty, session.deleted)):
+        session.info[_KITS_WRITTEN] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_kit_statements(state: ORMExecuteState) -> None:
+    if (state.is_insert or state.is_update or state.is_delete) and Kit.__mapper__ in (
+        state.all_mappers
+    ):
+        state.session.info[_KITS_WRITTEN] = True
+
+
 @dataclass(frozen=True)
-class DispensableKit:
-    """A kit that may be dispensed: its row id and number (its arm is known to the caller)."""
+class SiteSupply:
+    """The kits a site may dispense today, as its lock sees them: counts and choices by arm.
 
-    id: str
-    kit_number: str
-
-
-def dispensable_kits_by_arm(
-    session: Session, ctx: TrialContext, site_id: str
-) -> dict[str, list[DispensableKit]]:
-    """Every kit of the site that may be dispensed today, grouped by its (unsealed) arm.
-
-    Kits inside the do-not-dispense window before their expiry are left out. The query
-    does not depend on any arm, and every kit is decrypted: same work whatever is needed.
-    Call only with the site's row locked (:func:`randomizer.locks.lock_site`).
+    Valid only in the transaction that made it (:func:`site_supply`), under the site's lock.
     """
-    cutoff = ctx.today() + timedelta(days=ctx.definition.do_not_dispense_days)
-    rows = session.execute(
-        select(Kit.id, Kit.kit_number, Kit.sealed_arm)
-        .where(Kit.site_id == site_id, Kit.status == AVAILABLE, Kit.expires_on > cutoff)
-        .order_by(Kit.id)
+
+    site_id: str
+    arms: tuple[str, ...]
+    cutoff: date
+    stock: SiteStock
+
+    def count(self, arm: str) -> int:
+        """Dispensable kits of ``arm``."""
+        return self.stock.count(arm, self.cutoff)
+
+
+def site_supply(session: Session, ctx: TrialContext, site_id: str) -> SiteSupply:
+    """Lock the site's kits; every kit of the site that may be dispensed today, by arm.
+
+    Kits inside the do-not-dispense window before their expiry are left out. The arms come
+    from this process's view of the site (:mod:`randomizer.services.kit_stock`), brought up
+    to the version the lock shows by reading the kits changed since, and unsealing those it
+    has not seen. The same statements run whatever the arm (one lock, one read of changed
+    kits); the rows read are the site's changes since this process last looked, which no
+    arm decides, and each is unsealed and placed the same way whatever its arm.
+
+    A transaction that has already written kits reads the whole site instead, into a view
+    of its own: the shared view must only ever hold what others committed.
+    """
+    arms = tuple(arm.id for arm in ctx.definition.arms)
+    site = lock_site(session, site_id)
+    if session.info.get(_KITS_WRITTEN):
+        stock = SiteStock(arms)
+    else:
+        stock = ctx.kit_stock.site(site_id, arms)
+        if stock.version > site.kit_version:  # the database went back (a restore)
+            stock = ctx.kit_stock.forget(site_id, arms)
+    changed = session.execute(
+        select(Kit.kit_number, Kit.status, Kit.expires_on, Kit.sealed_arm).where(
+            Kit.site_id == site_id, Kit.site_version > stock.version
+        )
     ).all()
-    by_arm: dict[str, list[DispensableKit]] = {arm.id: [] for arm in ctx.definition.arms}
-    for kit_id, kit_number, sealed_arm in rows:
-        arm = ctx.sealer.unseal_arm(SealedArm.from_text(sealed_arm), KIT_SEAL_KIND, kit_number)
-        by_arm[arm].append(DispensableKit(kit_id, kit_number))
-    return by_arm
+    stock.apply(
+        (ChangedKit(*row) for row in changed),
+        site.kit_version,
+        lambda kit: ctx.sealer.unseal_arm(
+            SealedArm.from_text(kit.sealed_arm), KIT_SEAL_KIND, kit.kit_number
+        ),
+    )
+    cutoff = ctx.today() + timedelta(days=ctx.definition.do_not_dispense_days)
+    return SiteSupply(site_id, arms, cutoff, stock)
 
 
-def check_supply(by_arm: Mapping[str, Sequence[DispensableKit]], needed: int, site_id: str) -> None:
+def check_supply(supply: SiteSupply, needed: int) -> None:
     """R-BLIND-2: refuse unless the site holds ``needed`` kits of EVERY arm.
 
     Decided before and independently of the allocation, so a refusal says nothing about the
     arm the participant would have had; the message names no arm.
     """
-    if any(len(kits) < needed for kits in by_arm.values()):
+    if any(supply.count(arm) < needed for arm in supply.arms):
         raise InsufficientSupply(
-            f"Site {site_id} does not hold {needed} dispensable kits of every arm; "
+            f"Site {supply.site_id} does not hold {needed} dispensable kits of every arm; "
             "ask the pharmacist to receive a shipment before randomising."
         )
 
 
-def reserve_supply(
-    session: Session, ctx: TrialContext, site_id: str, needed: int
-) -> dict[str, list[DispensableKit]]:
+def reserve_supply(session: Session, ctx: TrialContext, site_id: str, needed: int) -> SiteSupply:
     """Lock the site's kits and check that it holds ``needed`` of EVERY arm (R-BLIND-2).
 
-    Returns the dispensable kits by arm, for :func:`allocate_kits` in the same transaction.
+    Returns the site's supply, for :func:`allocate_kits` in the same transaction.
     """
-    lock_site(session, site_id)
-    by_arm = dispensable_kits_by_arm(session, ctx, site_id)
-    check_supply(by_arm, needed, site_id)
-    return by_arm
+    supply = site_supply(session, ctx, site_id)
+    check_supply(supply, needed)
+    return supply
 
 
 def allocate_kits(
     session: Session,
     ctx: TrialContext,
-    candidates: Sequence[DispensableKit],
+    supply: SiteSupply,
+    arm: str,
     needed: int,
     participant: Participant,
     visit: str,
     *,
     replaces: str | None = None,
 ) -> list[str]:
-    """Allocate ``needed`` kits chosen at random among ``candidates`` (one arm's kits).
+    """Allocate ``needed`` kits of ``arm`` chosen at random among the site's supply.
 
     Random choice, not kit-number order: the kits given reveal nothing about the next ones.
-    The update also requires each kit to be still available, so a kit can never be given
-    twice even if a caller forgot the site lock. Returns the kit numbers, sorted.
+    The update also requires each kit to be still available at the site, so a kit can never
+    be given twice even if a caller forgot the site lock. Returns the kit numbers, sorted.
     """
-    chosen = ctx.rng.sample(list(candidates), needed)
+    chosen = supply.stock.choose(arm, supply.cutoff, needed, ctx.rng)
     result = session.execute(
         update(Kit)
-        .where(Kit.id.in_([kit.id for kit in chosen]), Kit.status == AVAILABLE)
+        .where(Kit.kit_number.in_(chosen), Kit.site_id == supply.site_id, Kit.status == AVAILABLE)
         .values(
             status=ALLOCATED,
             participant_id=participant.id,
@@ -176,5 +220,7 @@ def allocate_kits(
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != needed:
+        # The view was wrong: the next transaction reads the site afresh.
+        ctx.kit_stock.forget(supply.site_id, supply.arms)
         raise RuntimeError("a kit chosen for allocation was no longer available")
-    return sorted(kit.kit_number for kit in chosen)
+    return sorted(chosen)

@@ -375,7 +375,7 @@ def _randomize(
     stratum_row = lock_stratum(session, stratum.number)
     visit = definition.first_visit()
     needed = kits_for_visit(definition, request.weight_kg, visit)
-    by_arm = kit_service.reserve_supply(session, ctx, site.id, needed)
+    supply = kit_service.reserve_supply(session, ctx, site.id, needed)
     if stratum_row.next_position > stratum_row.size:
         log.warning("stratum %s is exhausted: the statistician is alerted", stratum.key)
         raise StratumExhausted(
@@ -393,7 +393,7 @@ def _randomize(
         SealedArm.from_text(slot.sealed_arm), SLOT_SEAL_KIND, slot.randomization_number
     )
     kit_numbers = kit_service.allocate_kits(
-        session, ctx, by_arm[arm], needed, participant, visit.id
+        session, ctx, supply, arm, needed, participant, visit.id
     )
     now = ctx.clock()
     stratum_row.next_position += 1

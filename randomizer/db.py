@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -114,8 +115,10 @@ class SqliteWriters:
     free while every waiter sleeps (issue 9 measured randomisations flat from 1 to 32
     clients, and seconds of tail latency). Here the threads of a process queue on a lock
     (for at most the busy timeout, then 503 as before), and the one at the head of the
-    queue waits on an ``flock`` of ``<database>-writers``, which the kernel hands to the
-    next process the moment it is released: no sleeping, no idle lock. A writer that does
+    queue takes an ``flock`` of ``<database>-writers``, polling every few milliseconds at
+    most (one thread a process) until the same deadline: the lock sits idle for at most a
+    few milliseconds, and a writer of another process that hangs costs this one a 503,
+    never a hung request. A writer that does
     not come through here (another program, a migration) still meets SQLite's own lock.
 
     One per database file per process (:func:`sqlite_writers`): a transaction nested in
@@ -138,20 +141,34 @@ class SqliteWriters:
             self._pid = os.getpid()
         return self._fd
 
+    @staticmethod
+    def _take_file_lock(fd: int, deadline: float) -> None:
+        """Take the ``flock`` before ``deadline`` (503 otherwise): a writer of another process
+        that hangs must not hold this one's threads for longer than the busy timeout. Only
+        one thread of a process waits here, so the short polls cost next to nothing."""
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _busy() from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.004)
+
     @contextmanager
     def turn(self, busy_seconds: float) -> Iterator[None]:
         """Hold the database's writer turn for the block (re-entrant in one thread)."""
         if getattr(self._mine, "held", False):
             yield
             return
+        deadline = time.monotonic() + busy_seconds
         if not self._threads.acquire(timeout=busy_seconds):
-            raise ServiceUnavailable(
-                "The database is busy; nothing was changed. Try again shortly "
-                "(with the same Idempotency-Key, if you sent one)."
-            )
+            raise _busy()
         try:
             fd = self._file()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._take_file_lock(fd, deadline)
             self._mine.held = True
             try:
                 yield
@@ -160,6 +177,13 @@ class SqliteWriters:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
+
+
+def _busy() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The database is busy; nothing was changed. Try again shortly "
+        "(with the same Idempotency-Key, if you sent one)."
+    )
 
 
 _SQLITE_WRITERS: dict[str, SqliteWriters] = {}

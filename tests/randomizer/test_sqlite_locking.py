@@ -8,6 +8,8 @@ connection, and locks between connections are the point here).
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -81,6 +83,44 @@ def test_a_busy_database_answers_503_with_retry_after_and_changes_nothing(sqlite
     assert busy.mimetype == "application/problem+json"
     assert busy.headers["Retry-After"].isdigit()
     assert busy.get_json()["type"] == "/problems/unavailable"
+    assert after_release.status_code == 201
+    assert participants(database) == before + 1
+    database.dispose()
+
+
+def test_a_writer_of_another_process_that_hangs_costs_a_503_not_a_hung_request(sqlite_trial):
+    """The writers' queue (``<database>-writers``) is bounded by the busy timeout too."""
+    database = Database(sqlite_trial.url, busy_seconds=0.3)
+    client = create_app({"settings": sqlite_trial.settings, "database": database}).test_client()
+    token = sqlite_trial.tokens["coordinator-101"]
+    before = participants(database)
+    queue = f"{make_url(sqlite_trial.url).database}-writers"
+    holder = subprocess.Popen(  # another process at the head of the queue, stuck there
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({queue!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        busy = screen(client, token, "101-LOCK-3")
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    after_release = screen(client, token, "101-LOCK-3")
+
+    assert busy.status_code == 503, busy.get_json()
+    assert busy.headers["Retry-After"].isdigit()
+    assert waited < 30  # bounded by the busy timeout (0.3 s), not by the other writer
     assert after_release.status_code == 201
     assert participants(database) == before + 1
     database.dispose()

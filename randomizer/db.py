@@ -29,9 +29,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from randomizer.errors import Problem
+from randomizer.errors import CommitOutcomeUnknown, Problem
 from randomizer.files import sqlite_do_connect
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ READ_ONLY = "sealroom_read_only"
 #: How long a write waits for SQLite's write lock before the answer is a 503 (well inside
 #: the server's worker timeout).
 SQLITE_BUSY_SECONDS = 10.0
+#: How long opening a PostgreSQL connection may take before the answer is a 503 (a server
+#: whose host has gone silent would otherwise hold a request for the TCP timeout).
+CONNECT_SECONDS = 10
+#: What the driver raises when the database is gone, failing over or busy.
+UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 def make_engine(url: str, *, busy_seconds: float = SQLITE_BUSY_SECONDS, **kwargs: Any) -> Engine:
@@ -79,7 +85,13 @@ def make_engine(url: str, *, busy_seconds: float = SQLITE_BUSY_SECONDS, **kwargs
         )
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # A pooled connection that died (server restarted, backend terminated, fail-over) is
+    # replaced when it is checked out, before a transaction starts on it: the one retry that
+    # is always safe. Nothing that has begun is ever re-run.
+    connect_args = (
+        {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_SECONDS}
+    )
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any, busy_seconds: float) -> None:
@@ -225,7 +237,18 @@ class Database:
         callbacks = session.info.pop(_BEFORE_COMMIT, {})
         for callback in callbacks.values():
             callback(session)
-        session.commit()
+        # Up to here a lost connection means nothing was committed (a plain 503). During the
+        # COMMIT itself it may have been: the caller is told so, and the work is not re-run.
+        session.flush()
+        try:
+            session.commit()
+        except UNAVAILABLE as error:
+            raise CommitOutcomeUnknown(
+                "The database connection was lost while the change was being committed: it "
+                "may or may not have been made. Send the request again with the same "
+                "Idempotency-Key: the first answer is replayed if the change was made, and it "
+                "is made once if it was not (without a key, read the resource first)."
+            ) from error
 
     def dispose(self) -> None:
         """Close the pool's connections (before a fork, at exit)."""

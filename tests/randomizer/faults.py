@@ -28,7 +28,7 @@ from randomizer.cli import main
 from randomizer.db import Database
 from randomizer.models import AuditEntry, Kit, Participant, Slot, Stratum
 from tests.conftest import ELIGIBLE, TrialDatabase
-from tests.randomizer.served import HttpClient
+from tests.randomizer.served import Answer, HttpClient
 
 #: The answers a client may get while the database or a worker is failing.
 UNAVAILABLE_TYPES = {"/problems/unavailable", "/problems/outcome-unknown"}
@@ -49,6 +49,19 @@ def screen_all(client: HttpClient, numbers: list[str], site: str = "101") -> Non
             },
         )
         assert status == 201, body
+
+
+def randomize_with_key(client: HttpClient, number: str) -> Answer:
+    """Randomise ``number`` at site 101 with an Idempotency-Key of its own (OSError if the
+    connection failed); the same call again is the careful client's retry."""
+    return client.send(
+        "POST",
+        f"/api/v1/participants/{number}/randomize",
+        "coordinator-101",
+        {"weight_kg": 70, "eligibility": ELIGIBLE},
+        {"Idempotency-Key": f"once-{number}"},
+        timeout=60,
+    )
 
 
 @dataclass
@@ -86,14 +99,7 @@ class Load:
         for number in share:
             while time.monotonic() < ends:
                 try:
-                    answer = self.client.send(
-                        "POST",
-                        f"/api/v1/participants/{number}/randomize",
-                        "coordinator-101",
-                        {"weight_kg": 70, "eligibility": ELIGIBLE},
-                        {"Idempotency-Key": f"once-{number}"},
-                        timeout=30,
-                    )
+                    answer = randomize_with_key(self.client, number)
                 except OSError:
                     with self._lock:
                         self.lost += 1

@@ -42,17 +42,9 @@ class HttpClient:
         self.base = base
         self.tokens = tokens
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        user: str | None = None,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 120,
-    ) -> tuple[int, str, bytes]:
-        """(status, content type, body) of one request."""
-        answer = self.send(method, path, user, body, headers, timeout)
+    def request(self, *args: Any, **kwargs: Any) -> tuple[int, str, bytes]:
+        """(status, content type, body) of one request (:meth:`send`'s arguments)."""
+        answer = self.send(*args, **kwargs)
         return answer.status, answer.headers.get_content_type(), answer.body
 
     def send(

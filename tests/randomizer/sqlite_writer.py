@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import event
@@ -28,7 +27,7 @@ from sqlalchemy import event
 from randomizer import create_app
 from randomizer.config import Settings
 from randomizer.db import Database
-from tests.conftest import ELIGIBLE
+from tests.conftest import ApiClient, Clock
 
 
 def say(**line: Any) -> None:
@@ -56,28 +55,13 @@ def main(mode: str, url: str, keys_dir: str, tokens_json: str, numbers: list[str
 
     settings = Settings.from_env({}, database_url=url, keys_dir=keys_dir)
     app = create_app({"settings": settings, "database": database})
-    client = app.test_client()
-    headers = {"Authorization": f"Bearer {json.loads(tokens_json)['coordinator-101']}"}
-    today = datetime.now(UTC).date().isoformat()
+    api = ApiClient(app.test_client(), json.loads(tokens_json), Clock())
     for i, number in enumerate(numbers):
-        screened = client.post(
-            "/api/v1/participants",
-            headers=headers,
-            json={
-                "screening_number": number,
-                "site": "101",
-                "screened_on": today,
-                "strata": {"prior_ig": ("yes", "no")[i % 2]},
-            },
-        )
+        screened = api.screen(number, prior_ig=("yes", "no")[i % 2])
         assert screened.status_code == 201, screened.get_json()
         current["n"] = number
         say(start=number)
-        answer = client.post(
-            f"/api/v1/participants/{number}/randomize",
-            headers=headers,
-            json={"weight_kg": 70, "eligibility": ELIGIBLE},
-        )
+        answer = api.randomize(number)
         assert answer.status_code == 201, answer.get_json()
         say(ack=number, answer=answer.get_json())
     if mode == "wal-checkpoint":

@@ -31,8 +31,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from randomizer import create_app
-from tests.conftest import ELIGIBLE, ApiClient, Clock, Scratch, TrialDatabase, make_trial_database
-from tests.randomizer.faults import check_whole_and_once, screen_all
+from tests.conftest import ApiClient, Clock, Scratch, TrialDatabase, make_trial_database
+from tests.randomizer.faults import check_whole_and_once, randomize_with_key, screen_all
 from tests.randomizer.served import Server
 
 pytestmark = [pytest.mark.slow]
@@ -53,19 +53,9 @@ def test_a_worker_killed_mid_request_leaves_no_half_change_and_is_replaced(
     failed: list[str] = []
     lock = threading.Lock()
 
-    def randomize(number: str) -> Any:
-        return client.send(
-            "POST",
-            f"/api/v1/participants/{number}/randomize",
-            "coordinator-101",
-            {"weight_kg": 70, "eligibility": ELIGIBLE},
-            {"Idempotency-Key": f"once-{number}"},
-            timeout=60,
-        )
-
     def randomize_once(number: str) -> None:
         try:
-            answer = randomize(number)
+            answer = randomize_with_key(client, number)
         except OSError:  # the worker died under this request
             with lock:
                 failed.append(number)
@@ -96,7 +86,7 @@ def test_a_worker_killed_mid_request_leaves_no_half_change_and_is_replaced(
             assert time.monotonic() < ends, "no new worker"
             time.sleep(0.1)
         for number in failed:
-            answer = randomize(number)
+            answer = randomize_with_key(client, number)
             assert answer.status == 201, answer.body
             acknowledged[number] = answer.json()
     finally:

@@ -353,7 +353,7 @@ def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     from randomizer import create_app
-    from randomizer.api.problems import DATABASE_UNAVAILABLE
+    from randomizer.db import DATABASE_UNAVAILABLE
     from randomizer.serving import BuiltOnceTheDatabaseAnswers
 
     settings = cli.settings

@@ -29,7 +29,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from randomizer.errors import CommitOutcomeUnknown, Problem
@@ -59,8 +60,10 @@ SQLITE_BUSY_SECONDS = 10.0
 #: How long opening a PostgreSQL connection may take before the answer is a 503 (a server
 #: whose host has gone silent would otherwise hold a request for the TCP timeout).
 CONNECT_SECONDS = 10
-#: What the driver raises when the database is gone, failing over or busy.
-UNAVAILABLE = (OperationalError, InterfaceError)
+#: What a database that is gone, failing over or busy raises: the driver's errors, a pooled
+#: connection that cannot be replaced, every pooled connection in use. The API answers them
+#: with a 503 problem (:mod:`randomizer.api.problems`).
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
 def make_engine(url: str, *, busy_seconds: float = SQLITE_BUSY_SECONDS, **kwargs: Any) -> Engine:
@@ -242,7 +245,7 @@ class Database:
         session.flush()
         try:
             session.commit()
-        except UNAVAILABLE as error:
+        except DATABASE_UNAVAILABLE as error:
             raise CommitOutcomeUnknown(
                 "The database connection was lost while the change was being committed: it "
                 "may or may not have been made. Send the request again with the same "

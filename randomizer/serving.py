@@ -23,13 +23,13 @@ from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from randomizer.api.problems import (
-    DATABASE_UNAVAILABLE,
     PROBLEM_JSON,
     SECURITY_HEADERS,
     add_security_headers,
     database_unavailable,
     http_problem,
 )
+from randomizer.db import DATABASE_UNAVAILABLE
 from randomizer.rendering import render_json
 
 log = logging.getLogger(__name__)

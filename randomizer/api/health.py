@@ -6,7 +6,8 @@ from flask.views import MethodView
 from sqlalchemy import text
 
 from randomizer.api.parsing import StrictBlueprint
-from randomizer.api.problems import DATABASE_UNAVAILABLE, database_unavailable
+from randomizer.api.problems import database_unavailable
+from randomizer.db import DATABASE_UNAVAILABLE
 from randomizer.schemas import HealthSchema
 from randomizer.state import app_state
 

@@ -13,11 +13,9 @@ from typing import Any
 
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
-from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from randomizer.db import UNAVAILABLE
+from randomizer.db import DATABASE_UNAVAILABLE
 from randomizer.errors import Problem, ServiceUnavailable, flatten_errors
 from randomizer.rendering import render_json
 
@@ -103,11 +101,6 @@ def handle_problem(problem: Problem) -> Response:
     elif problem.status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return problem_response(problem.body(), headers)
-
-
-#: What the service raises when the database is busy, gone or failing over: the driver's
-#: errors, a pooled connection that cannot be replaced, every pooled connection in use.
-DATABASE_UNAVAILABLE = (*UNAVAILABLE, DisconnectionError, PoolTimeout)
 
 
 def database_unavailable() -> Response:

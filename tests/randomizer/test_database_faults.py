@@ -32,6 +32,9 @@ from sqlalchemy import create_engine, select, text
 from randomizer import create_app
 from randomizer.db import Database, normalise_url
 from randomizer.models import AuditEntry, Participant
+from randomizer.services.context import load_trial_context
+from randomizer.services.notifications import Dispatcher
+from randomizer.services.outbox import enqueue
 from tests.conftest import (
     ELIGIBLE,
     PG_URL,
@@ -45,6 +48,7 @@ from tests.randomizer.faults import Load, check_whole_and_once, screen_all
 from tests.randomizer.pgcluster import Cluster, pg_cluster, private_cluster  # noqa: F401
 from tests.randomizer.pgproxy import AFTER, BEFORE, CommitCutter
 from tests.randomizer.served import Answer, HttpClient, Server
+from tests.randomizer.test_outbox import MemoryTransport, message
 
 
 def private_trial(cluster: Cluster, scratch: Scratch, directory: Path) -> TrialDatabase:
@@ -322,3 +326,34 @@ def test_a_server_started_while_the_database_is_down_serves_once_it_is_back(
     load = Load(server.client, ["101-0001"], threads=1).start()
     load.join()
     assert check_whole_and_once(server.trial, load.acknowledged) == 1
+
+
+@pytest.mark.requirement("R-NF-6")
+@pytest.mark.requirement("R-UNB-2")
+def test_the_outbox_dispatcher_delivers_by_itself_once_the_database_is_back(
+    private_cluster: Cluster,  # noqa: F811
+    scratch: Scratch,
+    tmp_path: Path,
+) -> None:
+    trial = private_trial(private_cluster, scratch, tmp_path)
+    database = Database(trial.url)
+    try:
+        with database.transaction() as session:
+            ctx = load_trial_context(session, trial.settings.keys_dir)
+            enqueue(session, ctx, [message(1)])
+        transport = MemoryTransport()
+        dispatcher = Dispatcher(database, ctx, transport, retry_seconds=0.2)
+
+        private_cluster.stop()
+        dispatcher.wake()  # its round fails: the database is down
+        time.sleep(1)
+        assert transport.sent == []
+        private_cluster.start()
+        ends = time.monotonic() + 20
+        while not transport.sent:  # no commit wakes it: it tries again by itself
+            assert time.monotonic() < ends, "the message waits for a wake that never comes"
+            time.sleep(0.05)
+        dispatcher.join(10)
+        assert [m.subject for m in transport.sent] == ["Unblinding 1"]
+    finally:
+        database.dispose()

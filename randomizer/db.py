@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -66,7 +67,23 @@ CONNECT_SECONDS = 10
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
+#: Set once the driver has been asked to COMMIT, in the context that asked (see _commit).
+_COMMITTING: ContextVar[bool] = ContextVar("sealroom_committing", default=False)
+
+
+def _committing(_connection: Connection) -> None:
+    _COMMITTING.set(True)
+
+
 def make_engine(url: str, *, busy_seconds: float = SQLITE_BUSY_SECONDS, **kwargs: Any) -> Engine:
+    engine = _make_engine(url, busy_seconds=busy_seconds, **kwargs)
+    # Just before the driver's COMMIT: from there on, a lost connection leaves the outcome
+    # unknown (Database._commit).
+    event.listen(engine, "commit", _committing)
+    return engine
+
+
+def _make_engine(url: str, *, busy_seconds: float, **kwargs: Any) -> Engine:
     """Create an engine; on SQLite, every writing transaction begins with ``BEGIN IMMEDIATE``.
 
     SQLite has no row locks: taking the write lock when the transaction starts (instead of
@@ -240,18 +257,23 @@ class Database:
         callbacks = session.info.pop(_BEFORE_COMMIT, {})
         for callback in callbacks.values():
             callback(session)
-        # Up to here a lost connection means nothing was committed (a plain 503). During the
-        # COMMIT itself it may have been: the caller is told so, and the work is not re-run.
-        session.flush()
+        # A lost connection before the driver's COMMIT means nothing was committed (a plain
+        # 503). During the COMMIT it may have been: the caller is told so, and the work is
+        # never re-run.
+        committing = _COMMITTING.set(False)
         try:
             session.commit()
         except DATABASE_UNAVAILABLE as error:
+            if not _COMMITTING.get():
+                raise
             raise CommitOutcomeUnknown(
                 "The database connection was lost while the change was being committed: it "
                 "may or may not have been made. Send the request again with the same "
                 "Idempotency-Key: the first answer is replayed if the change was made, and it "
                 "is made once if it was not (without a key, read the resource first)."
             ) from error
+        finally:
+            _COMMITTING.reset(committing)
 
     def dispose(self) -> None:
         """Close the pool's connections (before a fork, at exit)."""

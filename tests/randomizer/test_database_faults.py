@@ -44,10 +44,11 @@ from tests.conftest import (
     TrialDatabase,
     make_trial_database,
 )
-from tests.randomizer.faults import Load, check_whole_and_once, screen_all
+from tests.randomizer.faults import Load, assert_audit_verifies, check_whole_and_once, screen_all
 from tests.randomizer.pgcluster import Cluster, pg_cluster, private_cluster  # noqa: F401
 from tests.randomizer.pgproxy import AFTER, BEFORE, CommitCutter
 from tests.randomizer.served import Answer, HttpClient, Server
+from tests.randomizer.test_blinding import names_an_arm
 from tests.randomizer.test_outbox import MemoryTransport, message
 
 
@@ -357,3 +358,25 @@ def test_the_outbox_dispatcher_delivers_by_itself_once_the_database_is_back(
         assert [m.subject for m in transport.sent] == ["Unblinding 1"]
     finally:
         database.dispose()
+
+
+@pytest.mark.requirement("R-NF-6")
+@pytest.mark.requirement("R-UNB")
+def test_an_unblinding_whose_commit_answer_is_lost_releases_no_arm(cut: CutScene) -> None:
+    randomized = cut.api.screen_and_randomize("101-0004")
+    assert randomized.status_code == 201, randomized.get_json()
+    event = {"reason": "serious_adverse_event", "event_reference": "SAE-2026-0042"}
+    cut.proxy.arm(AFTER)
+    lost = cut.api.post("/participants/101-0004/unblind", "investigator-101", json=event)
+
+    assert cut.proxy.cut.is_set()
+    assert_unavailable(lost, "/problems/outcome-unknown")
+    assert "arm" not in lost.get_json() and "receipt" not in lost.get_json()
+    assert not names_an_arm(lost.get_data(as_text=True))
+    assert "never replayed" in lost.get_json()["detail"]
+    # It was recorded (the server committed): the record says so, without the arm.
+    shown = cut.api.get("/participants/101-0004", "coordinator-101").get_json()
+    assert shown["unblinded"] is True
+    again = cut.api.post("/participants/101-0004/unblind", "investigator-101", json=event)
+    assert again.status_code == 200, again.get_json()
+    assert_audit_verifies(cut.trial)

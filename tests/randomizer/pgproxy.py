@@ -57,7 +57,11 @@ class CommitCutter:
                 client, _address = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the server is down: so is this connection
+                _close(client)
+                continue
             self._sockets += [client, upstream]
             committing = threading.Event()
             threading.Thread(
@@ -76,7 +80,8 @@ class CommitCutter:
                     self._sever(client, upstream)
                     return
                 committing.set()
-            upstream.sendall(data)
+            if not _send(upstream, data):
+                break
         _close(upstream)
 
     def _to_client(
@@ -90,7 +95,8 @@ class CommitCutter:
                 if self._take(AFTER):
                     self._sever(client, upstream)
                     return
-            client.sendall(data)
+            if not _send(client, data):
+                break
         _close(client)
 
     def _sever(self, client: socket.socket, upstream: socket.socket) -> None:
@@ -114,6 +120,15 @@ def _chunks(sock: socket.socket) -> Iterator[bytes]:
         if not data:
             return
         yield data
+
+
+def _send(sock: socket.socket, data: bytes) -> bool:
+    """Send ``data``; False if the other side has gone (the pump then ends)."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        return False
+    return True
 
 
 def _close(sock: socket.socket) -> None:

@@ -354,11 +354,21 @@ def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     from randomizer import create_app
-    from randomizer.serving import gunicorn_settings
+    from randomizer.db import DATABASE_UNAVAILABLE
+    from randomizer.serving import BuiltOnceTheDatabaseAnswers, gunicorn_settings
 
     settings = cli.settings
-    # Refuses (an error: line, by the command group) a schema or keys it cannot serve.
-    create_app({"settings": settings}).extensions["sealroom"].db.dispose()
+    # Refuses (an error: line, by the command group) a schema or keys it cannot serve. A
+    # database that does not answer yet is no reason to refuse: the workers answer 503
+    # until it does (randomizer/serving.py), and check the schema and keys then.
+    try:
+        create_app({"settings": settings}).extensions["sealroom"].db.dispose()
+    except DATABASE_UNAVAILABLE as error:
+        click.echo(
+            f"warning: the database does not answer ({type(error).__name__}); "
+            "serving 503 until it does",
+            err=True,
+        )
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -366,7 +376,7 @@ def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
                 self.cfg.set(name, value)
 
         def load(self) -> Any:
-            return create_app({"settings": settings})
+            return BuiltOnceTheDatabaseAnswers(lambda: create_app({"settings": settings}))
 
     click.echo(f"Serving {settings.database_url.split('://')[0]} database on http://{host}:{port}")
     Server().run()

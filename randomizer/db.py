@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 try:
@@ -37,9 +38,11 @@ except ImportError:  # not POSIX: writers wait in SQLite's busy handler alone
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from randomizer.errors import Problem, ServiceUnavailable
+from randomizer.errors import CommitOutcomeUnknown, Problem, ServiceUnavailable
 from randomizer.files import sqlite_do_connect
 
 log = logging.getLogger(__name__)
@@ -63,9 +66,32 @@ READ_ONLY = "sealroom_read_only"
 #: How long a write waits for SQLite's write lock before the answer is a 503 (well inside
 #: the server's worker timeout).
 SQLITE_BUSY_SECONDS = 10.0
+#: How long opening a PostgreSQL connection may take before the answer is a 503 (a server
+#: whose host has gone silent would otherwise hold a request for the TCP timeout).
+CONNECT_SECONDS = 10
+#: What a database that is gone, failing over or busy raises: the driver's errors, a pooled
+#: connection that cannot be replaced, every pooled connection in use. The API answers them
+#: with a 503 problem (:mod:`randomizer.api.problems`).
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+
+
+#: Set once the driver has been asked to COMMIT, in the context that asked (see _commit).
+_COMMITTING: ContextVar[bool] = ContextVar("sealroom_committing", default=False)
+
+
+def _committing(_connection: Connection) -> None:
+    _COMMITTING.set(True)
 
 
 def make_engine(url: str, *, busy_seconds: float = SQLITE_BUSY_SECONDS, **kwargs: Any) -> Engine:
+    engine = _make_engine(url, busy_seconds=busy_seconds, **kwargs)
+    # Just before the driver's COMMIT: from there on, a lost connection leaves the outcome
+    # unknown (Database._commit).
+    event.listen(engine, "commit", _committing)
+    return engine
+
+
+def _make_engine(url: str, *, busy_seconds: float, **kwargs: Any) -> Engine:
     """Create an engine; on SQLite, every writing transaction begins with ``BEGIN IMMEDIATE``.
 
     SQLite has no row locks: taking the write lock when the transaction starts (instead of
@@ -87,7 +113,13 @@ def make_engine(url: str, *, busy_seconds: float = SQLITE_BUSY_SECONDS, **kwargs
         )
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # A pooled connection that died (server restarted, backend terminated, fail-over) is
+    # replaced when it is checked out, before a transaction starts on it: the one retry that
+    # is always safe. Nothing that has begun is ever re-run.
+    connect_args = (
+        {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_SECONDS}
+    )
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any, busy_seconds: float) -> None:
@@ -341,7 +373,23 @@ class Database:
         callbacks = session.info.pop(_BEFORE_COMMIT, {})
         for callback in callbacks.values():
             callback(session)
-        session.commit()
+        # A lost connection before the driver's COMMIT means nothing was committed (a plain
+        # 503). During the COMMIT it may have been: the caller is told so, and the work is
+        # never re-run.
+        committing = _COMMITTING.set(False)
+        try:
+            session.commit()
+        except DATABASE_UNAVAILABLE as error:
+            if not _COMMITTING.get():
+                raise
+            raise CommitOutcomeUnknown(
+                "The database connection was lost while the change was being committed: it "
+                "may or may not have been made. Send the request again with the same "
+                "Idempotency-Key: the first answer is replayed if the change was made, and it "
+                "is made once if it was not (without a key, read the resource first)."
+            ) from error
+        finally:
+            _COMMITTING.reset(committing)
 
     def dispose(self) -> None:
         """Close the pool's connections (before a fork, at exit)."""

@@ -126,6 +126,16 @@ class ServiceUnavailable(Problem):
     status, type_name, title = 503, "unavailable", "Service unavailable"
 
 
+class CommitOutcomeUnknown(ServiceUnavailable):
+    """The connection was lost during COMMIT: the change may or may not have been made (503).
+
+    Never retried by the service: only the caller can ask again, and the same
+    Idempotency-Key then replays the first answer if the change was made, or makes it once.
+    """
+
+    type_name, title = "outcome-unknown", "Outcome unknown"
+
+
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     """Flatten marshmallow's nested messages to URS §8's ``{"a.b": ["..."]}``.
 

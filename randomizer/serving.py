@@ -12,14 +12,27 @@ a buffering reverse proxy in front (README.md) takes slow clients off the servic
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from randomizer.api.problems import PROBLEM_JSON, SECURITY_HEADERS, http_problem
+from randomizer.api.problems import (
+    PROBLEM_JSON,
+    SECURITY_HEADERS,
+    add_security_headers,
+    database_unavailable,
+    http_problem,
+)
+from randomizer.db import DATABASE_UNAVAILABLE
 from randomizer.rendering import render_json
+
+log = logging.getLogger(__name__)
 
 #: Seconds a client socket may stay silent in the middle of a request.
 READ_SECONDS = 10.0
@@ -104,3 +117,55 @@ class Worker(ThreadWorker):
         except OSError as error:
             if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+#: Seconds between two attempts to build the application while the database is unavailable.
+BUILD_INTERVAL = 1.0
+
+
+class BuiltOnceTheDatabaseAnswers:
+    """A worker's application, built (``create_app`` reads the trial from the database) as
+    soon as the database answers: at once, or on a later request.
+
+    A gunicorn worker whose application raises while loading stops the whole server ("worker
+    failed to boot"). A worker started during a database outage (a crashed worker's
+    replacement, or the server started before the database) would do exactly that; this one
+    answers every request with the 503 problem detail instead, and serves normally from the
+    first request after the database is back. Any other failure to build (a schema or keys
+    it cannot serve) still raises: at boot, stopping the server; on a later attempt, in the
+    request, which gets gunicorn's 500 problem detail while the error is logged.
+    """
+
+    def __init__(self, build: Callable[[], WsgiApp], interval: float = BUILD_INTERVAL) -> None:
+        self._build = build
+        self._interval = interval
+        self._app: WsgiApp | None = None
+        self._lock = threading.Lock()
+        self._next_attempt = 0.0
+        self._attempt()
+
+    def _attempt(self) -> WsgiApp | None:
+        # One thread builds; the others answer 503 meanwhile instead of queueing behind it.
+        if not self._lock.acquire(blocking=False):
+            return self._app
+        try:
+            if self._app is None and time.monotonic() >= self._next_attempt:
+                try:
+                    self._app = self._build()
+                except DATABASE_UNAVAILABLE as error:
+                    self._next_attempt = time.monotonic() + self._interval
+                    log.warning(
+                        "database unavailable (%s): answering 503 until it is back",
+                        type(error).__name__,
+                    )
+            return self._app
+        finally:
+            self._lock.release()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        app = self._app or self._attempt()
+        if app is None:
+            return add_security_headers(database_unavailable())(environ, start_response)
+        return app(environ, start_response)

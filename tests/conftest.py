@@ -143,12 +143,17 @@ def make_trial_database(
     *,
     kits_per_arm: int | None = None,
     seed: bytes = APPENDIX_A_SEED,
+    url: str | None = None,
 ) -> TrialDatabase:
-    """A new database holding the initialised demo trial (keys in ``directory``)."""
+    """A new database holding the initialised demo trial (keys in ``directory``).
+
+    ``url`` names an empty database made elsewhere (a private cluster's); by default
+    ``scratch`` makes one.
+    """
     from randomizer.domain import bundled_trial_path, parse_trial
     from randomizer.services.demo import initialise_demo
 
-    url = scratch.new_url(backend)
+    url = url or scratch.new_url(backend)
     settings = Settings.from_env(
         {}, database_url=url, instance_dir=directory, keys_dir=directory / "keys"
     )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask.views import MethodView
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from randomizer.api.parsing import StrictBlueprint
-from randomizer.api.problems import problem_response
+from randomizer.api.problems import database_unavailable
+from randomizer.db import DATABASE_UNAVAILABLE
 from randomizer.schemas import HealthSchema
 from randomizer.state import app_state
 
@@ -23,13 +23,6 @@ class Health(MethodView):
         try:
             with app_state().db.reading() as session:
                 session.execute(text("SELECT 1"))
-        except SQLAlchemyError:
-            return problem_response(
-                {
-                    "type": "about:blank",
-                    "title": "Service unavailable",
-                    "status": 503,
-                    "detail": "The database does not answer.",
-                }
-            )
+        except DATABASE_UNAVAILABLE:
+            return database_unavailable()
         return {"status": "ok"}

@@ -13,9 +13,9 @@ from typing import Any
 
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
-from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from randomizer.db import DATABASE_UNAVAILABLE
 from randomizer.errors import Problem, ServiceUnavailable, flatten_errors
 from randomizer.rendering import render_json
 
@@ -103,18 +103,24 @@ def handle_problem(problem: Problem) -> Response:
     return problem_response(problem.body(), headers)
 
 
-def handle_database_unavailable(error: Exception) -> Response:
-    """The database is busy (SQLite's write lock), gone or failing over: 503, try again.
+def database_unavailable() -> Response:
+    """The 503 problem (with ``Retry-After``) of a database that is busy or unavailable.
 
-    Nothing was changed: the transaction that met the error was rolled back.
+    Nothing was changed: the transaction that met the error was rolled back before COMMIT
+    (a connection lost during COMMIT is :class:`randomizer.errors.CommitOutcomeUnknown`).
     """
-    log.warning("database unavailable: %s", type(error).__name__)
     return handle_problem(
         ServiceUnavailable(
             "The database is busy or unavailable; nothing was changed. Try again shortly "
             "(with the same Idempotency-Key, if you sent one)."
         )
     )
+
+
+def handle_database_unavailable(error: Exception) -> Response:
+    """The database is busy (SQLite's write lock), gone or failing over: 503, try again."""
+    log.warning("database unavailable: %s", type(error).__name__)
+    return database_unavailable()
 
 
 def handle_http_exception(error: HTTPException) -> Response:
@@ -161,8 +167,8 @@ def init_app(app: Flask) -> None:
     """Register the handlers (after flask-smorest's, which they replace) and the rendering."""
     app.json = RenderingJSONProvider(app)
     app.register_error_handler(Problem, handle_problem)
-    app.register_error_handler(OperationalError, handle_database_unavailable)
-    app.register_error_handler(InterfaceError, handle_database_unavailable)
+    for error in DATABASE_UNAVAILABLE:
+        app.register_error_handler(error, handle_database_unavailable)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)
     app.after_request(add_security_headers)

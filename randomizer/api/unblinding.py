@@ -20,7 +20,7 @@ from randomizer import roles
 from randomizer.api.auth import authenticated, current_actor, requires
 from randomizer.api.parsing import StrictBlueprint, submission
 from randomizer.api.problems import json_response
-from randomizer.errors import ServiceUnavailable
+from randomizer.errors import CommitOutcomeUnknown, ServiceUnavailable
 from randomizer.rendering import render_json
 from randomizer.schemas import (
     ProblemSchema,
@@ -59,7 +59,7 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
         @blp.alt_response(404, schema=ProblemSchema, description="Unknown or not yours")
         @blp.alt_response(409, schema=ProblemSchema, description="Never randomised")
         @blp.alt_response(422, schema=ProblemSchema, description="Invalid reason or reference")
-        @blp.alt_response(503, schema=ProblemSchema, description="Not recorded: no arm given")
+        @blp.alt_response(503, schema=ProblemSchema, description="Not known recorded: no arm")
         def post(self, screening_number: str) -> Response:
             """Break the blind for one participant. Every request, refused or not, is audited.
 
@@ -71,6 +71,15 @@ def blueprint(schemas: TrialSchemas) -> StrictBlueprint:
             try:
                 with state.db.transaction() as session:
                     result = unblind_participant(session, state.ctx, actor, screening_number, body)
+            except CommitOutcomeUnknown:
+                log.exception("an unblinding's commit was cut off; no arm was released")
+                raise CommitOutcomeUnknown(
+                    "The connection to the database was lost while the unblinding was being "
+                    "committed: it may or may not have been recorded, and the arm was not "
+                    "released. Ask again (an unblinding is never replayed: a new request is a "
+                    "new, audited unblinding); if the service stays unavailable, use the "
+                    "trial's offline code-break procedure."
+                ) from None
             except SQLAlchemyError:
                 log.exception("an unblinding could not be recorded; no arm was released")
                 raise ServiceUnavailable(

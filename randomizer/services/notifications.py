@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from audit.entry import format_time
 from randomizer.config import Settings, SmtpServer
-from randomizer.db import Database
+from randomizer.db import DATABASE_UNAVAILABLE, Database
 from randomizer.models import OutboxMessage, Participant, Unblinding, User
 from randomizer.roles import INVESTIGATOR, STATISTICIAN
 from randomizer.services.context import TrialContext
@@ -69,20 +69,35 @@ def transport_for(settings: Settings) -> Transport | None:
     return SmtpTransport(settings.smtp, settings.smtp_from)
 
 
+#: Seconds before the dispatcher tries again after a round that failed (the database down).
+RETRY_SECONDS = 30.0
+
+
 class Dispatcher:
     """Delivers the outbox in one background thread, woken after each commit that wrote to it.
 
     A wake while a round is running asks for one more round, so nothing written meanwhile
-    waits for the next commit. The request that woke it never waits for delivery.
+    waits for the next commit. The request that woke it never waits for delivery. A round
+    that fails as a whole (the database is unavailable) wakes it again ``retry_seconds``
+    later, until a round gets through: a database outage does not leave the messages it
+    held up waiting for the next unblinding, or for cron.
     """
 
-    def __init__(self, database: Database, ctx: TrialContext, transport: Transport) -> None:
+    def __init__(
+        self,
+        database: Database,
+        ctx: TrialContext,
+        transport: Transport,
+        retry_seconds: float = RETRY_SECONDS,
+    ) -> None:
         self.database = database
         self.ctx = ctx
         self.transport = transport
+        self.retry_seconds = retry_seconds
         self._lock = threading.Lock()
         self._again = False
         self._thread: threading.Thread | None = None
+        self._retry: threading.Timer | None = None
 
     def wake(self) -> None:
         """Start a delivery round now, in the background (or after the one running)."""
@@ -103,8 +118,22 @@ class Dispatcher:
                 self._again = False
             try:
                 deliver_pending(self.database, self.ctx, self.transport)
-            except Exception:  # the database may be down: messages stay pending
-                log.exception("outbox delivery round failed; the messages stay pending")
+            except Exception as error:  # the database may be down: messages stay pending
+                log.warning(
+                    "outbox delivery round failed (%s); the messages stay pending, next "
+                    "try in %s s",
+                    type(error).__name__,
+                    self.retry_seconds,
+                    exc_info=not isinstance(error, DATABASE_UNAVAILABLE),
+                )
+                self._retry_later()
+
+    def _retry_later(self) -> None:
+        with self._lock:
+            if self._retry is None or not self._retry.is_alive():
+                self._retry = threading.Timer(self.retry_seconds, self.wake)
+                self._retry.daemon = True
+                self._retry.start()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the running round, if any (tests, shutdown)."""

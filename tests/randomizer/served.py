@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer: status, headers and body."""
+
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
 class HttpClient:
     """A minimal HTTP client (urllib): real requests to a real server."""
 
@@ -28,7 +42,12 @@ class HttpClient:
         self.base = base
         self.tokens = tokens
 
-    def request(
+    def request(self, *args: Any, **kwargs: Any) -> tuple[int, str, bytes]:
+        """(status, content type, body) of one request (:meth:`send`'s arguments)."""
+        answer = self.send(*args, **kwargs)
+        return answer.status, answer.headers.get_content_type(), answer.body
+
+    def send(
         self,
         method: str,
         path: str,
@@ -36,8 +55,8 @@ class HttpClient:
         body: Any = None,
         headers: dict[str, str] | None = None,
         timeout: float = 120,
-    ) -> tuple[int, str, bytes]:
-        """(status, content type, body) of one request."""
+    ) -> Answer:
+        """One request's answer, headers included; OSError if the connection failed."""
         all_headers = dict(headers or {})
         if user is not None:
             all_headers["Authorization"] = f"Bearer {self.tokens[user]}"
@@ -50,9 +69,9 @@ class HttpClient:
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, response.headers.get_content_type(), response.read()
+                return Answer(response.status, response.headers, response.read())
         except urllib.error.HTTPError as error:
-            return error.code, error.headers.get_content_type(), error.read()
+            return Answer(error.code, error.headers, error.read())
 
     def post(
         self, path: str, user: str, body: Any, headers: dict[str, str] | None = None
@@ -72,7 +91,8 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.client = HttpClient(f"http://127.0.0.1:{self.port}", trial.tokens)
 
-    def start(self) -> Server:
+    def start(self, healthy: bool = True) -> Server:
+        """Start the server; wait until it is healthy (or, ``healthy=False``, answers at all)."""
         env = {
             **os.environ,
             "SEALROOM_DATABASE_URL": self.trial.url,
@@ -103,10 +123,20 @@ class Server:
             try:
                 with urllib.request.urlopen(f"{self.client.base}/api/v1/health", timeout=2):
                     return self
+            except urllib.error.HTTPError:
+                if not healthy:
+                    return self
+                time.sleep(0.2)
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((self.directory / "server.log").read_text()) from None
                 time.sleep(0.2)
+
+    def worker_pids(self) -> set[int]:
+        """The process ids of gunicorn's workers (the master's children)."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(pid) for pid in children.read_text().split()}
 
     def kill(self) -> None:
         """SIGKILL the master and every worker at once: a crash, not a shutdown."""

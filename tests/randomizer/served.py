@@ -64,10 +64,17 @@ class HttpClient:
 class Server:
     """``sealroom serve`` on a free port, in its own process group (so it can be killed)."""
 
-    def __init__(self, trial: Any, directory: Path, workers: int) -> None:
+    def __init__(
+        self,
+        trial: Any,
+        directory: Path,
+        workers: int,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.trial = trial
         self.directory = directory
         self.workers = workers
+        self.environment = environment or {}
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.client = HttpClient(f"http://127.0.0.1:{self.port}", trial.tokens)
@@ -79,6 +86,7 @@ class Server:
             "SEALROOM_INSTANCE_DIR": str(self.directory),
             "SEALROOM_KEYS_DIR": str(self.trial.settings.keys_dir),
             "SEALROOM_LOG_LEVEL": "WARNING",
+            **self.environment,
         }
         log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(
@@ -107,6 +115,40 @@ class Server:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((self.directory / "server.log").read_text()) from None
                 time.sleep(0.2)
+
+    def worker_pids(self) -> set[int]:
+        """The server's worker processes (the children of gunicorn's master)."""
+        assert self.process is not None
+        pids = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # "pid (name) state ppid ...": the name may hold spaces, never a ")" last.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.add(int(stat.parent.name))
+        return pids
+
+    def worker_serving(self, connection: socket.socket) -> int | None:
+        """The worker holding the server's end of ``connection`` (read from Linux's /proc)."""
+        client_port = connection.getsockname()[1]
+        inode = None
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, remote_port = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            if (local_port, remote_port) == (self.port, client_port):
+                inode = fields[9]
+        if inode is None:
+            return None
+        for pid in self.worker_pids():
+            for fd in Path(f"/proc/{pid}/fd").glob("*"):
+                try:
+                    if os.readlink(fd) == f"socket:[{inode}]":
+                        return pid
+                except OSError:
+                    continue
+        return None
 
     def kill(self) -> None:
         """SIGKILL the master and every worker at once: a crash, not a shutdown."""

@@ -151,22 +151,19 @@ class Settings:
                 env.get("SEALROOM_NOTIFY_UNBLINDING", ""), "SEALROOM_NOTIFY_UNBLINDING"
             )
 
-        def whole(name: str, variable: str, default: int, low: int, high: int, unit: str) -> int:
+        def whole(name: str, variable: str, low: int, high: int, unit: str = "") -> int:
+            # The default is the field's own (below).
             value = overrides.pop(name, None)
-            return _whole_number(
-                env.get(variable, str(default)) if value is None else value,
-                variable,
-                low,
-                high,
-                unit,
-            )
+            if value is None:
+                value = env.get(variable, str(getattr(cls, name)))
+            return _whole_number(value, variable, low, high, unit)
 
-        token_days = whole("token_days", "SEALROOM_TOKEN_DAYS", 365, 1, 3650, " of days")
-        trusted_proxies = whole("trusted_proxies", "SEALROOM_TRUSTED_PROXIES", 0, 0, 10, "")
-        window = whole("auth_window_seconds", "SEALROOM_AUTH_WINDOW", 900, 1, 86400, " of seconds")
-        free = whole("auth_free_failures", "SEALROOM_AUTH_FREE_FAILURES", 5, 0, 100000, "")
-        most = whole("auth_max_failures", "SEALROOM_AUTH_MAX_FAILURES", 20, 1, 100000, "")
-        delayed = whole("auth_max_delayed", "SEALROOM_AUTH_MAX_DELAYED", 4, 0, 256, "")
+        token_days = whole("token_days", "SEALROOM_TOKEN_DAYS", 1, 3650, " of days")
+        trusted_proxies = whole("trusted_proxies", "SEALROOM_TRUSTED_PROXIES", 0, 10)
+        window = whole("auth_window_seconds", "SEALROOM_AUTH_WINDOW", 1, 86400, " of seconds")
+        free = whole("auth_free_failures", "SEALROOM_AUTH_FREE_FAILURES", 0, 100000)
+        most = whole("auth_max_failures", "SEALROOM_AUTH_MAX_FAILURES", 1, 100000)
+        delayed = whole("auth_max_delayed", "SEALROOM_AUTH_MAX_DELAYED", 0, 256)
         if free > most:
             raise ConfigError(
                 "SEALROOM_AUTH_FREE_FAILURES must not exceed SEALROOM_AUTH_MAX_FAILURES"

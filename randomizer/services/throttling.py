@@ -83,10 +83,10 @@ def client_key(address: str | None) -> str:
 class ThrottlePolicy:
     """How failures are counted and answered (settings ``SEALROOM_AUTH_*``)."""
 
-    window: timedelta = timedelta(minutes=15)
-    free_failures: int = 5
-    max_failures: int = 20
-    max_delayed: int = 4
+    window: timedelta
+    free_failures: int
+    max_failures: int
+    max_delayed: int
     first_delay: float = 0.25
     longest_delay: float = 2.0
 

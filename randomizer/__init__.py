@@ -8,6 +8,7 @@ not load Flask, SQLAlchemy or the keys (a test checks it in a clean interpreter)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -22,7 +23,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     ``config`` may hold ``settings`` (a :class:`randomizer.config.Settings`), ``database``
     (a :class:`randomizer.db.Database`, e.g. bound to a test transaction), ``clock`` (a
-    callable returning aware UTC datetimes), ``transport`` (what sends notifications, instead
+    callable returning aware UTC datetimes), ``sleep`` (how the authentication throttle
+    waits its delays, ``time.sleep`` by default), ``transport`` (what sends notifications, instead
     of the SMTP server the settings name) and any Flask setting. Without them, settings
     come from the ``SEALROOM_*`` variables.
     """
@@ -35,6 +37,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from randomizer.schemas import build_trial_schemas
     from randomizer.services.context import Notices, load_trial_context, utc_now
     from randomizer.services.notifications import Dispatcher, transport_for
+    from randomizer.services.throttling import AuthThrottle, ThrottlePolicy
     from randomizer.state import EXTENSION, AppState
     from randomizer.wsgi import BodyDeadline
 
@@ -42,6 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings = options.pop("settings", None) or Settings.from_env()
     database = options.pop("database", None) or Database(settings.database_url)
     clock = options.pop("clock", utc_now)
+    sleep = options.pop("sleep", time.sleep)
     transport = options.pop("transport", None)
 
     logging.basicConfig(level=settings.log_level)
@@ -69,9 +73,22 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if dispatcher is not None:
         dispatcher.ctx = ctx
     schemas = build_trial_schemas(ctx.definition)
+    throttle = AuthThrottle(database, ctx, ThrottlePolicy.from_settings(settings), sleep)
     app.extensions[EXTENSION] = AppState(
-        settings=settings, db=database, ctx=ctx, schemas=schemas, dispatcher=dispatcher
+        settings=settings,
+        db=database,
+        ctx=ctx,
+        schemas=schemas,
+        throttle=throttle,
+        dispatcher=dispatcher,
     )
     api.init_app(app, schemas)
     app.wsgi_app = BodyDeadline(app.wsgi_app)  # type: ignore[method-assign]
+    if settings.trusted_proxies:
+        # The client's address, for the throttle, from the N proxies' X-Forwarded-For.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=0, x_host=0
+        )
     return app

@@ -32,6 +32,16 @@ VARIABLES = {
     "safety contacts, told of every unblinding (default: none)",
     "SEALROOM_TOKEN_DAYS": "lifetime of a new API token in days (default 365, at most 3650); "
     "renew with `sealroom users token`",
+    "SEALROOM_TRUSTED_PROXIES": "number of reverse proxies in front whose X-Forwarded-For "
+    "names the client (default 0: trust no forwarded header)",
+    "SEALROOM_AUTH_WINDOW": "seconds over which a client's failed authentications are counted "
+    "(default 900)",
+    "SEALROOM_AUTH_FREE_FAILURES": "failed authentications in a window answered 401 at once "
+    "(default 5); the next ones wait 0.25 s, doubling up to 2 s",
+    "SEALROOM_AUTH_MAX_FAILURES": "failed authentications in a window after which a client's "
+    "invalid tokens get 429 with Retry-After (default 20)",
+    "SEALROOM_AUTH_MAX_DELAYED": "requests one server process holds in a delay at once; beyond, "
+    "429 at once (default 4)",
 }
 
 #: A plausible e-mail address: one @, no spaces or controls, at most 254 characters.
@@ -95,6 +105,13 @@ class Settings:
     smtp_from: str = "sealroom@localhost"
     notify_unblinding: tuple[str, ...] = ()
     token_days: int = 365
+    #: Reverse proxies in front whose ``X-Forwarded-For`` is trusted (werkzeug's ProxyFix).
+    trusted_proxies: int = 0
+    #: The authentication throttle (:mod:`randomizer.services.throttling`).
+    auth_window_seconds: int = 900
+    auth_free_failures: int = 5
+    auth_max_failures: int = 20
+    auth_max_delayed: int = 4
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -133,9 +150,24 @@ class Settings:
             notify = parse_addresses(
                 env.get("SEALROOM_NOTIFY_UNBLINDING", ""), "SEALROOM_NOTIFY_UNBLINDING"
             )
-        token_days_text = overrides.pop("token_days", None) or env.get("SEALROOM_TOKEN_DAYS", "365")
-        if not str(token_days_text).isdigit() or not 1 <= int(token_days_text) <= 3650:
-            raise ConfigError("SEALROOM_TOKEN_DAYS must be a whole number of days, 1 to 3650")
+
+        def whole(name: str, variable: str, low: int, high: int, unit: str = "") -> int:
+            # The default is the field's own (below).
+            value = overrides.pop(name, None)
+            if value is None:
+                value = env.get(variable, str(getattr(cls, name)))
+            return _whole_number(value, variable, low, high, unit)
+
+        token_days = whole("token_days", "SEALROOM_TOKEN_DAYS", 1, 3650, " of days")
+        trusted_proxies = whole("trusted_proxies", "SEALROOM_TRUSTED_PROXIES", 0, 10)
+        window = whole("auth_window_seconds", "SEALROOM_AUTH_WINDOW", 1, 86400, " of seconds")
+        free = whole("auth_free_failures", "SEALROOM_AUTH_FREE_FAILURES", 0, 100000)
+        most = whole("auth_max_failures", "SEALROOM_AUTH_MAX_FAILURES", 1, 100000)
+        delayed = whole("auth_max_delayed", "SEALROOM_AUTH_MAX_DELAYED", 0, 256)
+        if free > most:
+            raise ConfigError(
+                "SEALROOM_AUTH_FREE_FAILURES must not exceed SEALROOM_AUTH_MAX_FAILURES"
+            )
         if overrides:
             raise ConfigError(f"unknown settings: {sorted(overrides)}")
         return cls(
@@ -147,5 +179,18 @@ class Settings:
             smtp=SmtpServer.from_url(smtp_url) if smtp_url else None,
             smtp_from=smtp_from,
             notify_unblinding=tuple(notify),
-            token_days=int(token_days_text),
+            token_days=token_days,
+            trusted_proxies=trusted_proxies,
+            auth_window_seconds=window,
+            auth_free_failures=free,
+            auth_max_failures=most,
+            auth_max_delayed=delayed,
         )
+
+
+def _whole_number(value: object, variable: str, low: int, high: int, unit: str) -> int:
+    """``value`` (text or int) as a whole number from ``low`` to ``high``, or a ConfigError."""
+    text = str(value)
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ConfigError(f"{variable} must be a whole number{unit}, {low} to {high}")
+    return int(text)

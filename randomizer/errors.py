@@ -120,6 +120,17 @@ class IdempotencyKeyReused(Problem):
     status, type_name, title = 422, "idempotency-key-reused", "Idempotency key reused"
 
 
+class TooManyRequests(Problem):
+    """Too many failed authentications from one client (429): ``retry_after`` seconds until
+    its window lets it try again (the ``Retry-After`` header)."""
+
+    status, type_name, title = 429, "too-many-requests", "Too many failed authentications"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(Problem):
     """The database did not answer or could not commit: nothing was changed (503)."""
 

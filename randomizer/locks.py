@@ -9,7 +9,9 @@ each other in a cycle:
 2. the stratum row: its cursor gives slot n to the n-th randomisation (R-LIST-2);
 3. the site row: it stands for the site's kits, so the supply check and the allocation see
    the same stock (R-BLIND-2) and no kit is given twice;
-4. the audit head: it serialises appends, so the chain never forks (taken last, by
+4. a client's authentication failures: concurrent failures of one client, in any worker,
+   count one after the other (:mod:`randomizer.services.throttling`);
+5. the audit head: it serialises appends, so the chain never forks (taken last, by
    :meth:`randomizer.services.audit_log.AuditLog.append`).
 
 Taking a lock of an earlier rank after one of a later rank is a programming error and
@@ -20,23 +22,27 @@ write lock from ``BEGIN IMMEDIATE`` on, and these row locks are no-ops.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Final
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from randomizer.models import AuditHead, OutboxMessage, Participant, Site, Stratum
+from randomizer.models import AuditHead, AuthFailure, OutboxMessage, Participant, Site, Stratum
 
 OUTBOX_MESSAGE: Final = 1
 PARTICIPANT: Final = 2
 STRATUM: Final = 3
 SITE: Final = 4
-AUDIT_HEAD: Final = 5
+AUTH_FAILURE: Final = 5
+AUDIT_HEAD: Final = 6
 _NAMES: Final = {
     OUTBOX_MESSAGE: "outbox message",
     PARTICIPANT: "participant",
     STRATUM: "stratum",
     SITE: "site",
+    AUTH_FAILURE: "auth failure",
     AUDIT_HEAD: "audit head",
 }
 _HELD = "sealroom.locks.highest"
@@ -53,7 +59,7 @@ def _enter(session: Session, rank: int) -> None:
     if rank < held:
         raise LockOrderError(
             f"the {_NAMES[rank]} lock was requested after the {_NAMES[held]} lock; "
-            "the order is outbox message, participant, stratum, site, audit head"
+            f"the order is {', '.join(_NAMES[rank] for rank in sorted(_NAMES))}"
         )
     session.info[_HELD] = rank
 
@@ -86,6 +92,24 @@ def lock_site(session: Session, site_id: str) -> Site:
     return session.execute(
         select(Site)
         .where(Site.id == site_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def lock_auth_failure(session: Session, client: str, now: datetime) -> AuthFailure:
+    """Lock and return the client's failure record, created empty (a window beginning
+    ``now``) if it has none: the insert waits for, or yields to, a concurrent one."""
+    _enter(session, AUTH_FAILURE)
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(AuthFailure)
+        .values(client=client, failures=0, window_started_at=now)
+        .on_conflict_do_nothing(index_elements=[AuthFailure.client])
+    )
+    return session.execute(
+        select(AuthFailure)
+        .where(AuthFailure.client == client)
         .with_for_update()
         .execution_options(populate_existing=True)
     ).scalar_one()

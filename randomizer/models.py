@@ -252,6 +252,23 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
+class AuthFailure(Base):
+    """Failed authentications of one client in its current window (the throttle of
+    :mod:`randomizer.services.throttling`): one row per client, reset when its window ends.
+
+    Counted in the database, not in a worker's memory, so that every worker and server
+    process sees the same count.
+    """
+
+    __tablename__ = "auth_failure"
+
+    #: The client's key: its IPv4 address, or its IPv6 /64 network.
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    #: When the window began (its first failure); it ends ``SEALROOM_AUTH_WINDOW`` later.
+    window_started_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
 class IdempotencyRecord(Base):
     """The first response to a state-changing POST sent with an ``Idempotency-Key``."""
 

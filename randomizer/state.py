@@ -11,6 +11,7 @@ from randomizer.db import Database
 from randomizer.schemas import TrialSchemas
 from randomizer.services.context import TrialContext
 from randomizer.services.notifications import Dispatcher
+from randomizer.services.throttling import AuthThrottle
 
 EXTENSION = "sealroom"
 
@@ -23,6 +24,8 @@ class AppState:
     db: Database
     ctx: TrialContext
     schemas: TrialSchemas
+    #: Authenticates bearer tokens, slowing down and refusing clients that keep failing.
+    throttle: AuthThrottle
     #: Delivers the outbox after commits; None where no mail server is configured.
     dispatcher: Dispatcher | None = None
 

@@ -47,7 +47,8 @@ class ServedAsDocumented(BasePlugin):
       ``application/json``);
     * an operation is authenticated unless it says ``security: []`` (``/health``,
       ``/audit/verifier-key``), and every authenticated one declares its 401 with
-      ``WWW-Authenticate``;
+      ``WWW-Authenticate`` and its 429 with ``Retry-After`` (a client that sent too many
+      invalid tokens: :mod:`randomizer.services.throttling`);
     * every answer carries ``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff``.
     """
 
@@ -70,6 +71,15 @@ class ServedAsDocumented(BasePlugin):
                     }
                 }
                 responses["401"] = unauthorized
+                throttled = _problem(429, "Too many failed authentications from this client")
+                throttled["headers"] = {
+                    "Retry-After": {
+                        "description": "Seconds until the client's failures are forgotten.",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1},
+                    }
+                }
+                responses["429"] = throttled
             responses["default"] = _problem("default", "Any other refusal")
             for response in responses.values():
                 response.setdefault("headers", {}).update(SECURITY_HEADERS)

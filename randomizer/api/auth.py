@@ -1,5 +1,8 @@
 """Bearer-token authentication and role checks (URS §8: token, then role).
 
+Repeated failures from one client are slowed down, then refused with 429, by the service
+:mod:`randomizer.services.throttling`; a valid token is always served.
+
 Endpoints whose refusals must themselves be audited (randomisation, unblinding) use
 :func:`authenticated` only and let their service check the role, so that a 403 there is
 recorded in the audit trail too.
@@ -16,6 +19,7 @@ from flask import g, request
 
 from randomizer.errors import Unauthorized
 from randomizer.roles import Actor, Permission
+from randomizer.services.throttling import MALFORMED_DETAIL
 from randomizer.services.users import authenticate
 from randomizer.state import app_state
 
@@ -31,27 +35,31 @@ def current_actor() -> Actor:
 
 
 def _authenticate_request() -> Actor:
-    header = request.headers.get("Authorization", "")
+    """The actor of the request's bearer token (401 without one; 429 for a client that sent
+    too many invalid ones: :mod:`randomizer.services.throttling`)."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        # Nothing presented is no guess: refused without counting (or any database work).
+        raise Unauthorized(MALFORMED_DETAIL)
     match = _BEARER.fullmatch(header)
-    if match is None:
-        raise Unauthorized("Send a valid bearer token: Authorization: Bearer <token>.")
-    state = app_state()
-    with state.db.reading() as session:
-        actor = authenticate(session, match.group(1), state.ctx.clock())
-    if actor is None:
-        raise Unauthorized(
-            "The token is unknown, revoked, expired or belongs to a deactivated user."
-        )
+    actor = app_state().throttle.authenticate(
+        request.remote_addr, match.group(1) if match else None
+    )
     g.actor = actor
     return actor
 
 
 def optional_actor() -> Actor | None:
-    """The actor of a valid bearer token sent with this request, or None (never raises)."""
-    try:
-        return _authenticate_request()
-    except Unauthorized:
+    """The actor of a valid bearer token sent with this request, or None (never raises).
+
+    An invalid token here is not counted as a failure: nothing is refused for it.
+    """
+    match = _BEARER.fullmatch(request.headers.get("Authorization", ""))
+    if match is None:
         return None
+    state = app_state()
+    with state.db.reading() as session:
+        return authenticate(session, match.group(1), state.ctx.clock())
 
 
 def authenticated(view: F) -> F:

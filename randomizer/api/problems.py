@@ -16,7 +16,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from randomizer.db import DATABASE_UNAVAILABLE
-from randomizer.errors import Problem, ServiceUnavailable, flatten_errors
+from randomizer.errors import Problem, ServiceUnavailable, TooManyRequests, flatten_errors
 from randomizer.rendering import render_json
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ def handle_problem(problem: Problem) -> Response:
     headers = None
     if problem.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(problem, TooManyRequests):
+        headers = {"Retry-After": str(problem.retry_after)}
     elif problem.status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return problem_response(problem.body(), headers)

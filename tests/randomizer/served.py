@@ -83,10 +83,17 @@ class HttpClient:
 class Server:
     """``sealroom serve`` on a free port, in its own process group (so it can be killed)."""
 
-    def __init__(self, trial: Any, directory: Path, workers: int) -> None:
+    def __init__(
+        self,
+        trial: Any,
+        directory: Path,
+        workers: int,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.trial = trial
         self.directory = directory
         self.workers = workers
+        self.environment = environment or {}
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.client = HttpClient(f"http://127.0.0.1:{self.port}", trial.tokens)
@@ -99,6 +106,7 @@ class Server:
             "SEALROOM_INSTANCE_DIR": str(self.directory),
             "SEALROOM_KEYS_DIR": str(self.trial.settings.keys_dir),
             "SEALROOM_LOG_LEVEL": "WARNING",
+            **self.environment,
         }
         log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(
@@ -137,6 +145,26 @@ class Server:
         assert self.process is not None
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return {int(pid) for pid in children.read_text().split()}
+
+    def worker_serving(self, connection: socket.socket) -> int | None:
+        """The worker holding the server's end of ``connection`` (read from Linux's /proc)."""
+        client_port = connection.getsockname()[1]
+        inode = None
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, remote_port = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            if (local_port, remote_port) == (self.port, client_port):
+                inode = fields[9]
+        if inode is None:
+            return None
+        for pid in self.worker_pids():
+            for fd in Path(f"/proc/{pid}/fd").glob("*"):
+                try:
+                    if os.readlink(fd) == f"socket:[{inode}]":
+                        return pid
+                except OSError:
+                    continue
+        return None
 
     def kill(self) -> None:
         """SIGKILL the master and every worker at once: a crash, not a shutdown."""

@@ -80,13 +80,18 @@ def test_the_public_operations_say_so_and_answer_without_a_token(api, document):
 
 @pytest.mark.requirement("R-API")
 def test_every_authenticated_operation_declares_and_answers_401(api, document):
-    for method, path, operation in operations(document):
+    for index, (method, path, operation) in enumerate(operations(document)):
         if (method, path) in PUBLIC:
             continue
         declared = operation["responses"]["401"]
         assert declared["headers"]["WWW-Authenticate"]["required"] is True
+        # Each operation from a client of its own: one client's many invalid tokens would be
+        # slowed down, then refused with 429 (test_auth_throttle.py).
+        client = {"REMOTE_ADDR": f"192.0.2.{index + 1}"}
         for headers in ({}, {"Authorization": "Bearer " + "x" * 43}, {"Authorization": "Basic x"}):
-            response = api.request(method.upper(), concrete(path), headers=headers)
+            response = api.request(
+                method.upper(), concrete(path), headers=headers, environ_base=client
+            )
             problem = assert_problem(response, 401)
             assert problem["type"] == "/problems/unauthorized"
             assert response.headers["WWW-Authenticate"] == "Bearer"

@@ -1,4 +1,5 @@
-"""The row locks' one order: participant, stratum, site, audit head (``randomizer.locks``).
+"""The row locks' one order: participant, stratum, site, auth failure, audit head
+(``randomizer.locks``).
 
 A lock of an earlier rank asked for after one of a later rank is a programming error: it
 raises :class:`LockOrderError` before any SQL is sent, so it can never wait on a lock in a
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from randomizer.locks import (
     claim_outbox_message,
     held_rank,
     lock_audit_head,
+    lock_auth_failure,
     lock_participant,
     lock_site,
     lock_stratum,
@@ -33,6 +36,7 @@ LOCKS: list[tuple[str, Callable[[Session], Any]]] = [
     ("participant", lambda session: lock_participant(session, "101-0001")),
     ("stratum", lambda session: lock_stratum(session, 1)),
     ("site", lambda session: lock_site(session, "101")),
+    ("auth failure", lambda session: lock_auth_failure(session, "192.0.2.1", datetime.now(UTC))),
     ("audit head", lock_audit_head),
 ]
 LOCK_IDS = [name.replace(" ", "-") for name, _take in LOCKS]
@@ -75,7 +79,7 @@ def test_participant_lock_after_site_lock_raises_before_any_sql(db, screened):
         assert sent == []
         assert str(raised.value) == (
             "the participant lock was requested after the site lock; "
-            "the order is outbox message, participant, stratum, site, audit head"
+            "the order is outbox message, participant, stratum, site, auth failure, audit head"
         )
         # The recording would have seen a lock's statement had one been sent.
         with statements_sent(db.engine) as sent:
@@ -107,14 +111,16 @@ def test_the_locks_in_their_documented_order_succeed(db, screened):
         participant = lock_participant(session, screened)
         stratum = lock_stratum(session, 1)
         site = lock_site(session, "101")
+        failures = lock_auth_failure(session, "192.0.2.1", datetime.now(UTC))
         head = lock_audit_head(session)
 
-        assert (participant.screening_number, stratum.number, site.id, head.id) == (
-            screened,
-            1,
-            "101",
-            HEAD_ID,
-        )
+        assert (
+            participant.screening_number,
+            stratum.number,
+            site.id,
+            failures.client,
+            head.id,
+        ) == (screened, 1, "101", "192.0.2.1", HEAD_ID)
         assert held_rank(session) == AUDIT_HEAD
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -324,6 +325,16 @@ def _claimed_size(note: str) -> int | None:
     return int(lines[1]) if len(lines) > 2 and DECIMAL.fullmatch(lines[1]) else None
 
 
+def _start_method() -> str:
+    """Fork, which neither re-imports the caller's main module nor pays for imports, unless
+    other threads run (a lock one of them holds would stay held in the child): then the
+    forkserver, whose children re-import the main module (it needs a ``__main__`` guard)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 class _SignatureChecks:
     """``_check_notes`` over the stored notes, in a pool of processes when they are many.
 
@@ -340,10 +351,7 @@ class _SignatureChecks:
         self._pool: ProcessPoolExecutor | None = None
         self._pending: list[Future[list[Checkpoint | CheckpointError]]] = []
         if processes > 1 and key is not None and len(notes) >= PARALLEL_FROM:
-            # forkserver: a clean process to fork from, whatever threads the caller runs.
-            context = multiprocessing.get_context(
-                "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            )
+            context = multiprocessing.get_context(_start_method())
             self._pool = ProcessPoolExecutor(processes, mp_context=context)
             chunk = max(100, min(_CHUNK, -(-len(notes) // (4 * processes))))
             self._pending = [

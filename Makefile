@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# The PostgreSQL server the benchmarks that measure both backends use (a scratch database on it).
+BENCH_POSTGRES ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 .PHONY: run test lint bench install install-test clean
 
@@ -43,6 +45,8 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/audit.py
 	$(BIN)/python benchmarks/randomize.py
+	$(BIN)/python benchmarks/logsize.py --database-url $(BENCH_POSTGRES)
+	$(BIN)/python benchmarks/verify.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .ruff_cache

@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# The PostgreSQL server the benchmarks that measure both backends use (a scratch database on it).
 
 .PHONY: run test lint bench install install-test clean
 
@@ -39,15 +40,19 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## make bench: the figures README.md quotes (not part of CI; several minutes). With
-## BENCH_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) the load
-## benchmark also runs on PostgreSQL, in a scratch database of that server.
-BENCH_DATABASE_URL ?=
+## make bench: the figures README.md quotes (not part of CI; about 15 minutes). Each
+## benchmark runs on SQLite and, when BENCH_DATABASE_URL names a PostgreSQL server, there
+## too, in scratch databases of that server (BENCH_DATABASE_URL= for SQLite alone).
+BENCH_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+BENCH_PG = $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/audit.py
 	$(BIN)/python benchmarks/randomize.py
+	$(BIN)/python benchmarks/randomize.py $(BENCH_PG)
 	$(BIN)/python benchmarks/stock.py
-	$(BIN)/python benchmarks/load.py $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
+	$(BIN)/python benchmarks/load.py $(BENCH_PG)
+	$(BIN)/python benchmarks/logsize.py $(BENCH_PG)
+	$(BIN)/python benchmarks/verify.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .ruff_cache

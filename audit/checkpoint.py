@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ SIGNATURE_PREFIX = "\u2014 "  # EM DASH, then a space
 MAX_SIGNATURES = 100  # C2SP lets verifiers refuse notes with absurdly many signatures
 MAX_TREE_SIZE = 2**64 - 1  # the tree size is a uint64 in C2SP tlog-checkpoint
 
-_DECIMAL = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+#: A tree size as a note writes it: decimal, no leading zeros.
+DECIMAL = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 _KEY_ID_HEX = re.compile(r"[0-9a-f]{8}", re.ASCII)
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f]")  # every control character but newline
 
 
 class CheckpointError(ValueError):
@@ -146,7 +149,7 @@ def parse_checkpoint(note: str) -> tuple[Checkpoint, list[Signature]]:
     origin, size_text, root_text, *extensions = lines
     if any(line == "" for line in lines):
         raise CheckpointError("malformed checkpoint: the body has an empty line")
-    if not _DECIMAL.fullmatch(size_text) or int(size_text) > MAX_TREE_SIZE:
+    if not DECIMAL.fullmatch(size_text) or int(size_text) > MAX_TREE_SIZE:
         raise CheckpointError(f"malformed checkpoint: size {size_text!r} is not a tree size")
     root = _b64decode(root_text, "malformed checkpoint: the root hash is not base64")
     if len(root) != 32:
@@ -168,7 +171,7 @@ def verify_checkpoint(note: str, verifier_key: VerifierKey) -> Checkpoint:
     # Parsing is strict (one spelling per size and root), so the parsed checkpoint gives
     # back exactly the body bytes that were signed.
     body = checkpoint.body().encode("utf-8")
-    public = Ed25519PublicKey.from_public_bytes(verifier_key.public_key)
+    public = _public_key(verifier_key.public_key)
     claimed = False
     for sig in signatures:
         if sig.key_name != verifier_key.name or sig.key_id != verifier_key.key_id:
@@ -202,7 +205,7 @@ def _split_note(note: str) -> tuple[str, str]:
         raise CheckpointError("malformed checkpoint: the note is not valid UTF-8") from None
     # Control characters other than newline are not allowed anywhere in a note; a stray
     # '\r' in particular would make the signed bytes differ from what a reader sees.
-    if any(ord(ch) < 0x20 and ch != "\n" for ch in note) or "\x7f" in note:
+    if _CONTROL.search(note):
         raise CheckpointError("malformed checkpoint: control characters in the note")
     split = note.rfind("\n\n")
     if split < 0:
@@ -229,8 +232,19 @@ def _parse_signature_line(line: str) -> Signature:
 
 def _check_key_name(name: str, what: str) -> None:
     """C2SP key names: non-empty, no '+', no whitespace (Unicode spaces included)."""
-    if not name or "+" in name or any(ch.isspace() for ch in name):
+    if not _is_key_name(name):
         raise CheckpointError(f"malformed {what}: key name {name!r} is empty or has '+' or spaces")
+
+
+@functools.lru_cache(maxsize=256)
+def _is_key_name(name: str) -> bool:
+    # Cached: a log's notes all carry the same one or two names.
+    return bool(name) and "+" not in name and not any(ch.isspace() for ch in name)
+
+
+@functools.lru_cache(maxsize=16)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def _check_body_fields(checkpoint: Checkpoint) -> None:

@@ -91,31 +91,86 @@ def root_from_leaves(leaf_hashes: Sequence[bytes]) -> bytes:
 class CompactRange:
     """The running tree head of a stream of leaves, in O(log n) memory.
 
-    Keeps only the perfect subtrees that make up ``[0, size)`` (the "frontier"), so a
-    verifier can read a million-entry export once and still get the root at every
-    checkpoint size it meets along the way.
+    Keeps only the perfect subtrees that make up ``[0, size)`` (the "frontier", one per 1 bit
+    of ``size``, largest first: the nodes at ``root_coords(size)``), so a verifier can read a
+    million-entry export once and still get the root at every checkpoint size it meets along
+    the way, and the service can append, and sign the new root, without reading the tree.
     """
 
-    def __init__(self) -> None:
-        """Start at the empty tree."""
-        self.size = 0
+    def __init__(self, size: int = 0, frontier: Sequence[bytes] = ()) -> None:
+        """Start at the empty tree, or at ``size`` leaves given their frontier hashes."""
+        if size < 0:
+            raise ValueError("tree size must be non-negative")
+        if len(frontier) != size.bit_count() or any(len(h) != HASH_SIZE for h in frontier):
+            raise ValueError(
+                f"a tree of size {size} has a frontier of {size.bit_count()} 32-byte hashes"
+            )
+        self.size = size
         # Perfect subtree hashes of the frontier, largest (leftmost) first.
-        self._frontier: list[bytes] = []
+        self._frontier: list[bytes] = list(frontier)
 
-    def append(self, leaf: bytes) -> None:
-        """Add the next leaf hash; amortised O(1)."""
-        digest = leaf
-        size = self.size
+    @classmethod
+    def from_bytes(cls, size: int, packed: bytes) -> CompactRange:
+        """The compact range of ``size`` leaves from ``to_bytes()``'s concatenated hashes."""
+        if len(packed) != HASH_SIZE * size.bit_count():
+            raise ValueError(
+                f"a tree of size {size} has a frontier of {size.bit_count()} 32-byte hashes,"
+                f" not {len(packed)} bytes"
+            )
+        return cls(size, [packed[i : i + HASH_SIZE] for i in range(0, len(packed), HASH_SIZE)])
+
+    @property
+    def frontier(self) -> list[bytes]:
+        """The frontier hashes, largest subtree first (the nodes at ``root_coords(size)``)."""
+        return list(self._frontier)
+
+    def to_bytes(self) -> bytes:
+        """The frontier hashes concatenated, largest subtree first (32 bytes per 1 bit)."""
+        return b"".join(self._frontier)
+
+    def copy(self) -> CompactRange:
+        """An independent copy (appending to it leaves this one as it is)."""
+        return CompactRange(self.size, self._frontier)
+
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Add the next leaf hash; amortised O(1).
+
+        Returns the ``(level, index, hash)`` nodes the leaf completes (the leaf itself at
+        ``(0, size)`` first), exactly what ``nodes_for_append`` gives, without a store.
+        """
+        if len(leaf) != HASH_SIZE:
+            raise ValueError("a leaf is a 32-byte leaf hash: pass leaf_hash(entry_bytes)")
+        digest, level, index = leaf, 0, self.size
+        created = [(0, index, digest)]
         # Each trailing 1 bit of the old size is a perfect subtree the new leaf completes.
-        while size & 1:
+        while index & 1:
             digest = node_hash(self._frontier.pop(), digest)
-            size >>= 1
+            level, index = level + 1, index >> 1
+            created.append((level, index, digest))
         self._frontier.append(digest)
         self.size += 1
+        return created
 
     def root(self) -> bytes:
         """The tree head ``MTH`` of the leaves appended so far; O(log n)."""
-        return _fold_right(self._frontier) if self._frontier else EMPTY_ROOT
+        frontier = self._frontier
+        if not frontier:
+            return EMPTY_ROOT
+        # _fold_right written out: a verifier takes the root at every checkpoint size.
+        digest, sha256 = frontier[-1], hashlib.sha256
+        for left in frontier[-2::-1]:
+            digest = sha256(_NODE_PREFIX + left + digest).digest()
+        return digest
+
+
+def compact_range(size: int, store: NodeStore) -> CompactRange:
+    """The compact range of the tree of ``size`` leaves, from its stored frontier nodes."""
+    coords = root_coords(size)
+    nodes = store.get_nodes(coords)
+    missing = [coord for coord in coords if coord not in nodes]
+    if missing:
+        raise MissingNodeError(f"node store has no subtree hash at {missing[0]}")
+    return CompactRange(size, [nodes[coord] for coord in coords])
 
 
 # --- ranges and their perfect subtrees -----------------------------------------------------------

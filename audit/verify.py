@@ -39,12 +39,17 @@ reported.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 from audit.checkpoint import (
+    DECIMAL,
     Checkpoint,
     CheckpointError,
     VerifierKey,
@@ -55,6 +60,9 @@ from audit.entry import ZERO_HASH, AuditFormatError, parse_entry
 from audit.merkle import EMPTY_ROOT, CompactRange
 
 _MAX_LISTED = 20  # past this many position problems, summarise instead of listing them all
+#: From this many stored checkpoints on, their signatures are checked by a pool of processes.
+PARALLEL_FROM = 2000
+_CHUNK = 5000  # notes sent to a process at a time
 
 
 @dataclass
@@ -81,6 +89,7 @@ def verify_log(
     trusted_checkpoints: Sequence[str] = (),
     head_hash: str | None = None,
     head_size: int | None = None,
+    processes: int | None = None,
 ) -> VerifyReport:
     """Verify a log.
 
@@ -91,10 +100,18 @@ def verify_log(
     ``trusted_checkpoints`` notes saved elsewhere (by an auditor or monitor) that the log
     must still extend; ``head_hash`` the hex hash storage claims for its last entry and
     ``head_size`` the number of entries it claims (``None``: not known, the head is taken
-    to claim the entries given).
+    to claim the entries given). ``processes`` is how many processes check checkpoint
+    signatures beside the one reading the entries (``None``: one per core; a log of fewer
+    than ``PARALLEL_FROM`` checkpoints is checked in this process).
     """
     return _verify(
-        iter(entries), checkpoints, verifier_key, trusted_checkpoints, head_hash, head_size
+        iter(entries),
+        checkpoints,
+        verifier_key,
+        trusted_checkpoints,
+        head_hash,
+        head_size,
+        processes,
     )
 
 
@@ -105,6 +122,7 @@ def verify_export_stream(
     trusted_checkpoints: Sequence[str] = (),
     head_hash: str | None = None,
     head_size: int | None = None,
+    processes: int | None = None,
 ) -> VerifyReport:
     """Like ``verify_log``, over the lines of a JSON Lines export read one at a time.
 
@@ -112,7 +130,9 @@ def verify_export_stream(
     newline inside strings, so a line is never split).
     """
     entries = (line[:-1] if line.endswith(b"\n") else line for line in lines)
-    return _verify(entries, checkpoints, verifier_key, trusted_checkpoints, head_hash, head_size)
+    return _verify(
+        entries, checkpoints, verifier_key, trusted_checkpoints, head_hash, head_size, processes
+    )
 
 
 # --- the pieces of evidence ----------------------------------------------------------------------
@@ -180,13 +200,26 @@ def _verify(
     trusted_checkpoints: Sequence[str],
     head_hash: str | None,
     head_size: int | None,
+    processes: int | None,
 ) -> VerifyReport:
     findings = _Findings()
     warnings: list[str] = []
-    stored, unsigned = _accept_checkpoints(checkpoints, verifier_key, False, findings)
-    trusted, _ = _accept_checkpoints(trusted_checkpoints, verifier_key, True, findings)
+    trusted_outcomes = _check_notes(trusted_checkpoints, verifier_key)
+    with _SignatureChecks(checkpoints, verifier_key, processes) as signatures:
+        # The stored notes' signatures are checked in other processes while this one reads
+        # the entries, computing the root at every size a note claims: only the notes the
+        # checks accept are evidence, and each of them claims its own size.
+        sizes = {size for note in checkpoints if (size := _claimed_size(note)) is not None}
+        sizes |= {o.size for o in trusted_outcomes if isinstance(o, Checkpoint)}
+        scan = _scan_entries(entries, sizes, head_size)
+        stored_outcomes = signatures.outcomes()
+    stored, unsigned = _accept_checkpoints(
+        checkpoints, stored_outcomes, verifier_key, False, findings
+    )
+    trusted, _ = _accept_checkpoints(
+        trusted_checkpoints, trusted_outcomes, verifier_key, True, findings
+    )
     evidence = stored + trusted
-    scan = _scan_entries(entries, {head.size for head in evidence}, head_size)
     n = scan.size
 
     if verifier_key is None:
@@ -239,33 +272,105 @@ def _verify(
 
 
 def _accept_checkpoints(
-    notes: Sequence[str], key: VerifierKey | None, trusted: bool, findings: _Findings
+    notes: Sequence[str],
+    outcomes: Sequence[Checkpoint | CheckpointError],
+    key: VerifierKey | None,
+    trusted: bool,
+    findings: _Findings,
 ) -> tuple[list[_Head], list[int]]:
-    """Parse (and, given a key, verify) notes; return the accepted ones and the refused sizes."""
+    """The notes whose check (``_check_notes``) accepted them, and the refused sizes."""
     accepted: list[_Head] = []
     refused_sizes: list[int] = []
     what = "trusted checkpoint" if trusted else "checkpoint"
-    for number, note in enumerate(notes):
+    for number, (note, outcome) in enumerate(zip(notes, outcomes, strict=True)):
+        if isinstance(outcome, Checkpoint):
+            accepted.append(_Head(outcome, trusted))
+            continue
+        try:
+            size = parse_checkpoint(note)[0].size
+        except CheckpointError:
+            findings.other(f"{what} {number} cannot be read: {outcome}")
+            continue
+        refused_sizes.append(size)
+        # One message per kind: a re-signed log would otherwise list every checkpoint.
+        if len(refused_sizes) == 1 and key is not None:
+            findings.other(
+                f"{what} {number} (size {size}) is not signed by the trusted key {key.label()}"
+            )
+        elif len(refused_sizes) == 2:
+            findings.other(f"other {what}s are not signed by the trusted key either")
+    return accepted, refused_sizes
+
+
+def _check_notes(
+    notes: Sequence[str], key: VerifierKey | None
+) -> list[Checkpoint | CheckpointError]:
+    """Each note's checkpoint if it verifies (given a key) or parses (without), else why not."""
+    outcomes: list[Checkpoint | CheckpointError] = []
+    for note in notes:
         try:
             # verify_checkpoint parses too: the usual path reads each note once.
-            checkpoint = verify_checkpoint(note, key) if key else parse_checkpoint(note)[0]
+            outcomes.append(verify_checkpoint(note, key) if key else parse_checkpoint(note)[0])
         except CheckpointError as exc:
-            try:
-                size = parse_checkpoint(note)[0].size
-            except CheckpointError:
-                findings.other(f"{what} {number} cannot be read: {exc}")
-                continue
-            refused_sizes.append(size)
-            # One message per kind: a re-signed log would otherwise list every checkpoint.
-            if len(refused_sizes) == 1 and key is not None:
-                findings.other(
-                    f"{what} {number} (size {size}) is not signed by the trusted key {key.label()}"
-                )
-            elif len(refused_sizes) == 2:
-                findings.other(f"other {what}s are not signed by the trusted key either")
-            continue
-        accepted.append(_Head(checkpoint, trusted))
-    return accepted, refused_sizes
+            outcomes.append(exc)
+    return outcomes
+
+
+def _claimed_size(note: str) -> int | None:
+    """The size a note's body claims, read as ``parse_checkpoint`` reads it; None if none.
+
+    Unchecked: it only says at which sizes the tree root is worth computing.
+    """
+    lines = note[: note.rfind("\n\n") + 1].split("\n", 2)
+    return int(lines[1]) if len(lines) > 2 and DECIMAL.fullmatch(lines[1]) else None
+
+
+def _start_method() -> str:
+    """Fork, which neither re-imports the caller's main module nor pays for imports, unless
+    other threads run (a lock one of them holds would stay held in the child): then the
+    forkserver, whose children re-import the main module (it needs a ``__main__`` guard)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class _SignatureChecks:
+    """``_check_notes`` over the stored notes, in a pool of processes when they are many.
+
+    Ed25519 verification is most of what verifying a log with one checkpoint per
+    transaction costs: each core checks a share of the notes while the entries are read.
+    """
+
+    def __init__(
+        self, notes: Sequence[str], key: VerifierKey | None, processes: int | None
+    ) -> None:
+        self._notes = notes
+        self._key = key
+        processes = (os.cpu_count() or 1) if processes is None else processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: list[Future[list[Checkpoint | CheckpointError]]] = []
+        if processes > 1 and key is not None and len(notes) >= PARALLEL_FROM:
+            context = multiprocessing.get_context(_start_method())
+            self._pool = ProcessPoolExecutor(processes, mp_context=context)
+            chunk = max(100, min(_CHUNK, -(-len(notes) // (4 * processes))))
+            self._pending = [
+                self._pool.submit(_check_notes, list(notes[start : start + chunk]), key)
+                for start in range(0, len(notes), chunk)
+            ]
+
+    def __enter__(self) -> _SignatureChecks:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def outcomes(self) -> list[Checkpoint | CheckpointError]:
+        """Every note's outcome, in order (waits for the pool)."""
+        if self._pool is None:
+            return _check_notes(self._notes, self._key)
+        return [outcome for future in self._pending for outcome in future.result()]
 
 
 def _scan_entries(entries: Iterable[bytes], sizes: set[int], head_size: int | None) -> _Scan:

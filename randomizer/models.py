@@ -366,6 +366,10 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     size: Mapped[int] = mapped_column(Integer)
     last_hash: Mapped[str] = mapped_column(String(64))
+    #: The tree's compact range at ``size``: the frontier's perfect-subtree hashes,
+    #: largest first, concatenated (32 bytes per 1 bit of ``size``). Appends and tree heads
+    #: need no node reads; a cache checked against the last signed checkpoint, never evidence.
+    frontier: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class AuditEntry(Base):

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select, tuple_
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from audit.checkpoint import (
@@ -28,11 +28,12 @@ from audit.checkpoint import (
 )
 from audit.entry import canonical_bytes, entry_hash, make_entry
 from audit.merkle import (
+    CompactRange,
+    MissingNodeError,
+    compact_range,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
-    nodes_for_append,
-    root_hash,
     verify_consistency,
 )
 from randomizer.db import before_commit
@@ -41,6 +42,7 @@ from randomizer.models import AuditCheckpoint, AuditEntry, AuditHead, AuditNode
 from randomizer.roles import Actor
 
 _CHECKPOINTED = "sealroom.audit.checkpointed"
+_HEAD_CHECKED = "sealroom.audit.head_checked"
 
 
 class AuditIntegrityError(RuntimeError):
@@ -63,12 +65,21 @@ class SessionNodeStore:
 
     def get_nodes(self, coords: Iterable[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
         """Fetch the hashes of the given (level, index) perfect subtrees."""
-        wanted = list(dict.fromkeys(coords))
-        if not wanted:
+        by_level: dict[int, list[int]] = {}
+        for level, index in dict.fromkeys(coords):
+            by_level.setdefault(level, []).append(index)
+        if not by_level:
             return {}
+        # One index search per level: SQLite answers a row-value IN list by scanning the
+        # whole table, which made every append linear in the log's size.
         rows = self.session.execute(
             select(AuditNode.level, AuditNode.node_index, AuditNode.hash).where(
-                tuple_(AuditNode.level, AuditNode.node_index).in_(wanted)
+                or_(
+                    *(
+                        and_(AuditNode.level == level, AuditNode.node_index.in_(indexes))
+                        for level, indexes in by_level.items()
+                    )
+                )
             )
         )
         return {(level, index): bytes(digest) for level, index, digest in rows}
@@ -90,6 +101,9 @@ class AuditLog:
         self._signing_key = signing_key
         self.clock = clock
         self.verifier_key = verifier_key_from_private(origin, signing_key)
+        # The latest checkpoint note this process signed or verified, and what it says: a
+        # note whose signature was checked once need not be checked at every append.
+        self._trusted: tuple[str, Checkpoint] | None = None
 
     def __repr__(self) -> str:
         return f"AuditLog(origin={self.origin!r})"
@@ -110,6 +124,7 @@ class AuditLog:
         later ask for its inclusion proof.
         """
         head = lock_audit_head(session)
+        tree = self._tree(session, head)
         # The time is read after the head lock, so times never go backwards along seq.
         entry = make_entry(
             seq=head.size,
@@ -131,12 +146,12 @@ class AuditLog:
                 site_id=site,
             )
         )
-        store = SessionNodeStore(session)
         session.add_all(
             AuditNode(level=level, node_index=index, hash=digest)
-            for level, index, digest in nodes_for_append(head.size, leaf_hash(canonical), store)
+            for level, index, digest in tree.append(leaf_hash(canonical))
         )
-        head.size += 1
+        head.size = tree.size
+        head.frontier = tree.to_bytes()
         head.last_hash = entry_hash(canonical)
         session.flush()
         before_commit(session, "audit.checkpoint", self.checkpoint)
@@ -157,37 +172,79 @@ class AuditLog:
         if existing is not None:
             session.info[_CHECKPOINTED] = (head.size, existing)
             return existing
-        store = SessionNodeStore(session)
-        root = root_hash(head.size, store)
-        self._check_extends_previous(session, store, head.size, root)
-        note = sign_checkpoint(
-            Checkpoint(self.origin, head.size, root), self._signing_key, self.origin
-        )
+        checkpoint = Checkpoint(self.origin, head.size, self._tree(session, head).root())
+        note = sign_checkpoint(checkpoint, self._signing_key, self.origin)
         session.add(AuditCheckpoint(size=head.size, note=note, created_at=self.clock()))
         session.flush()
         session.info[_CHECKPOINTED] = (head.size, note)
+        self._trusted = (note, checkpoint)
         return note
 
-    def _check_extends_previous(
-        self, session: Session, store: SessionNodeStore, size: int, root: bytes
-    ) -> None:
+    def _tree(self, session: Session, head: AuditHead) -> CompactRange:
+        """The compact range the head caches, checked once a transaction (under its lock).
+
+        What this transaction appends is computed from it, so a tree that extends the last
+        signed checkpoint at the first append still extends it at the commit.
+        """
+        try:
+            tree = CompactRange.from_bytes(head.size, bytes(head.frontier))
+        except ValueError as exc:
+            raise AuditIntegrityError(
+                f"the stored audit head is malformed ({exc}): {_RUN}"
+            ) from None
+        if not session.info.get(_HEAD_CHECKED):
+            self._check_extends_previous(session, tree)
+            session.info[_HEAD_CHECKED] = True
+        return tree
+
+    def _check_extends_previous(self, session: Session, tree: CompactRange) -> None:
         """Refuse to sign a tree that does not extend the last signed checkpoint.
 
         By construction it always does; this check is what stops the service from signing
-        over tree nodes someone rewrote behind the triggers' back.
+        over a head or tree nodes someone rewrote behind the triggers' back. It costs no
+        node scan: the head's compact range gives the root, and the nodes proofs are served
+        from must hold that same frontier.
         """
-        previous = self.latest_checkpoint(session)
-        if previous is None:
-            return
-        checkpoint = verify_checkpoint(previous, self.verifier_key)
-        if checkpoint.size == 0:
-            return
-        proof = consistency_proof(checkpoint.size, size, store)
-        if not verify_consistency(checkpoint.size, size, checkpoint.root, root, proof):
+        store = SessionNodeStore(session)
+        try:
+            stored = compact_range(tree.size, store).frontier
+        except MissingNodeError:
+            stored = None
+        if stored != tree.frontier:
             raise AuditIntegrityError(
-                f"the audit tree of size {size} does not extend the signed checkpoint of size "
-                f"{checkpoint.size}: refusing to sign; run `sealroom audit verify`"
+                f"the stored audit tree of size {tree.size} does not match the audit head:"
+                f" refusing to sign; {_RUN}"
             )
+        previous = self._latest_signed(session)
+        if previous is None or previous.size == 0:
+            return
+        if previous.size == tree.size:
+            extends = previous.root == tree.root()
+        else:
+            extends = previous.size < tree.size and verify_consistency(
+                previous.size,
+                tree.size,
+                previous.root,
+                tree.root(),
+                consistency_proof(previous.size, tree.size, store),
+            )
+        if not extends:
+            raise AuditIntegrityError(
+                f"the audit tree of size {tree.size} does not extend the signed checkpoint of"
+                f" size {previous.size}: refusing to sign; {_RUN}"
+            )
+
+    def _latest_signed(self, session: Session) -> Checkpoint | None:
+        """The newest stored checkpoint, its signature checked (once per process and note)."""
+        note = self.latest_checkpoint(session)
+        if note is None:
+            return None
+        trusted = self._trusted
+        if trusted is not None and trusted[0] == note:
+            return trusted[1]
+        checkpoint = verify_checkpoint(note, self.verifier_key)
+        self._trusted = (note, checkpoint)
+        return checkpoint
 
     def receipt(self, session: Session, entry: AppendedEntry) -> dict[str, Any]:
         """R-RCPT: the entry, the signed checkpoint that first includes it, its proof.
@@ -234,6 +291,9 @@ class AuditLog:
     def consistency_proof(session: Session, first: int, second: int) -> list[str]:
         """RFC 9162 consistency proof between sizes ``first`` and ``second``, base64."""
         return _b64(consistency_proof(first, second, SessionNodeStore(session)))
+
+
+_RUN = "run `sealroom audit verify`"
 
 
 def _b64(hashes: Iterable[bytes]) -> list[str]:

@@ -13,6 +13,7 @@ from audit.merkle import (
     CompactRange,
     MemoryNodeStore,
     MissingNodeError,
+    compact_range,
     consistency_coords,
     consistency_proof,
     inclusion_coords,
@@ -155,6 +156,41 @@ def test_compact_range_gives_the_root_at_every_size():
     for size, leaf in enumerate(SMALL_LEAVES, start=1):
         tree.append(leaf)
         assert (tree.size, tree.root()) == (size, ref_mth(SMALL_LEAVES[:size]))
+
+
+@given(st.integers(min_value=0, max_value=LARGE), st.integers(min_value=0, max_value=40))
+def test_a_compact_range_is_the_tree_computed_from_scratch(size, more):
+    """Issue 9: the head keeps only the frontier, and appends and roots come from it alone."""
+    leaves = LARGE_LEAVES[:size]
+    # Rebuilt from its stored form at ``size``, as the service reads the head row...
+    tree = CompactRange.from_bytes(size, compact_range(size, LARGE_STORE).to_bytes())
+    assert tree.frontier == [LARGE_STORE.get_nodes([c])[c] for c in root_coords(size)]
+    assert tree.root() == root_from_leaves(leaves) == ref_mth(leaves)
+    # ... then grown: each append gives the nodes nodes_for_append would store, and the root
+    # of every later size is that of the whole tree recomputed from its leaves.
+    store = build_store(leaves)
+    for leaf in make_leaves(size + more)[size:]:
+        expected = nodes_for_append(tree.size, leaf, store)
+        assert tree.append(leaf) == expected
+        store.put_nodes(expected)
+        leaves = [*leaves, leaf]
+        assert tree.root() == ref_mth(leaves)
+    assert tree.frontier == [store.get_nodes([c])[c] for c in root_coords(tree.size)]
+    assert CompactRange.from_bytes(tree.size, tree.to_bytes()).root() == tree.root()
+
+
+@pytest.mark.parametrize(("size", "hashes"), [(0, 1), (1, 0), (5, 1), (5, 3), (2**20, 2)])
+def test_a_frontier_of_the_wrong_length_is_refused(size, hashes):
+    with pytest.raises(ValueError, match="frontier"):
+        CompactRange.from_bytes(size, b"\x07" * 32 * hashes)
+    with pytest.raises(ValueError, match="frontier"):
+        CompactRange(size, [b"\x07" * 32] * hashes)
+
+
+def test_the_compact_range_of_a_store_missing_a_frontier_node_is_an_error():
+    store = build_store(SMALL_LEAVES[:4])
+    with pytest.raises(MissingNodeError):
+        compact_range(5, store)  # leaf 4 was never stored
 
 
 def test_an_operation_never_reads_nodes_beyond_its_tree_size():

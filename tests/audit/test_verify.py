@@ -505,3 +505,54 @@ def test_the_head_hash_of_a_head_that_claims_the_last_entry_still_names_it():
         "the stored head hash is not the hash of entry 39, which a signed checkpoint covers:"
         " later entries are missing (truncation) or the head record was altered"
     ]
+
+
+# --- speed without a different verdict (issue 9) ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case", ["good", "an entry edited", "a signature by another key", "a note cut short"]
+)
+def test_signatures_checked_by_a_pool_of_processes_give_the_same_report(monkeypatch, case):
+    entries, notes = list(LOG), list(CHECKPOINTS)
+    if case == "an entry edited":
+        entries[17] = edit_data(entries[17])
+    elif case == "a signature by another key":
+        notes[23] = checkpoint_at(LOG, 24, OTHER_KEY)
+    elif case == "a note cut short":
+        notes[30] = notes[30][:40]
+    serial = verify_log(entries, notes, VERIFIER, head_hash=HEAD, processes=1)
+    monkeypatch.setattr("audit.verify.PARALLEL_FROM", 10)  # a pool for 40 checkpoints
+    pooled = verify_log(entries, notes, VERIFIER, head_hash=HEAD, processes=2)
+    assert pooled == serial
+    assert pooled.ok == (case == "good")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner)
+        | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(_JSON | st.sampled_from(["\ud800", {"k\u00e9": 1}, {"k": ["\udfff"]}, (1, 2)]))
+def test_the_fast_check_of_entry_data_allows_exactly_what_the_full_check_allows(value):
+    from audit.entry import AuditFormatError, _check_value, _plain_json
+
+    def allowed(data):
+        try:
+            _check_value(data, "data")
+        except AuditFormatError:
+            return False
+        return True
+
+    # It may hand a value over to the full check (a tuple), never allow what that refuses;
+    # on what JSON parsing gives (what audit verify checks) the two agree exactly.
+    assert not _plain_json(value) or allowed(value)
+    parsed = json.loads(json.dumps(value))
+    assert _plain_json(parsed) == allowed(parsed)

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
 from audit.checkpoint import (
@@ -29,6 +31,7 @@ from audit.checkpoint import (
 from audit.entry import canonical_bytes, entry_hash
 from audit.merkle import (
     MemoryNodeStore,
+    compact_range,
     leaf_hash,
     nodes_for_append,
     root_hash,
@@ -627,3 +630,114 @@ def test_the_service_refuses_to_sign_over_a_rewritten_tree(own_trial: Any) -> No
             )
             == 0
         )
+
+
+# The head's compact range (issue 9) is a cache the service checks, never evidence.
+
+
+def _forge_tree(connection: Any, canonicals: list[bytes], frontier: bytes | None) -> None:
+    """Rewrite every tree node and the head as those entries make them, the head's frontier
+    replaced by ``frontier`` when given: an attacker hiding an edit from the service."""
+    store, nodes = MemoryNodeStore(), []
+    for seq, canonical in enumerate(canonicals):
+        new_nodes = nodes_for_append(seq, leaf_hash(canonical), store)
+        store.put_nodes(new_nodes)
+        nodes.extend(new_nodes)
+    for level, index, digest in nodes:
+        connection.execute(
+            text("UPDATE audit_node SET hash = :h WHERE level = :l AND node_index = :i"),
+            {"h": digest, "l": level, "i": index},
+        )
+    honest = compact_range(len(canonicals), store).to_bytes()
+    connection.execute(
+        text("UPDATE audit_head SET size = :s, last_hash = :h, frontier = :f"),
+        {"s": len(canonicals), "h": entry_hash(canonicals[-1]), "f": frontier or honest},
+    )
+
+
+def _appends(client: Any, database: Database, number: str) -> bool:
+    """Whether the service appends (a screening); a refusal must leave the log as it was."""
+    before = len(_log(database))
+    response = client.screen(number)
+    if response.status_code == 201:
+        return True
+    assert response.status_code == 500, response.get_json()
+    assert len(_log(database)) == before
+    return False
+
+
+@pytest.mark.requirement("R-AUD")
+def test_the_service_refuses_to_sign_over_a_forged_head_and_tree(own_trial: Any) -> None:
+    """An edit hidden by rewriting the nodes and the head's frontier to match it is refused:
+    the root the head gives no longer is the one the last checkpoint signed."""
+    _trial, client, database = own_trial
+    log = [entry.encode() for entry in _log(database)]
+    edited = json.loads(log[-1])
+    edited["actor"] = "someone-else"
+    with behind_the_triggers(database) as connection:
+        connection.execute(
+            text("UPDATE audit_entry SET canonical = :c WHERE seq = :s"),
+            {"c": canonical_bytes(edited).decode(), "s": len(log) - 1},
+        )
+        _forge_tree(connection, [*log[:-1], canonical_bytes(edited)], None)
+    assert not _appends(client, database, "101-0001")
+
+
+@pytest.mark.requirement("R-AUD")
+@pytest.mark.requirement("R-CLI")
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_the_stored_head_cache_cannot_fool_verify(own_trial: Any, data: Any) -> None:
+    """Whatever the head's frontier says (honest, random, or recomputed over an edit), verify
+    reads the entries and the signed checkpoints alone, and the service signs nothing over
+    a frontier that is not the log's own."""
+    trial, client, database = own_trial
+    key = client.get("/audit/verifier-key").get_data(as_text=True).strip()
+    log = [entry.encode() for entry in _log(database)]
+    with database.reading() as session:
+        honest = bytes(session.scalar(select(text("frontier")).select_from(text("audit_head"))))
+    # Draws that do not depend on the log's size, which grows when the service appends.
+    back = data.draw(st.none() | st.integers(1, 4), label="edited entry, counted from the end")
+    forged = data.draw(st.sampled_from(["honest", "random", "recomputed"]), label="frontier")
+    actor = data.draw(st.sampled_from(["someone-else", "x"]), label="actor")
+    noise = data.draw(st.binary(min_size=32 * 31, max_size=32 * 31), label="random frontier")
+    target = None if back is None else len(log) - back
+    canonicals = list(log)
+    if target is not None:
+        edited = json.loads(log[target])
+        edited["actor"] = actor
+        canonicals[target] = canonical_bytes(edited)
+    frontier = {"honest": honest, "random": noise[: len(honest)], "recomputed": None}[forged]
+    with behind_the_triggers(database) as connection:
+        for seq in {target} - {None}:
+            connection.execute(
+                text("UPDATE audit_entry SET canonical = :c WHERE seq = :s"),
+                {"c": canonicals[seq].decode(), "s": seq},
+            )
+        _forge_tree(connection, canonicals if forged == "recomputed" else log, frontier)
+    try:
+        result = _verify(trial, "--verifier-key", key)
+        if target is None:
+            assert result.exit_code == 0, result.output
+        else:
+            assert result.exit_code == 1, result.output
+            assert f"entry {target} was altered" in _failed_lines(result.output)[0], result.output
+        with database.reading() as session:
+            stored = bytes(session.scalar(select(text("frontier")).select_from(text("audit_head"))))
+        # The service does not reread the entries (verify does): it refuses a head whose
+        # frontier is not the tree's, whatever the entries under it say.
+        assert _appends(client, database, f"101-{len(log):04d}") == (stored == honest)
+    finally:  # undo the forgery for the next example
+        appended = len(_log(database)) > len(log)  # over an honest tree: nothing to redo
+        with behind_the_triggers(database) as connection:
+            for seq in {target} - {None}:
+                connection.execute(
+                    text("UPDATE audit_entry SET canonical = :c WHERE seq = :s"),
+                    {"c": log[seq].decode(), "s": seq},
+                )
+            if not appended:
+                _forge_tree(connection, log, honest)

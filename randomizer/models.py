@@ -134,7 +134,7 @@ class Site(Base):
     status: Mapped[str] = mapped_column(String(16), default=SITE_OPEN, server_default=SITE_OPEN)
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
     #: How many changes the site's kits have had: a trigger bumps it with every INSERT or
-    #: UPDATE of one of them (migration 0009), so a server process that read the site's
+    #: UPDATE of one of them (migration 0008), so a server process that read the site's
     #: kits at one version reads only those changed since (``Kit.site_version``).
     kit_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
@@ -218,7 +218,7 @@ class Kit(Base):
     #: The kit (damaged or lost while allocated) that this one replaced (R-KIT-2).
     replaces_kit_id: Mapped[str | None] = mapped_column(String(36), default=None)
     #: The site's ``kit_version`` at this kit's latest change; set by the trigger that bumps
-    #: it (migration 0009), never by the code.
+    #: it (migration 0008), never by the code.
     site_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 

@@ -3,7 +3,7 @@
 A kit's arm never changes, so a process need not unseal it again at every randomisation: it
 keeps, per site, the available kits grouped by (arm, blinded expiry), and the site's
 ``kit_version`` (a change counter that database triggers bump with every change to one of
-the site's kits, migration 0009) up to which that view is true. Under the site's lock,
+the site's kits, migration 0008) up to which that view is true. Under the site's lock,
 :func:`randomizer.services.kits.site_supply` reads the counter and the kits changed since
 the version the view is at (``kit.site_version`` above it), and applies them: the stock of
 the site no longer costs anything, only its changes do.

@@ -3,14 +3,14 @@
 ``auth_failure`` holds one row per client that sent an invalid token recently: how many in
 its current window and when the window began. A running deployment starts with none.
 
-Revision ID: 0008
+Revision ID: 0007
 Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None

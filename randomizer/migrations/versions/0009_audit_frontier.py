@@ -7,8 +7,8 @@ running deployment's frontier is back-filled from its stored nodes, or recompute
 entries if a node is missing. Either way the service checks it against the last signed
 checkpoint before it signs anything over it (a frontier that does not fit is refused).
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0009
+Revises: 0008
 """
 
 import sqlalchemy as sa
@@ -16,8 +16,8 @@ from alembic import op
 
 from audit.merkle import CompactRange, leaf_hash, root_coords
 
-revision = "0010"
-down_revision = "0009"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -7,6 +7,7 @@ remove what was appended.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta
@@ -17,12 +18,14 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from audit.checkpoint import verify_checkpoint
 from audit.entry import canonical_bytes, entry_hash, make_entry, parse_entry
-from audit.merkle import leaf_hash
+from audit.merkle import leaf_hash, verify_inclusion
 from keys import SealedArm
 from randomizer.models import AuditEntry, Kit, Participant, Slot, Stratum
 from randomizer.roles import SYSTEM, Actor
 from randomizer.services import users
+from randomizer.services.audit_log import AuditLog
 from randomizer.services.inputs import Submission
 from randomizer.services.participants import (
     RandomizationRequest,
@@ -465,3 +468,29 @@ def test_appendix_a_canonical_bytes_hash_and_leaf_hash():
         "5a0c199c61becf904ab898569258b4ae4f30ae54e4d7ecd42e7038e821bca07d"
     )
     assert parse_entry(canonical) == entry
+
+
+# Receipts (R-RCPT) ------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("R-RCPT")
+def test_a_receipts_inclusion_proof_is_the_one_the_stored_tree_gives(db, ctx):
+    """The receipt's proof is built from the compact range at the append (no node read): it
+    is the proof the stored nodes give, and it proves the entry under the checkpoint's root,
+    at every size (each power of two and its neighbours included)."""
+    for _ in range(40):
+        with db.transaction() as session:
+            entry = ctx.audit.append(session, SYSTEM, "test.appended", None, {})
+            receipt = ctx.audit.receipt(session, entry)
+        with db.reading() as session:
+            stored = AuditLog.inclusion_proof(session, entry.seq, entry.seq + 1)
+        assert receipt["inclusion_proof"] == stored
+        checkpoint = verify_checkpoint(receipt["checkpoint"], ctx.audit.verifier_key)
+        assert checkpoint.size == entry.seq + 1
+        assert verify_inclusion(
+            leaf_hash(entry.canonical),
+            entry.seq,
+            checkpoint.size,
+            [base64.b64decode(h) for h in receipt["inclusion_proof"]],
+            checkpoint.root,
+        )

@@ -11,13 +11,14 @@ committed entry is ever outside a checkpoint.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from audit.checkpoint import (
@@ -75,19 +76,34 @@ class SessionNodeStore:
             by_level.setdefault(level, []).append(index)
         if not by_level:
             return {}
-        # One index search per level: SQLite answers a row-value IN list by scanning the
-        # whole table, which made every append linear in the log's size.
-        rows = self.session.execute(
-            select(AuditNode.level, AuditNode.node_index, AuditNode.hash).where(
-                or_(
-                    *(
-                        and_(AuditNode.level == level, AuditNode.node_index.in_(indexes))
-                        for level, indexes in by_level.items()
-                    )
+        shape = tuple(len(indexes) for indexes in by_level.values())
+        parameters: dict[str, int] = {}
+        for i, (level, indexes) in enumerate(by_level.items()):
+            parameters[f"l{i}"] = level
+            parameters.update({f"i{i}_{j}": index for j, index in enumerate(indexes)})
+        rows = self.session.execute(_nodes_query(shape), parameters)
+        return {(level, index): bytes(digest) for level, index, digest in rows}
+
+
+@functools.lru_cache(maxsize=512)
+def _nodes_query(shape: tuple[int, ...]) -> Select[tuple[int, int, bytes]]:
+    """The query of ``shape[i]`` node indexes at each of ``len(shape)`` levels, built once
+    (with bound parameters ``l<i>`` and ``i<i>_<j>``): building it cost more than running it.
+
+    One index search per level: SQLite answers a row-value IN list by scanning the whole
+    table, which made every append linear in the log's size.
+    """
+    return select(AuditNode.level, AuditNode.node_index, AuditNode.hash).where(
+        or_(
+            *(
+                and_(
+                    AuditNode.level == bindparam(f"l{i}"),
+                    AuditNode.node_index.in_([bindparam(f"i{i}_{j}") for j in range(count)]),
                 )
+                for i, count in enumerate(shape)
             )
         )
-        return {(level, index): bytes(digest) for level, index, digest in rows}
+    )
 
 
 class AuditLog:

@@ -313,6 +313,8 @@ def main() -> None:
                 runs.append(run_backend(args, url, root))
     for run in runs:
         report(args, run)
+    if 1 not in args.clients:
+        return
     medians = {
         run["backend"]: statistics.median(run["results"][("randomise", 1)]["latencies"])
         for run in runs

@@ -11,13 +11,14 @@ committed entry is ever outside a checkpoint.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from audit.checkpoint import (
@@ -43,6 +44,8 @@ from randomizer.roles import Actor
 
 _CHECKPOINTED = "sealroom.audit.checkpointed"
 _HEAD_CHECKED = "sealroom.audit.head_checked"
+#: The head row this transaction locked, held so that the session's identity map keeps it.
+_HEAD_ROW = "sealroom.audit.head_row"
 
 
 class AuditIntegrityError(RuntimeError):
@@ -55,6 +58,9 @@ class AppendedEntry:
 
     seq: int
     canonical: bytes
+    #: Its RFC 9162 inclusion proof in the tree of ``seq + 1`` entries: the frontier of the
+    #: tree before it, smallest subtree first (the last leaf's siblings are all left ones).
+    proof: tuple[bytes, ...] = ()
 
 
 class SessionNodeStore:
@@ -70,19 +76,34 @@ class SessionNodeStore:
             by_level.setdefault(level, []).append(index)
         if not by_level:
             return {}
-        # One index search per level: SQLite answers a row-value IN list by scanning the
-        # whole table, which made every append linear in the log's size.
-        rows = self.session.execute(
-            select(AuditNode.level, AuditNode.node_index, AuditNode.hash).where(
-                or_(
-                    *(
-                        and_(AuditNode.level == level, AuditNode.node_index.in_(indexes))
-                        for level, indexes in by_level.items()
-                    )
+        shape = tuple(len(indexes) for indexes in by_level.values())
+        parameters: dict[str, int] = {}
+        for i, (level, indexes) in enumerate(by_level.items()):
+            parameters[f"l{i}"] = level
+            parameters.update({f"i{i}_{j}": index for j, index in enumerate(indexes)})
+        rows = self.session.execute(_nodes_query(shape), parameters)
+        return {(level, index): bytes(digest) for level, index, digest in rows}
+
+
+@functools.lru_cache(maxsize=512)
+def _nodes_query(shape: tuple[int, ...]) -> Select[tuple[int, int, bytes]]:
+    """The query of ``shape[i]`` node indexes at each of ``len(shape)`` levels, built once
+    (with bound parameters ``l<i>`` and ``i<i>_<j>``): building it cost more than running it.
+
+    One index search per level: SQLite answers a row-value IN list by scanning the whole
+    table, which made every append linear in the log's size.
+    """
+    return select(AuditNode.level, AuditNode.node_index, AuditNode.hash).where(
+        or_(
+            *(
+                and_(
+                    AuditNode.level == bindparam(f"l{i}"),
+                    AuditNode.node_index.in_([bindparam(f"i{i}_{j}") for j in range(count)]),
                 )
+                for i, count in enumerate(shape)
             )
         )
-        return {(level, index): bytes(digest) for level, index, digest in rows}
+    )
 
 
 class AuditLog:
@@ -124,7 +145,9 @@ class AuditLog:
         later ask for its inclusion proof.
         """
         head = lock_audit_head(session)
+        session.info[_HEAD_ROW] = head
         tree = self._tree(session, head)
+        proof = tuple(reversed(tree.frontier))
         # The time is read after the head lock, so times never go backwards along seq.
         entry = make_entry(
             seq=head.size,
@@ -155,7 +178,7 @@ class AuditLog:
         head.last_hash = entry_hash(canonical)
         session.flush()
         before_commit(session, "audit.checkpoint", self.checkpoint)
-        return AppendedEntry(seq=entry["seq"], canonical=canonical)
+        return AppendedEntry(seq=entry["seq"], canonical=canonical, proof=proof)
 
     def checkpoint(self, session: Session) -> str:
         """The signed checkpoint of the log's current size, signed and stored if new.
@@ -163,7 +186,9 @@ class AuditLog:
         Runs before every commit that appended entries; a service that must hand out the
         checkpoint (a receipt) calls it itself, and the commit then finds it stored.
         """
-        head = session.execute(select(AuditHead).where(AuditHead.id == HEAD_ID)).scalar_one()
+        # The row this transaction's append locked (_HEAD_ROW keeps it in the identity map):
+        # no query, unless a savepoint's rollback expired it.
+        head = session.get_one(AuditHead, HEAD_ID)
         stored = session.info.get(_CHECKPOINTED)
         if stored is not None and stored[0] == head.size:
             return stored[1]
@@ -253,12 +278,12 @@ class AuditLog:
         the very checkpoint the commit stores.
         """
         checkpoint = self.checkpoint(session)
-        size = entry.seq + 1
         return {
             "seq": entry.seq,
             "entry": entry.canonical.decode("utf-8"),
             "checkpoint": checkpoint,
-            "inclusion_proof": self.inclusion_proof(session, entry.seq, size),
+            # Taken from the compact range at the append: no tree node is read.
+            "inclusion_proof": _b64(entry.proof),
         }
 
     # Reading ----------------------------------------------------------------------------

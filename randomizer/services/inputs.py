@@ -32,6 +32,16 @@ class Submission(Generic[T]):
             raise self.unparseable
         return self.validate(self.parsed)
 
+    def validated_now(self) -> Submission[T]:
+        """This submission, validated now (before any transaction or lock): its
+        :meth:`load` then gives the result, or raises the refusal, when the service asks,
+        so the service's order of checks is unchanged."""
+        try:
+            value = self.load()
+        except Problem as problem:
+            return Submission(parsed=self.parsed, validate=self.validate, unparseable=problem)
+        return Submission(parsed=self.parsed, validate=lambda _parsed: value)
+
     @classmethod
     def of(cls, value: T) -> Submission[T]:
         """Input that is already validated (the command line, tests)."""

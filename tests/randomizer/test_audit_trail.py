@@ -7,6 +7,7 @@ remove what was appended.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta
@@ -17,12 +18,14 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from audit.checkpoint import verify_checkpoint
 from audit.entry import canonical_bytes, entry_hash, make_entry, parse_entry
-from audit.merkle import leaf_hash
+from audit.merkle import leaf_hash, verify_inclusion
 from keys import SealedArm
-from randomizer.models import AuditEntry, Kit, Participant, Slot, Stratum
+from randomizer.models import AuditEntry, AuditNode, Kit, Participant, Slot, Stratum
 from randomizer.roles import SYSTEM, Actor
 from randomizer.services import users
+from randomizer.services.audit_log import AuditLog, SessionNodeStore
 from randomizer.services.inputs import Submission
 from randomizer.services.participants import (
     RandomizationRequest,
@@ -465,3 +468,54 @@ def test_appendix_a_canonical_bytes_hash_and_leaf_hash():
         "5a0c199c61becf904ab898569258b4ae4f30ae54e4d7ecd42e7038e821bca07d"
     )
     assert parse_entry(canonical) == entry
+
+
+# Receipts (R-RCPT) ------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("R-RCPT")
+def test_a_receipts_inclusion_proof_is_the_one_the_stored_tree_gives(db, ctx):
+    """The receipt's proof is built from the compact range at the append (no node read): it
+    is the proof the stored nodes give, and it proves the entry under the checkpoint's root,
+    at every size (each power of two and its neighbours included)."""
+    for _ in range(40):
+        with db.transaction() as session:
+            entry = ctx.audit.append(session, SYSTEM, "test.appended", None, {})
+            receipt = ctx.audit.receipt(session, entry)
+        with db.reading() as session:
+            stored = AuditLog.inclusion_proof(session, entry.seq, entry.seq + 1)
+        assert receipt["inclusion_proof"] == stored
+        checkpoint = verify_checkpoint(receipt["checkpoint"], ctx.audit.verifier_key)
+        assert checkpoint.size == entry.seq + 1
+        assert verify_inclusion(
+            leaf_hash(entry.canonical),
+            entry.seq,
+            checkpoint.size,
+            [base64.b64decode(h) for h in receipt["inclusion_proof"]],
+            checkpoint.root,
+        )
+
+
+def test_the_node_store_reads_exactly_the_nodes_asked_for_whatever_the_shape(db, ctx):
+    """Its queries are built once per shape (levels and indexes per level), then bound: each
+    call must still read the nodes it names and no other, missing ones left out."""
+    for _ in range(37):
+        with db.transaction() as session:
+            ctx.audit.append(session, SYSTEM, "test.appended", None, {})
+    with db.reading() as session:
+        every = {
+            (level, index): bytes(digest)
+            for level, index, digest in session.execute(
+                select(AuditNode.level, AuditNode.node_index, AuditNode.hash)
+            )
+        }
+        store = SessionNodeStore(session)
+        asked_sets = [
+            [(0, 5)],
+            [(0, 5), (0, 6), (2, 1)],
+            [(5, 0), (2, 8), (0, 36)],
+            [(1, 3), (1, 2), (0, 99), (7, 0)],  # two missing
+            [(3, 0), (3, 1), (3, 2), (3, 3), (3, 4)],
+        ]
+        for asked in asked_sets * 2:  # the second time from the cached queries
+            assert store.get_nodes(asked) == {c: every[c] for c in asked if c in every}

@@ -189,19 +189,21 @@ class AuditLog:
         # The row this transaction's append locked (_HEAD_ROW keeps it in the identity map):
         # no query, unless a savepoint's rollback expired it.
         head = session.get_one(AuditHead, HEAD_ID)
+        # Keyed by the size and the frontier: work a savepoint undid may have signed a
+        # checkpoint of this very size over other entries (its row is gone with it).
+        state = (head.size, bytes(head.frontier))
         stored = session.info.get(_CHECKPOINTED)
-        if stored is not None and stored[0] == head.size:
+        if stored is not None and stored[0] == state:
             return stored[1]
-        # Work undone by a savepoint may have asked for a checkpoint of a size already signed.
         existing = self.checkpoint_at(session, head.size)
         if existing is not None:
-            session.info[_CHECKPOINTED] = (head.size, existing)
+            session.info[_CHECKPOINTED] = (state, existing)
             return existing
         checkpoint = Checkpoint(self.origin, head.size, self._tree(session, head).root())
         note = sign_checkpoint(checkpoint, self._signing_key, self.origin)
         session.add(AuditCheckpoint(size=head.size, note=note, created_at=self.clock()))
         session.flush()
-        session.info[_CHECKPOINTED] = (head.size, note)
+        session.info[_CHECKPOINTED] = (state, note)
         self._trusted = (note, checkpoint)
         return note
 

@@ -22,6 +22,7 @@ from audit.checkpoint import verify_checkpoint
 from audit.entry import canonical_bytes, entry_hash, make_entry, parse_entry
 from audit.merkle import leaf_hash, verify_inclusion
 from keys import SealedArm
+from randomizer.db import savepoint
 from randomizer.models import AuditEntry, AuditNode, Kit, Participant, Slot, Stratum
 from randomizer.roles import SYSTEM, Actor
 from randomizer.services import users
@@ -519,3 +520,29 @@ def test_the_node_store_reads_exactly_the_nodes_asked_for_whatever_the_shape(db,
         ]
         for asked in asked_sets * 2:  # the second time from the cached queries
             assert store.get_nodes(asked) == {c: every[c] for c in asked if c in every}
+
+
+@pytest.mark.requirement("R-RCPT")
+def test_a_checkpoint_signed_in_work_a_savepoint_undid_is_never_handed_out_again(db, ctx):
+    """A refusal undoes its work in a savepoint, then appends its own entry, at the same size
+    the undone work had reached: its checkpoint must be signed over its own tree and stored,
+    never the undone work's (whose row the savepoint removed)."""
+    with db.transaction() as session:
+        with pytest.raises(RuntimeError), savepoint(session):
+            undone = ctx.audit.append(session, SYSTEM, "test.undone", None, {"n": 1})
+            ctx.audit.receipt(session, undone)  # signs the checkpoint of its size
+            raise RuntimeError("undo the block")
+        kept = ctx.audit.append(session, SYSTEM, "test.kept", None, {"n": 2})
+        receipt = ctx.audit.receipt(session, kept)
+    assert kept.seq == undone.seq
+    checkpoint = verify_checkpoint(receipt["checkpoint"], ctx.audit.verifier_key)
+    assert checkpoint.size == kept.seq + 1
+    assert verify_inclusion(
+        leaf_hash(kept.canonical),
+        kept.seq,
+        checkpoint.size,
+        [base64.b64decode(h) for h in receipt["inclusion_proof"]],
+        checkpoint.root,
+    )
+    with db.reading() as session:
+        assert AuditLog.checkpoint_at(session, checkpoint.size) == receipt["checkpoint"]

@@ -474,6 +474,20 @@ def test_appendix_a_canonical_bytes_hash_and_leaf_hash():
 # Receipts (R-RCPT) ------------------------------------------------------------------------
 
 
+def assert_receipt_proves(receipt: dict[str, Any], entry: Any, ctx: Any) -> Any:
+    """The receipt's checkpoint is the first to include ``entry`` and its proof proves it."""
+    checkpoint = verify_checkpoint(receipt["checkpoint"], ctx.audit.verifier_key)
+    assert checkpoint.size == entry.seq + 1
+    assert verify_inclusion(
+        leaf_hash(entry.canonical),
+        entry.seq,
+        checkpoint.size,
+        [base64.b64decode(h) for h in receipt["inclusion_proof"]],
+        checkpoint.root,
+    )
+    return checkpoint
+
+
 @pytest.mark.requirement("R-RCPT")
 def test_a_receipts_inclusion_proof_is_the_one_the_stored_tree_gives(db, ctx):
     """The receipt's proof is built from the compact range at the append (no node read): it
@@ -486,15 +500,7 @@ def test_a_receipts_inclusion_proof_is_the_one_the_stored_tree_gives(db, ctx):
         with db.reading() as session:
             stored = AuditLog.inclusion_proof(session, entry.seq, entry.seq + 1)
         assert receipt["inclusion_proof"] == stored
-        checkpoint = verify_checkpoint(receipt["checkpoint"], ctx.audit.verifier_key)
-        assert checkpoint.size == entry.seq + 1
-        assert verify_inclusion(
-            leaf_hash(entry.canonical),
-            entry.seq,
-            checkpoint.size,
-            [base64.b64decode(h) for h in receipt["inclusion_proof"]],
-            checkpoint.root,
-        )
+        assert_receipt_proves(receipt, entry, ctx)
 
 
 def test_the_node_store_reads_exactly_the_nodes_asked_for_whatever_the_shape(db, ctx):
@@ -535,14 +541,6 @@ def test_a_checkpoint_signed_in_work_a_savepoint_undid_is_never_handed_out_again
         kept = ctx.audit.append(session, SYSTEM, "test.kept", None, {"n": 2})
         receipt = ctx.audit.receipt(session, kept)
     assert kept.seq == undone.seq
-    checkpoint = verify_checkpoint(receipt["checkpoint"], ctx.audit.verifier_key)
-    assert checkpoint.size == kept.seq + 1
-    assert verify_inclusion(
-        leaf_hash(kept.canonical),
-        kept.seq,
-        checkpoint.size,
-        [base64.b64decode(h) for h in receipt["inclusion_proof"]],
-        checkpoint.root,
-    )
+    checkpoint = assert_receipt_proves(receipt, kept, ctx)
     with db.reading() as session:
         assert AuditLog.checkpoint_at(session, checkpoint.size) == receipt["checkpoint"]

@@ -506,6 +506,19 @@ def seed_file_at(directory: Path, seed: str = SEED, file_mode: int = 0o600) -> P
     return path
 
 
+def seed_given_by(source: str, directory: Path) -> tuple[list[str], dict[str, str], str | None]:
+    """The arguments, environment and standard input that give a command the list seed
+    from ``source``: a file, standard input, the environment or the command line."""
+    if source == "file":
+        return ["--seed-file", str(seed_file_at(directory))], {}, None
+    if source == "stdin":
+        return ["--seed-file", "-"], {}, SEED + "\n"
+    if source == "environment":
+        return [], {"SEALROOM_LIST_SEED": SEED}, None
+    assert source == "command line", source
+    return ["--seed", SEED], {}, None
+
+
 def exported_rows(path: Path) -> list[list[str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         return list(csv.reader(handle))
@@ -519,17 +532,7 @@ ON_THE_COMMAND_LINE = "other local users"
 @pytest.mark.parametrize("source", ["file", "stdin", "environment", "command line"])
 def test_lists_export_takes_the_seed_from_a_file_stdin_or_the_environment(demo, tmp_path, source):
     out = tmp_path / "lists.csv"
-    args: list[str] = []
-    env: dict[str, str] = {}
-    stdin = None
-    if source == "file":
-        args = ["--seed-file", str(seed_file_at(tmp_path))]
-    elif source == "stdin":
-        args, stdin = ["--seed-file", "-"], SEED + "\n"
-    elif source == "environment":
-        env = {"SEALROOM_LIST_SEED": SEED}
-    else:
-        args = ["--seed", SEED]
+    args, env, stdin = seed_given_by(source, tmp_path)
 
     result = demo.run("lists", "export", *args, "--out", str(out), env=env, stdin=stdin)
 
@@ -620,15 +623,7 @@ def test_the_seed_is_given_once(demo, tmp_path):
 @pytest.mark.parametrize("source", ["file", "stdin", "environment"])
 def test_init_demo_takes_the_seed_from_a_file_stdin_or_the_environment(scratch, tmp_path, source):
     instance = new_instance(scratch, "sqlite", tmp_path)
-    args: list[str] = []
-    env: dict[str, str] = {}
-    stdin = None
-    if source == "file":
-        args = ["--seed-file", str(seed_file_at(tmp_path))]
-    elif source == "stdin":
-        args, stdin = ["--seed-file", "-"], SEED + "\n"
-    else:
-        env = {"SEALROOM_LIST_SEED": SEED}
+    args, env, stdin = seed_given_by(source, tmp_path)
 
     result = instance.run("init-demo", *args, env=env, stdin=stdin)
 

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,7 +36,13 @@ from sqlalchemy import select, update  # noqa: E402
 from audit.checkpoint import Checkpoint, sign_checkpoint  # noqa: E402
 from audit.entry import canonical_bytes, entry_hash, format_time, make_entry, parse_entry  # noqa: E402
 from audit.merkle import CompactRange, leaf_hash  # noqa: E402
-from benchmarks.randomize import ELIGIBLE, demo_trial, scratch_database  # noqa: E402
+from benchmarks.randomize import (  # noqa: E402
+    demo_trial,
+    peak_memory_mib,
+    randomise_timed,
+    scratch_database,
+    screen_numbered,
+)
 from benchmarks.synthetic import synthetic_entry  # noqa: E402
 from keys import load_signing_key  # noqa: E402
 from randomizer.db import Database  # noqa: E402
@@ -127,7 +131,6 @@ def bulk_insert(session: Any, model: Any, columns: tuple[str, ...], rows: list[t
 
 def serve(connection: Any, url: str, root: str, token: str, participants: int) -> None:
     """A worker: screens ``participants``, then randomises a round of them per request."""
-    from datetime import UTC
 
     from randomizer import create_app
     from randomizer.config import Settings
@@ -138,42 +141,12 @@ def serve(connection: Any, url: str, root: str, token: str, participants: int) -
     )
     client = create_app({"settings": settings}).test_client()
     headers = {"Authorization": f"Bearer {token}"}
-    today = datetime.now(UTC).date().isoformat()
-    for i in range(participants):
-        body = {
-            "screening_number": f"101-{i:05d}",
-            "site": "101",
-            "screened_on": today,
-            "strata": {"prior_ig": ("yes", "no")[i % 2]},
-        }
-        status = client.post("/api/v1/participants", headers=headers, json=body).status_code
-        if status != 201:
-            raise SystemExit(f"screening {i} failed with HTTP {status}")
-    numbers: Iterator[int] = iter(range(participants))
+    screen_numbered(client, headers, participants)
+    first = 0
     while (count := connection.recv()) is not None:
-        times = []
-        for _ in range(count):
-            i = next(numbers)
-            started = time.perf_counter()
-            response = client.post(
-                f"/api/v1/participants/101-{i:05d}/randomize",
-                headers=headers,
-                json={"weight_kg": 30, "eligibility": ELIGIBLE},
-            )
-            times.append(time.perf_counter() - started)
-            if response.status_code != 201:
-                raise SystemExit(f"randomisation {i} failed: {response.get_json()}")
-        connection.send(times)
-    connection.send(peak_memory_mb())
-
-
-def peak_memory_mb() -> float:
-    """This process's peak resident memory: VmHWM (ru_maxrss would count the parent's, which
-    Linux carries over the fork and exec that started this worker)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        connection.send(randomise_timed(client, headers, range(first, first + count)))
+        first += count
+    connection.send(peak_memory_mib())
 
 
 def run(server_url: str | None, sizes: list[int], rounds: int, per_round: int) -> None:

@@ -17,15 +17,17 @@ CI: it prints figures for a person to read; quote ratios from one run.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 _REPOSITORY = Path(__file__).resolve().parents[1]
 if str(_REPOSITORY) not in sys.path:
@@ -144,6 +146,51 @@ def demo_trial(
         kits_per_arm=kits_per_arm,
     )
     return settings, database, {t["user"]: t["token"] for t in demo.tokens}, demo.kits_per_arm
+
+
+def screen_numbered(client: Any, headers: dict[str, str], count: int, site: str = "101") -> None:
+    """Screen ``{site}-00000`` ... at ``site`` through ``client`` (two strata, alternately)."""
+    today = datetime.now(UTC).date().isoformat()
+    for i in range(count):
+        body = {
+            "screening_number": f"{site}-{i:05d}",
+            "site": site,
+            "screened_on": today,
+            "strata": {"prior_ig": ("yes", "no")[i % 2]},
+        }
+        response = client.post("/api/v1/participants", headers=headers, json=body)
+        if response.status_code != 201:
+            raise SystemExit(f"screening {i} failed: {response.get_json()}")
+
+
+def randomise_timed(
+    client: Any, headers: dict[str, str], numbers: Iterable[int], site: str = "101"
+) -> list[float]:
+    """Randomise the participants ``screen_numbered`` made, timing each request."""
+    times = []
+    for i in numbers:
+        started = time.perf_counter()
+        response = client.post(
+            f"/api/v1/participants/{site}-{i:05d}/randomize",
+            headers=headers,
+            json={"weight_kg": 30, "eligibility": ELIGIBLE},
+        )
+        times.append(time.perf_counter() - started)
+        if response.status_code != 201:
+            raise SystemExit(f"randomisation {i} failed: {response.get_json()}")
+    return times
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory: VmHWM (reset by exec, unlike ru_maxrss, which
+    keeps the parent's peak across fork and exec), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(url: str, root: Path, participants: int) -> None:

@@ -17,16 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-from randomize import ELIGIBLE, demo_trial, scratch_database  # (sets sys.path)
+from randomize import (  # (sets sys.path)
+    demo_trial,
+    peak_memory_mib,
+    randomise_timed,
+    scratch_database,
+    screen_numbered,
+)
 
 from randomizer import create_app
 from randomizer.config import Settings
@@ -52,16 +57,7 @@ def build(url: str, root: Path, kits: int, participants: int) -> dict[str, str]:
             kit_service.stock_site(session, ctx, system, site, extra, "BENCH-LOT", expiry)
     client = create_app({"settings": settings, "database": database}).test_client()
     headers = {"Authorization": f"Bearer {tokens['coordinator-101']}"}
-    today = datetime.now(UTC).date().isoformat()
-    for i in range(participants):
-        body = {
-            "screening_number": f"101-{i:05d}",
-            "site": SITE,
-            "screened_on": today,
-            "strata": {"prior_ig": ("yes", "no")[i % 2]},
-        }
-        response = client.post("/api/v1/participants", headers=headers, json=body)
-        assert response.status_code == 201, response.get_json()
+    screen_numbered(client, headers, participants, SITE)
     database.dispose()
     return {"url": url, "root": str(root), "token": tokens["coordinator-101"]}
 
@@ -80,30 +76,9 @@ def serve(spec: dict[str, str], first: int, count: int) -> None:
     client = app.test_client()
     headers = {"Authorization": f"Bearer {spec['token']}"}
     client.get("/api/v1/health")
-    times = []
-    for i in range(first, first + count):
-        started = time.perf_counter()
-        response = client.post(
-            f"/api/v1/participants/101-{i:05d}/randomize",
-            headers=headers,
-            json={"weight_kg": 30, "eligibility": ELIGIBLE},
-        )
-        times.append(time.perf_counter() - started)
-        assert response.status_code == 201, response.get_json()
+    times = randomise_timed(client, headers, range(first, first + count), SITE)
     app.extensions["sealroom"].db.dispose()
     print(json.dumps({"times": times, "maxrss_mib": peak_memory_mib()}))
-
-
-def peak_memory_mib() -> float:
-    """This process's peak resident memory: VmHWM (reset by exec, unlike ru_maxrss, which
-    keeps the parent's peak across fork and exec), else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Select, and_, bindparam, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, and_, bindparam, event, insert, or_, select, update
+from sqlalchemy.orm import Session, SessionTransaction
 
 from audit.checkpoint import (
     Checkpoint,
@@ -44,8 +44,53 @@ from randomizer.roles import Actor
 
 _CHECKPOINTED = "sealroom.audit.checkpointed"
 _HEAD_CHECKED = "sealroom.audit.head_checked"
-#: The head row this transaction locked, held so that the session's identity map keeps it.
-_HEAD_ROW = "sealroom.audit.head_row"
+#: The head as this transaction's appends left it (a :class:`_Head`), under its lock.
+_HEAD = "sealroom.audit.head"
+
+# The append path's statements, built once: Core, not the ORM's unit of work, because an
+# append runs under the audit head lock, which every appending transaction waits for, and
+# building and flushing ORM objects there cost more than the statements themselves.
+_ENTRIES = AuditEntry.__table__
+_NODES = AuditNode.__table__
+_CHECKPOINTS = AuditCheckpoint.__table__
+_HEADS = AuditHead.__table__
+_INSERT_ENTRY = insert(_ENTRIES)
+_INSERT_NODES = insert(_NODES)
+_INSERT_CHECKPOINT = insert(_CHECKPOINTS)
+_UPDATE_HEAD = (
+    update(_HEADS)
+    .where(_HEADS.c.id == HEAD_ID)
+    .values(
+        size=bindparam("new_size"),
+        last_hash=bindparam("new_last_hash"),
+        frontier=bindparam("new_frontier"),
+    )
+)
+_READ_HEAD = select(_HEADS.c.size, _HEADS.c.frontier).where(_HEADS.c.id == HEAD_ID)
+_LATEST_CHECKPOINT = select(_CHECKPOINTS.c.note).order_by(_CHECKPOINTS.c.size.desc()).limit(1)
+_CHECKPOINT_AT = select(_CHECKPOINTS.c.note).where(_CHECKPOINTS.c.size == bindparam("size"))
+
+
+@dataclass
+class _Head:
+    """The audit head as this transaction has written it (it holds the head's lock)."""
+
+    size: int
+    last_hash: str
+    frontier: bytes
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_undone_head(session: Session, _previous: SessionTransaction) -> None:
+    """A rollback, of a savepoint too, may undo appends: the next one reads the head again."""
+    session.info.pop(_HEAD, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_committed_head(session: Session, transaction: SessionTransaction) -> None:
+    """The head lock ends with the transaction: the next transaction locks and reads it."""
+    if transaction.parent is None:
+        session.info.pop(_HEAD, None)
 
 
 class AuditIntegrityError(RuntimeError):
@@ -81,7 +126,7 @@ class SessionNodeStore:
         for i, (level, indexes) in enumerate(by_level.items()):
             parameters[f"l{i}"] = level
             parameters.update({f"i{i}_{j}": index for j, index in enumerate(indexes)})
-        rows = self.session.execute(_nodes_query(shape), parameters)
+        rows = self.session.connection().execute(_nodes_query(shape), parameters)
         return {(level, index): bytes(digest) for level, index, digest in rows}
 
 
@@ -93,12 +138,12 @@ def _nodes_query(shape: tuple[int, ...]) -> Select[tuple[int, int, bytes]]:
     One index search per level: SQLite answers a row-value IN list by scanning the whole
     table, which made every append linear in the log's size.
     """
-    return select(AuditNode.level, AuditNode.node_index, AuditNode.hash).where(
+    return select(_NODES.c.level, _NODES.c.node_index, _NODES.c.hash).where(
         or_(
             *(
                 and_(
-                    AuditNode.level == bindparam(f"l{i}"),
-                    AuditNode.node_index.in_([bindparam(f"i{i}_{j}") for j in range(count)]),
+                    _NODES.c.level == bindparam(f"l{i}"),
+                    _NODES.c.node_index.in_([bindparam(f"i{i}_{j}") for j in range(count)]),
                 )
                 for i, count in enumerate(shape)
             )
@@ -144,13 +189,16 @@ class AuditLog:
         ``site`` records which site the entry concerns, so that the site's own staff may
         later ask for its inclusion proof.
         """
-        head = lock_audit_head(session)
-        session.info[_HEAD_ROW] = head
-        tree = self._tree(session, head)
+        head = session.info.get(_HEAD)
+        if head is None:
+            row = lock_audit_head(session)
+            head = _Head(row.size, row.last_hash, bytes(row.frontier))
+        tree = self._tree(session, head.size, head.frontier)
         proof = tuple(reversed(tree.frontier))
+        seq = head.size
         # The time is read after the head lock, so times never go backwards along seq.
         entry = make_entry(
-            seq=head.size,
+            seq=seq,
             time=self.clock(),
             actor=actor.name,
             role=actor.role,
@@ -160,25 +208,36 @@ class AuditLog:
             prev=head.last_hash,
         )
         canonical = canonical_bytes(entry)
-        session.add(
-            AuditEntry(
-                seq=head.size,
-                canonical=canonical.decode("utf-8"),
-                action=action,
-                subject=subject,
-                site_id=site,
-            )
+        connection = session.connection()
+        connection.execute(
+            _INSERT_ENTRY,
+            {
+                "seq": seq,
+                "canonical": canonical.decode("utf-8"),
+                "action": action,
+                "subject": subject,
+                "site_id": site,
+            },
         )
-        session.add_all(
-            AuditNode(level=level, node_index=index, hash=digest)
-            for level, index, digest in tree.append(leaf_hash(canonical))
+        connection.execute(
+            _INSERT_NODES,
+            [
+                {"level": level, "node_index": index, "hash": digest}
+                for level, index, digest in tree.append(leaf_hash(canonical))
+            ],
         )
-        head.size = tree.size
-        head.frontier = tree.to_bytes()
-        head.last_hash = entry_hash(canonical)
-        session.flush()
+        head = _Head(tree.size, entry_hash(canonical), tree.to_bytes())
+        connection.execute(
+            _UPDATE_HEAD,
+            {
+                "new_size": head.size,
+                "new_last_hash": head.last_hash,
+                "new_frontier": head.frontier,
+            },
+        )
+        session.info[_HEAD] = head
         before_commit(session, "audit.checkpoint", self.checkpoint)
-        return AppendedEntry(seq=entry["seq"], canonical=canonical, proof=proof)
+        return AppendedEntry(seq=seq, canonical=canonical, proof=proof)
 
     def checkpoint(self, session: Session) -> str:
         """The signed checkpoint of the log's current size, signed and stored if new.
@@ -186,35 +245,41 @@ class AuditLog:
         Runs before every commit that appended entries; a service that must hand out the
         checkpoint (a receipt) calls it itself, and the commit then finds it stored.
         """
-        # The row this transaction's append locked (_HEAD_ROW keeps it in the identity map):
-        # no query, unless a savepoint's rollback expired it.
-        head = session.get_one(AuditHead, HEAD_ID)
+        head = session.info.get(_HEAD)
+        if head is not None:
+            size, frontier = head.size, head.frontier
+        else:  # nothing appended in this transaction (or a rollback undid it)
+            size, frontier = session.connection().execute(_READ_HEAD).one()
+            frontier = bytes(frontier)
         # Keyed by the size and the frontier: work a savepoint undid may have signed a
         # checkpoint of this very size over other entries (its row is gone with it).
-        state = (head.size, bytes(head.frontier))
+        state = (size, frontier)
         stored = session.info.get(_CHECKPOINTED)
         if stored is not None and stored[0] == state:
             return stored[1]
-        existing = self.checkpoint_at(session, head.size)
+        # After this transaction's own appends no stored checkpoint can have its size: every
+        # committed one is of a smaller log, and one signed here is the one cached above.
+        existing = self.checkpoint_at(session, size) if head is None else None
         if existing is not None:
             session.info[_CHECKPOINTED] = (state, existing)
             return existing
-        checkpoint = Checkpoint(self.origin, head.size, self._tree(session, head).root())
+        checkpoint = Checkpoint(self.origin, size, self._tree(session, size, frontier).root())
         note = sign_checkpoint(checkpoint, self._signing_key, self.origin)
-        session.add(AuditCheckpoint(size=head.size, note=note, created_at=self.clock()))
-        session.flush()
+        session.connection().execute(
+            _INSERT_CHECKPOINT, {"size": size, "note": note, "created_at": self.clock()}
+        )
         session.info[_CHECKPOINTED] = (state, note)
         self._trusted = (note, checkpoint)
         return note
 
-    def _tree(self, session: Session, head: AuditHead) -> CompactRange:
+    def _tree(self, session: Session, size: int, frontier: bytes) -> CompactRange:
         """The compact range the head caches, checked once a transaction (under its lock).
 
         What this transaction appends is computed from it, so a tree that extends the last
         signed checkpoint at the first append still extends it at the commit.
         """
         try:
-            tree = CompactRange.from_bytes(head.size, bytes(head.frontier))
+            tree = CompactRange.from_bytes(size, frontier)
         except ValueError as exc:
             raise AuditIntegrityError(
                 f"the stored audit head is malformed ({exc}): {_RUN}"
@@ -293,21 +358,17 @@ class AuditLog:
     @staticmethod
     def size(session: Session) -> int:
         """The number of entries committed (as this session sees it)."""
-        return session.execute(select(AuditHead.size).where(AuditHead.id == HEAD_ID)).scalar_one()
+        return session.connection().execute(_READ_HEAD).one().size
 
     @staticmethod
     def latest_checkpoint(session: Session) -> str | None:
         """The newest signed checkpoint note, or None for an empty log."""
-        return session.execute(
-            select(AuditCheckpoint.note).order_by(AuditCheckpoint.size.desc()).limit(1)
-        ).scalar_one_or_none()
+        return session.connection().execute(_LATEST_CHECKPOINT).scalar_one_or_none()
 
     @staticmethod
     def checkpoint_at(session: Session, size: int) -> str | None:
         """The signed checkpoint of exactly ``size`` entries, if one was issued."""
-        return session.execute(
-            select(AuditCheckpoint.note).where(AuditCheckpoint.size == size)
-        ).scalar_one_or_none()
+        return session.connection().execute(_CHECKPOINT_AT, {"size": size}).scalar_one_or_none()
 
     @staticmethod
     def inclusion_proof(session: Session, index: int, size: int) -> list[str]:

@@ -24,7 +24,6 @@ from functools import cache
 from typing import Any, Final
 
 FORMATS: Final = {"svg": "image/svg+xml", "png": "image/png"}
-#: Pictures of each report, by the name ``sealroom report NAME`` and ``?picture=`` use.
 _LOCK = threading.Lock()  # matplotlib's rc settings are global: one drawing at a time
 
 
@@ -145,9 +144,9 @@ def balance(report: dict[str, Any], file_format: str) -> bytes:
         return _save(figure, file_format)
 
 
-#: Each picture: (report it is drawn from, drawing function).
-PICTURES: Final[dict[str, tuple[str, Callable[[dict[str, Any], str], bytes]]]] = {
-    "enrollment": ("randomisations", cumulative_enrollment),
-    "screen-failures": ("enrollment", screen_failures),
-    "balance": ("balance", balance),
+#: Each picture by the name ``sealroom report NAME`` and ``?picture=`` use.
+PICTURES: Final[dict[str, Callable[[dict[str, Any], str], bytes]]] = {
+    "enrollment": cumulative_enrollment,
+    "screen-failures": screen_failures,
+    "balance": balance,
 }

@@ -8,8 +8,6 @@ write their audit entry, so they run in a transaction; the reports only read.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -55,11 +53,7 @@ def negotiated(offered: Sequence[str]) -> str:
 
 def csv_response(header: Sequence[str], rows: Iterable[Sequence[Any]], filename: str) -> Response:
     """A CSV answer (RFC 4180), offered for download under ``filename``."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return _download(out.getvalue().encode("utf-8"), f"{CSV}; charset=utf-8", filename)
+    return _download(reports.csv_bytes(header, rows), f"{CSV}; charset=utf-8", filename)
 
 
 def _download(content: bytes, mimetype: str, filename: str) -> Response:
@@ -68,50 +62,21 @@ def _download(content: bytes, mimetype: str, filename: str) -> Response:
     return response
 
 
-def _picture(name: str, report: dict[str, Any], form: str) -> Response:
-    file_format = "svg" if form == SVG else "png"
-    _source, draw = pictures.PICTURES[name]
-    return Response(draw(report, file_format), mimetype=form)
+#: The file format of each answer form other than JSON.
+_FILE_FORMATS = {CSV: "csv", SVG: "svg", PNG: "png"}
 
 
-def enrollment_csv_rows(report: dict[str, Any]) -> list[list[Any]]:
-    """The enrollment report as one table: ``group,name`` then the counts; screen failures
-    by rule as ``screen_failed_rule`` rows (their count in ``screen_failed``)."""
-    rows: list[list[Any]] = [["total", report["trial"], *report["totals"].values()]]
-    for group, key in (("site", "sites"), ("stratum", "strata"), ("month", "months")):
-        for item in report[key]:
-            rows.append([group, item[group], *(item[name] for name in reports.COUNTS)])
-    failures = report["screen_failures"]
-    blank = [""] * (len(reports.COUNTS) - 2)
-    for item in failures["by_rule"]:
-        rows.append(["screen_failed_rule", item["rule"], "", item["participants"], *blank])
-    rows.append(["screen_failed_rule", "window", "", failures["outside_window"], *blank])
-    return rows
-
-
-def balance_csv_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The balance report as one table: a row per stratum, then ``overall``."""
-    arms = [arm["id"] for arm in report["arms"]]
-    header = ["stratum_number", "stratum", *arms, "imbalance", "slots_used", "slots_left"]
-    header.append("warning")
-    rows: list[list[Any]] = []
-    for item in report["strata"]:
-        slots = item["slots"]
-        rows.append(
-            [
-                item["number"],
-                item["stratum"],
-                *(item["counts"][arm] for arm in arms),
-                item["imbalance"],
-                slots["used"],
-                slots["left"],
-                item["warning"] or "",
-            ]
-        )
-    overall = report["overall"]
-    rows.append(["", "overall", *(overall["counts"][arm] for arm in arms), overall["imbalance"]])
-    rows[-1].extend(["", "", ""])
-    return header, rows
+def _report_answer(name: str, form: str) -> Any:
+    """The report ``name`` in the negotiated form: JSON (dumped by the route's schema), or
+    a file as ``sealroom report`` writes it."""
+    state, actor = app_state(), current_actor()
+    with state.db.reading() as session:
+        if form == JSON:
+            return reports.report_data(session, state.ctx, actor, name)
+        content = reports.report_file(session, state.ctx, actor, name, _FILE_FORMATS[form])
+    if form == CSV:
+        return _download(content, f"{CSV}; charset=utf-8", f"{name}.csv")
+    return Response(content, mimetype=form)
 
 
 class EnrollmentQuery(StrictSchema):
@@ -148,20 +113,9 @@ class EnrollmentReport(MethodView):
         (``?picture=enrollment``: cumulative randomisations per site against the target;
         ``screen-failures``: screen failures by rule).
         """
-        state, actor = app_state(), current_actor()
         form = negotiated([JSON, CSV, SVG, PNG])
-        with state.db.reading() as session:
-            if form in (SVG, PNG) and query["picture"] == "enrollment":
-                data = reports.randomisations_by_site(session, state.ctx, actor)
-            else:
-                data = reports.enrollment_report(session, state.ctx, actor)
-        if form in (SVG, PNG):
-            return _picture(query["picture"], data, form)
-        if form == CSV:
-            return csv_response(
-                ["group", "name", *reports.COUNTS], enrollment_csv_rows(data), "enrollment.csv"
-            )
-        return data
+        picture = query["picture"] if form in (SVG, PNG) else "enrollment"
+        return _report_answer(picture, form)
 
 
 @blp.route("/reports/balance")
@@ -174,16 +128,7 @@ class BalanceReport(MethodView):
 
         ``Accept: text/csv`` for a table, ``image/svg+xml`` or ``image/png`` for a picture.
         """
-        state, actor = app_state(), current_actor()
-        form = negotiated([JSON, CSV, SVG, PNG])
-        with state.db.reading() as session:
-            report = reports.balance_report(session, state.ctx, actor)
-        if form in (SVG, PNG):
-            return _picture("balance", report, form)
-        if form == CSV:
-            header, rows = balance_csv_rows(report)
-            return csv_response(header, rows, "balance.csv")
-        return report
+        return _report_answer("balance", negotiated([JSON, CSV, SVG, PNG]))
 
 
 @blp.route("/allocations")

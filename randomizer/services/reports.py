@@ -16,6 +16,8 @@ participants the same way.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -239,6 +241,46 @@ def randomisations_by_site(session: Session, ctx: TrialContext, actor: Actor) ->
     }
 
 
+def enrollment_csv_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """The enrollment report as one table: ``group,name`` then the counts; screen failures
+    by rule as ``screen_failed_rule`` rows (their count in ``screen_failed``)."""
+    rows: list[list[Any]] = [["total", report["trial"], *report["totals"].values()]]
+    for group, key in (("site", "sites"), ("stratum", "strata"), ("month", "months")):
+        for item in report[key]:
+            rows.append([group, item[group], *(item[name] for name in COUNTS)])
+    failures = report["screen_failures"]
+    blank = [""] * (len(COUNTS) - 2)
+    for item in failures["by_rule"]:
+        rows.append(["screen_failed_rule", item["rule"], "", item["participants"], *blank])
+    rows.append(["screen_failed_rule", "window", "", failures["outside_window"], *blank])
+    return rows
+
+
+def balance_csv_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The balance report as one table: a row per stratum, then ``overall``."""
+    arms = [arm["id"] for arm in report["arms"]]
+    header = ["stratum_number", "stratum", *arms, "imbalance", "slots_used", "slots_left"]
+    header.append("warning")
+    rows: list[list[Any]] = []
+    for item in report["strata"]:
+        slots = item["slots"]
+        rows.append(
+            [
+                item["number"],
+                item["stratum"],
+                *(item["counts"][arm] for arm in arms),
+                item["imbalance"],
+                slots["used"],
+                slots["left"],
+                item["warning"] or "",
+            ]
+        )
+    overall = report["overall"]
+    rows.append(["", "overall", *(overall["counts"][arm] for arm in arms), overall["imbalance"]])
+    rows[-1].extend(["", "", ""])
+    return header, rows
+
+
 # Balance (unblinded) --------------------------------------------------------------------------
 
 
@@ -405,3 +447,52 @@ def allocation_csv_rows(rows: Iterable[dict[str, Any]]) -> list[list[str]]:
             ]
         )
     return flat
+
+
+# Report files (the API's non-JSON answers, ``sealroom report``) ------------------------------
+
+#: Each report by name: the report its table and picture are drawn from. ``enrollment``'s
+#: picture is the cumulative randomisations; its table the enrollment report's.
+REPORTS = ("enrollment", "screen-failures", "balance")
+FILE_FORMATS = ("json", "csv", "svg", "png")
+
+
+def report_data(session: Session, ctx: TrialContext, actor: Actor, name: str) -> dict[str, Any]:
+    """The report behind ``name`` (``screen-failures`` is part of the enrollment report)."""
+    if name == "balance":
+        return balance_report(session, ctx, actor)
+    return enrollment_report(session, ctx, actor)
+
+
+def report_file(
+    session: Session, ctx: TrialContext, actor: Actor, name: str, file_format: str
+) -> bytes:
+    """The report ``name`` as a ``json``, ``csv``, ``svg`` or ``png`` file, checked against
+    the actor's permission as the report itself is."""
+    from randomizer import pictures, rendering
+
+    if name not in REPORTS or file_format not in FILE_FORMATS:
+        raise ValueError(f"unknown report {name!r} or format {file_format!r}")
+    if file_format in pictures.FORMATS:
+        if name == "enrollment":
+            data = randomisations_by_site(session, ctx, actor)
+        else:
+            data = report_data(session, ctx, actor, name)
+        return pictures.PICTURES[name](data, file_format)
+    report = report_data(session, ctx, actor, name)
+    if file_format == "json":
+        return (rendering.render_json(report) + "\n").encode("utf-8")
+    if name == "balance":
+        header, rows = balance_csv_rows(report)
+    else:
+        header, rows = ["group", "name", *COUNTS], enrollment_csv_rows(report)
+    return csv_bytes(header, rows)
+
+
+def csv_bytes(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    """A CSV file (RFC 4180, UTF-8) of a header and rows."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode("utf-8")

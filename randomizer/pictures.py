@@ -53,6 +53,13 @@ def _figure(width: float = 8.0, height: float = 4.5) -> Iterator[Any]:
         yield Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _whole_numbers(axes: Any) -> None:
+    """People are counted whole: no 2.5 on the axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(figure: Any, file_format: str) -> bytes:
     if file_format not in FORMATS:
         raise ValueError(f"unknown picture format {file_format!r}")
@@ -79,6 +86,7 @@ def cumulative_enrollment(data: dict[str, Any], file_format: str) -> bytes:
         axes.set_xlabel("date (UTC)")
         axes.set_ylabel("participants randomised")
         axes.set_ylim(bottom=0)
+        _whole_numbers(axes)
         if not every:
             axes.text(0.5, 0.5, "no participant randomised yet", ha="center", va="center")
         else:
@@ -107,6 +115,7 @@ def screen_failures(report: dict[str, Any], file_format: str) -> bytes:
         axes.set_xlabel("eligibility rule (window: outside the screening window)")
         axes.set_ylabel("participants")
         axes.set_ylim(0, max([*counts, 1]) * 1.15)
+        _whole_numbers(axes)
         return _save(figure, file_format)
 
 
@@ -140,6 +149,7 @@ def balance(report: dict[str, Any], file_format: str) -> bytes:
         axes.set_ylabel("participants randomised")
         top = max([1, *(n for s in strata for n in s["counts"].values())])
         axes.set_ylim(0, top * 1.25)
+        _whole_numbers(axes)
         axes.legend(loc="upper right")
         return _save(figure, file_format)
 

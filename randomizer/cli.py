@@ -956,9 +956,11 @@ def simulate(cli: Cli, count: int, url: str, tokens_file: str | None, seed: int 
     try:
         service, sites = Service(url), coordinators(tokens)
         if sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import Progress
 
-            with Progress(transient=True) as bar:
+            # On standard error, so that standard output holds the summary alone.
+            with Progress(console=Console(stderr=True), transient=True) as bar:
                 task = bar.add_task("simulating", total=count)
                 result = run_simulation(service, sites, count, seed, lambda n: bar.advance(task, n))
         else:

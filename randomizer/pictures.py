@@ -13,8 +13,10 @@ to ``MPLCONFIGDIR``, a private temporary directory unless the caller set one.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -29,7 +31,10 @@ _LOCK = threading.Lock()  # matplotlib's rc settings are global: one drawing at 
 
 @cache
 def _matplotlib() -> Any:
-    os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="sealroom-matplotlib-"))
+    if "MPLCONFIGDIR" not in os.environ:
+        private = tempfile.mkdtemp(prefix="sealroom-matplotlib-")
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        os.environ["MPLCONFIGDIR"] = private
     import matplotlib
 
     matplotlib.use("Agg")

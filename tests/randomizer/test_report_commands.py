@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 from datetime import date
@@ -148,3 +151,36 @@ def test_after_simulating_60_participants_the_reports_count_what_was_done(
             assert n == independent[(stratum["stratum"], arm)]
     assert list(frame["SUBJID"]) == [row["SUBJID"] for row in rows]
     assert list(frame["ARMCD"]) == [row["ARMCD"] for row in rows]
+
+
+@pytest.mark.requirement("R-REP-4")
+def test_drawing_a_picture_writes_nothing_into_the_users_home(tmp_path):
+    """matplotlib keeps its cache in a private temporary directory, not ~/.config or
+    ~/.cache, and draws with Agg even where a display is set."""
+    home = tmp_path / "home"
+    home.mkdir()
+    code = (
+        "from randomizer import pictures\n"
+        "report = {'trial': 'T', 'screen_failures': {'by_rule': [{'rule': 'I1', "
+        "'participants': 2}], 'outside_window': 0}}\n"
+        "assert pictures.screen_failures(report, 'png').startswith(b'\\x89PNG')\n"
+        "import matplotlib, os\n"
+        "assert matplotlib.get_backend().lower() == 'agg'\n"
+        "print(os.environ['MPLCONFIGDIR'])\n"
+    )
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "HOME": str(home), "DISPLAY": ":0"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert list(home.iterdir()) == []
+    assert not result.stdout.strip().startswith(str(home))

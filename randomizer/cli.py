@@ -869,6 +869,107 @@ def db_revision(cli: Cli) -> None:
     click.echo(f"database: {current or 'none'}; code: {head_revision()}")
 
 
+# reports, exports, simulate (issue 14) ----------------------------------------------------
+
+
+def _file_format(out: str, formats: tuple[str, ...]) -> str:
+    """The format named by ``out``'s extension, one of ``formats``."""
+    extension = Path(out).suffix.lower().removeprefix(".")
+    if extension not in formats:
+        raise click.UsageError(f"--out must end in one of: {', '.join('.' + f for f in formats)}")
+    return extension
+
+
+def _publish(out: str, content: bytes) -> None:
+    """Write ``content`` to ``out`` for its owner only (mode 0600): reports name
+    participants, and the statistician's hold arms."""
+    with os.fdopen(create_private_file(Path(out)), "wb") as handle:
+        handle.write(content)
+
+
+@main.command("report")
+@click.argument("name", type=click.Choice(["enrollment", "screen-failures", "balance"]))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="File to write: .json or .csv (the report), .svg or .png (its picture).",
+)
+@pass_cli
+def report(cli: Cli, name: str, out: str) -> None:
+    """Write a report or its picture: enrollment (blinded), screen-failures (blinded),
+    balance (UNBLINDED: per stratum and arm)."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.reports import FILE_FORMATS, report_file
+
+    file_format = _file_format(out, FILE_FORMATS)
+    if name == "screen-failures" and file_format in ("json", "csv"):
+        raise click.UsageError("screen-failures is a picture (.svg, .png); see enrollment")
+    _publish(out, _run(cli, lambda s, c: report_file(s, c, SYSTEM, name, file_format)))
+    click.echo(f"{name} written to {out}")
+
+
+@main.group("export")
+def export_group() -> None:
+    """Exports for analysis (audited)."""
+
+
+@export_group.command("dm")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="File to write: .csv, or .xpt (SAS transport, version 5).",
+)
+@pass_cli
+def export_dm_command(cli: Cli, out: str) -> None:
+    """Write the CDISC SDTM DM-style dataset (UNBLINDED: one row per randomised
+    participant, with its arm); audited as export.created."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.cdisc import FORMATS, export_dm
+
+    file_format = _file_format(out, FORMATS)
+    export = _run(cli, lambda s, c: export_dm(s, c, SYSTEM, file_format))
+    _publish(out, export.content)
+    click.echo(f"{export.rows} participants written to {out}")
+
+
+@main.command()
+@click.option("--participants", "count", required=True, type=click.IntRange(min=1))
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The service.")
+@click.option(
+    "--tokens",
+    "tokens_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The demo users' tokens (default: tokens.json in the instance directory).",
+)
+@click.option("--seed", type=int, default=None, help="Seed of the random answers (repeatable).")
+@pass_cli
+def simulate(cli: Cli, count: int, url: str, tokens_file: str | None, seed: int | None) -> None:
+    """Screen N participants across the demo sites over HTTP, randomising the eligible
+    (some are ineligible, some outside the screening window); a progress bar on a terminal."""
+    from randomizer.simulation import Service, SimulationError, coordinators
+    from randomizer.simulation import simulate as run_simulation
+
+    tokens = Path(tokens_file) if tokens_file else cli.settings.instance_dir / "tokens.json"
+    try:
+        service, sites = Service(url), coordinators(tokens)
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import Progress
+
+            # On standard error, so that standard output holds the summary alone.
+            with Progress(console=Console(stderr=True), transient=True) as bar:
+                task = bar.add_task("simulating", total=count)
+                result = run_simulation(service, sites, count, seed, lambda n: bar.advance(task, n))
+        else:
+            result = run_simulation(service, sites, count, seed)
+    except SimulationError as error:
+        fail(str(error))
+    click.echo(result.summary())
+
+
 #: What a verification against the service's own key is worth.
 OWN_KEY_WARNING = (
     "warning: no --verifier-key given: checking against the service's own key, "

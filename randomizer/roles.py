@@ -101,6 +101,7 @@ READ_NOTIFICATIONS: Final = _permission("read the notifications", {ADMIN})
 REPORT_ENROLLMENT: Final = _permission("read the enrollment report", {SPONSOR, ADMIN, STATISTICIAN})
 REPORT_BALANCE: Final = _permission("read the balance report", {STATISTICIAN})
 READ_ALLOCATIONS: Final = _permission("read allocations", {STATISTICIAN})
+EXPORT_DM: Final = _permission("export the CDISC DM dataset", {STATISTICIAN})  # issue 14
 
 #: Not rows of URS §8's table (no endpoint yet): the command line acts as ``system``.
 MANAGE_SITES: Final = _permission("manage sites", {ADMIN})

@@ -635,3 +635,110 @@ def reason_field() -> fields.Field:
             "format or separator character but the space)"
         },
     )
+
+
+# Reports and exports (issue 14: R-REP-1, R-REP-2) -------------------------------------------
+
+
+class EnrollmentCountsSchema(ma.Schema):
+    """Participants counted once each: screened, failed screening, randomised, ... ."""
+
+    screened = fields.Integer()
+    screen_failed = fields.Integer()
+    randomized = fields.Integer()
+    withdrawn = fields.Integer()
+    discontinued = fields.Integer()
+    unblinded = fields.Integer()
+
+
+class EnrollmentSiteSchema(EnrollmentCountsSchema):
+    site = fields.String()
+
+
+class EnrollmentStratumSchema(EnrollmentCountsSchema):
+    stratum = fields.String()
+
+
+class EnrollmentMonthSchema(EnrollmentCountsSchema):
+    month = fields.String(metadata={"description": "YYYY-MM (UTC): the events of that month"})
+
+
+class RuleFailuresSchema(ma.Schema):
+    rule = fields.String()
+    participants = fields.Integer()
+
+
+class ScreenFailuresSchema(ma.Schema):
+    by_rule = fields.List(fields.Nested(RuleFailuresSchema))
+    outside_window = fields.Integer()
+
+
+class EnrollmentReportSchema(ma.Schema):
+    """The blinded enrollment report (R-REP-1): nothing in it depends on an arm."""
+
+    trial = fields.String(metadata={"description": "the trial's id (never its title)"})
+    target = fields.Integer(allow_none=True)
+    totals = fields.Nested(EnrollmentCountsSchema)
+    sites = fields.List(fields.Nested(EnrollmentSiteSchema))
+    strata = fields.List(fields.Nested(EnrollmentStratumSchema))
+    months = fields.List(fields.Nested(EnrollmentMonthSchema))
+    screen_failures = fields.Nested(ScreenFailuresSchema)
+
+
+class ReportArmSchema(ma.Schema):
+    id = fields.String()
+    label = fields.String()
+    ratio = fields.Integer()
+
+
+class SlotsSchema(ma.Schema):
+    size = fields.Integer()
+    used = fields.Integer()
+    left = fields.Integer()
+
+
+class BalanceOverallSchema(ma.Schema):
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer())
+    randomized = fields.Integer()
+    imbalance = fields.Float(metadata={"description": "max - min of the counts over ratios"})
+
+
+class BalanceStratumSchema(BalanceOverallSchema):
+    number = fields.Integer()
+    stratum = fields.String()
+    slots = fields.Nested(SlotsSchema)
+    warning = fields.String(allow_none=True)
+
+
+class BalanceReportSchema(ma.Schema):
+    """The unblinded balance report (R-REP-2): statistician only."""
+
+    trial = fields.String()
+    target = fields.Integer(allow_none=True)
+    arms = fields.List(fields.Nested(ReportArmSchema))
+    overall = fields.Nested(BalanceOverallSchema)
+    strata = fields.List(fields.Nested(BalanceStratumSchema))
+
+
+class AllocationUnblindingSchema(ma.Schema):
+    by = fields.String()
+    role = fields.String()
+    at = UtcDateTime()
+    reason = fields.String()
+    event_reference = fields.String()
+
+
+class AllocationSchema(ma.Schema):
+    """One randomised participant with its arm (URS §8 ``GET /allocations``)."""
+
+    screening_number = fields.String()
+    site = fields.String()
+    stratum = fields.String()
+    randomization_number = fields.String()
+    arm = fields.String(metadata={"description": "the arm's id"})
+    randomized_at = UtcDateTime()
+    kits = fields.List(fields.String())
+    status = fields.String(metadata={"enum": list(PARTICIPANT_STATUSES)})
+    corrected_stratum = fields.String(allow_none=True)
+    unblinded = fields.Boolean()
+    unblindings = fields.List(fields.Nested(AllocationUnblindingSchema))

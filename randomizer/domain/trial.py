@@ -179,6 +179,9 @@ class TrialDefinition:
     screening_number_pattern: str | None = None
     unblinding_reasons: tuple[str, ...] = DEFAULT_UNBLINDING_REASONS
     unblinding_detail_required: tuple[str, ...] = ("other",)
+    #: How many participants the trial means to randomise (``trial.target_participants``):
+    #: the line the enrollment reports draw and project against; None: no target declared.
+    target_participants: int | None = None
 
     @cached_property
     def _strata(self) -> tuple[Stratum, ...]:
@@ -290,6 +293,7 @@ def parse_trial(text: str) -> TrialDefinition:
     title = _field(trial, "trial", "title", _text)
     registry_id = _field(trial, "trial", "registry_id", _text)
     sponsor_protocol = _field(trial, "trial", "sponsor_protocol", _text, default=None)
+    target = _field(trial, "trial", "target_participants", _positive, default=None)
     arms = _parse_arms(root)
     factors = _parse_factors(root)
     randomisation = _section(root, "randomisation")
@@ -339,6 +343,7 @@ def parse_trial(text: str) -> TrialDefinition:
         source_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         unblinding_reasons=reasons,
         unblinding_detail_required=detail_required,
+        target_participants=target,
     )
 
 
@@ -374,7 +379,7 @@ _RULE_KEYS = ("id", "text", *_CONDITION_KEYS, *COMBINATIONS)
 _KIT_TYPE_KEYS = ("arm", "description", "grams_igg")
 _VISIT_KEYS = ("id", "week", "dispenses_weeks")
 _SECTION_KEYS = {
-    "trial": ("id", "title", "registry_id", "sponsor_protocol"),
+    "trial": ("id", "title", "registry_id", "sponsor_protocol", "target_participants"),
     "arms": _ARM_KEYS,  # an array of tables, each with these keys
     "stratification": ("factors",),
     "randomisation": ("block_sizes", "slots_per_stratum"),

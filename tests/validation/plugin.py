@@ -35,6 +35,9 @@ STATUS_ORDER = ("failed", "no test", "not run", "deferred", "passed")
 #: Statuses that fail ``make validation`` (``not run`` only when CI is set).
 FAILING = ("failed", "no test")
 
+#: How one backend's tests of a requirement sum up: a failure outweighs everything.
+_BACKEND_RANK = ("failed", "passed", "skipped", "xfailed", "not run")
+
 _EVIDENCE_KEY = pytest.StashKey[dict[str, Any]]()
 _COLLECTOR_KEY = pytest.StashKey["Collector"]()
 
@@ -159,6 +162,11 @@ def assess(
         if status != "passed" and status != "failed" and requirement.deferred:
             status = "deferred"
         fails = status in FAILING or (status == "not run" and ci)
+        by_backend: dict[str, str] = {}
+        for test in own + [t for _, t in via]:
+            if test.backend is not None:
+                seen = by_backend.setdefault(test.backend, test.outcome)
+                by_backend[test.backend] = min(seen, test.outcome, key=_BACKEND_RANK.index)
         assessed.append(
             {
                 "id": requirement.id,
@@ -169,6 +177,7 @@ def assess(
                 "deferred": requirement.deferred,
                 "reasons": reasons,
                 "passed": outcomes.count("passed"),
+                "by_backend": by_backend,
                 "tests": [t.as_json() for t in own],
                 "via_members": [{"member": m, **t.as_json()} for m, t in via],
                 "_order": order,
@@ -194,6 +203,8 @@ class Collector:
         self.out = out
         self.results: dict[str, CollectedTest] = {}
 
+    # Last, so that the items deselected (-m, -k) are gone: they are not part of this run.
+    @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
             ids = tuple(

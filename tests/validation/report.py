@@ -139,6 +139,9 @@ def _requirement(entry: dict[str, Any]) -> str:
     if entry["fails_run"]:
         notes.append("This requirement fails the validation run.")
     note = "".join(f"<p class=note>{escape(n)}</p>" for n in notes)
+    backends = ", ".join(f"{b}: {o}" for b, o in sorted(entry.get("by_backend", {}).items()))
+    if backends:
+        note += f"<p>By database: {escape(backends)}</p>"
     via = ""
     if entry["via_members"]:
         via = (

@@ -45,8 +45,11 @@ def test_a_requirement_passes_with_one_passing_test_and_no_failing_one():
         CollectedTest("t4", ("R-NF-2",), "postgresql", "failed", "failed in call"),
     ]
     seen = status(results)
+    report = {r["id"]: r for r in assess(REQUIREMENTS, results, ci=False)}
 
     assert seen["R-NF-1"] == ("passed", False)
+    assert report["R-NF-1"]["by_backend"] == {"sqlite": "passed", "postgresql": "skipped"}
+    assert report["R-NF-2"]["by_backend"] == {"sqlite": "passed", "postgresql": "failed"}
     assert seen["R-NF-2"] == ("failed", True)
     # A group id counts its members' tests: one of them failed.
     assert seen["R-NF"] == ("failed", True)
@@ -130,11 +133,11 @@ def test_the_plugin_writes_both_files_and_fails_on_a_gap(pytester: pytest.Pytest
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("SEALROOM_TEST_DATABASE_URL", raising=False)
     pytester.makepyfile(test_planted=PLANTED)
-    pytester.makeini("[pytest]\nmarkers =\n    requirement(id): URS id\n")
+    pytester.makeini("[pytest]\nmarkers =\n    requirement(id): URS id\n    slow: slow\n")
     out = pytester.path / "validation"
 
     result = pytester.runpytest_inprocess(
-        "-p", "tests.validation.plugin", f"--validation-report={out}"
+        "-p", "tests.validation.plugin", f"--validation-report={out}", "-m", "not slow"
     )
 
     report = json.loads((out / "report.json").read_text())
@@ -145,6 +148,8 @@ def test_the_plugin_writes_both_files_and_fails_on_a_gap(pytester: pytest.Pytest
     assert by_id["R-NF-1"]["status"] == "not run"
     assert by_id["R-NF-1"]["reasons"] == ["no PostgreSQL here"]
     assert by_id["R-KEY-1"]["status"] == "deferred"
+    assert by_id["R-API"]["status"] == "no test"  # its one test was deselected: not run here
+    assert report["tests"] == 2
     assert {r.id for r in load_requirements(REQUIREMENTS_FILE)} == set(by_id)
     assert report["passed"] is False
     assert report["environment"]["python"]

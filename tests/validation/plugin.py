@@ -202,6 +202,14 @@ class Collector:
         self.config = config
         self.out = out
         self.results: dict[str, CollectedTest] = {}
+        self.environment: dict[str, Any] = {}
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # At the start: the commit and versions are those of the code the tests load.
+        if self.out is not None:
+            from tests.validation.report import environment
+
+            self.environment = environment()
 
     # Last, so that the items deselected (-m, -k) are gone: they are not part of this run.
     @pytest.hookimpl(trylast=True)
@@ -234,7 +242,7 @@ class Collector:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.out is None:
             return
-        from tests.validation.report import environment, write_report
+        from tests.validation.report import write_report
 
         requirements = load_requirements()
         results = list(self.results.values())
@@ -245,7 +253,7 @@ class Collector:
             "format": "sealroom-validation/v1",
             "ci": ci,
             "pytest_exit_status": int(exitstatus),
-            "environment": environment(),
+            "environment": self.environment,
             "summary": {
                 status: sum(1 for r in assessed if r["status"] == status) for status in STATUS_ORDER
             },

@@ -44,7 +44,6 @@ def checkpoint_size(note: str) -> int:
     return int(note.splitlines()[1])
 
 
-@pytest.mark.slow
 @pytest.mark.requirement("R-VAL")
 @pytest.mark.requirement("R-CLI")
 @pytest.mark.requirement("R-AUD")

@@ -159,16 +159,66 @@ def _requirement(entry: dict[str, Any]) -> str:
     )
 
 
+def _table(headings: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headings)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table class=tests><tr>{head}</tr>{body}</table>"
+
+
+def _demo(record: dict[str, Any]) -> str:
+    """One scripted demo run: the configuration it ran on, its steps and where it ended."""
+    config = record.get("configuration_under_test", {})
+    parts = [
+        "<h4>Configuration under test</h4>",
+        _rows(
+            [
+                ("trial", config.get("trial")),
+                ("registry id", config.get("registry_id")),
+                ("definition commitment", config.get("definition_commitment")),
+                ("", config.get("definition_commitment_note")),
+                ("as seen by", config.get("as_seen_by")),
+            ]
+        ).join(("<table>", "</table>")),
+        _table(
+            ["arm", "label", "ratio"],
+            [[a["id"], a["label"], a["ratio"]] for a in config.get("arms", [])],
+        ),
+        _table(
+            ["stratification factor", "levels", "source"],
+            [[f["id"], ", ".join(f["levels"]), f["source"]] for f in config.get("factors", [])],
+        ),
+        _table(["stratum", "key"], [[st["number"], st["key"]] for st in config.get("strata", [])]),
+        _table(
+            ["eligibility rule", "text"],
+            [[r["id"], r["text"]] for r in config.get("eligibility", {}).get("rules", [])],
+        ),
+        "<h4>Scripted demo run</h4>",
+        _table(
+            ["step", "result"],
+            [
+                [step["step"], ", ".join(f"{k}: {v}" for k, v in step.items() if k != "step")]
+                for step in record.get("demo_run", [])
+            ],
+        ),
+        f"<p>Verifier key: <code>{escape(str(record.get('verifier_key')))}</code></p>",
+        f"<p>The checkpoint the log ended at (size {escape(str(record.get('checkpoint_size')))}):"
+        f"</p><pre>{escape(str(record.get('checkpoint')))}</pre>",
+        "<details><summary>As recorded (JSON)</summary>"
+        f"<pre>{escape(json.dumps(record, indent=2, ensure_ascii=False))}</pre></details>",
+    ]
+    return "".join(parts)
+
+
 def _evidence(evidence: dict[str, Any]) -> str:
     if not evidence:
         return "<p class=note>No scripted demo ran in this run.</p>"
-    parts = []
-    for nodeid, record in evidence.items():
-        parts.append(
-            f"<h3><code>{escape(nodeid)}</code></h3>"
-            f"<pre>{escape(json.dumps(record, indent=2, ensure_ascii=False))}</pre>"
-        )
-    return "".join(parts)
+    return "".join(
+        f"<h3>Database: {escape(str(record.get('backend')))}</h3>"
+        f"<p><code>{escape(nodeid)}</code></p>{_demo(record)}"
+        for nodeid, record in evidence.items()
+    )
 
 
 def render_html(report: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@
 participant, a pharmacist dispenses week 5, the site's investigator unblinds them, and
 ``sealroom audit verify`` checks the whole trail against the verifier key as published at
 ``GET /audit/verifier-key`` (given explicitly, as an auditor would after obtaining it out of
-band). The configuration under test is read as a blinded sponsor sees it (``GET /trial``),
+band). The list seed is fresh and discarded, so that nothing in the report leads to the arm.
+The configuration under test is read as a blinded sponsor sees it (``GET /trial``),
 with the definition's salted commitment from the audit trail's ``trial.initialised`` entry:
 never the plain SHA-256 of the file, which would let a blinded reader confirm a guess of the
 block sizes.
@@ -13,6 +14,8 @@ block sizes.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,6 @@ from randomizer import create_app
 from randomizer.cli import main
 from tests.conftest import BACKENDS, ApiClient, Clock
 
-SEED = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 SAE = {"reason": "serious_adverse_event", "event_reference": "SAE-VAL-0001"}
 
 
@@ -53,7 +55,15 @@ def test_the_scripted_demo_screens_randomises_dispenses_unblinds_and_verifies(
 ) -> None:
     url = scratch.new_url(backend)
     tokens_file = tmp_path / "tokens.json"
-    created = sealroom(url, tmp_path, "init-demo", "--seed", SEED, "--tokens-out", str(tokens_file))
+    # A fresh seed, discarded after the run: with a published one (Appendix A's), anyone could
+    # derive the demo participant's arm from the randomisation number the report shows.
+    seed_file = tmp_path / "seed.hex"
+    seed_file.write_text(secrets.token_hex(32) + "\n")
+    os.chmod(seed_file, 0o600)
+    created = sealroom(
+        url, tmp_path, "init-demo", "--seed-file", str(seed_file), "--tokens-out", str(tokens_file)
+    )
+    seed_file.unlink()
     assert created.exit_code == 0, created.output
     tokens = {t["user"]: t["token"] for t in json.loads(tokens_file.read_text())}
 

@@ -83,3 +83,16 @@ def _check_size(session: Session, name: str, size: int) -> None:
     current = AuditLog.size(session)
     if size < 1 or size > current:
         raise ValidationFailed({name: [f"Must be between 1 and the log's size ({current})."]})
+
+
+def search_entries(
+    session: Session, start: int, limit: int, action: str = "", subject: str = ""
+) -> list[str]:
+    """Up to ``limit`` canonical entries from seq ``start`` on, in seq order, of one action
+    and/or one subject when given (the auditor's pages)."""
+    query = select(AuditEntry.canonical).where(AuditEntry.seq >= max(0, min(start, SEQ_MAX)))
+    if action:
+        query = query.where(AuditEntry.action == action)
+    if subject:
+        query = query.where(AuditEntry.subject == subject)
+    return list(session.scalars(query.order_by(AuditEntry.seq).limit(min(limit, MAX_ENTRIES))))

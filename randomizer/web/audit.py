@@ -14,7 +14,7 @@ from randomizer.services import audit_queries
 from randomizer.state import app_state
 from randomizer.web.base import bp, page, signed_in
 
-PAGE = 50
+PAGE = 25
 
 
 @bp.get("/audit")

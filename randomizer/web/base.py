@@ -132,12 +132,18 @@ def signed_in(permission: Permission | None = None) -> Callable[[F], F]:
     return decorate
 
 
-def page(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
+def page(template: str, code: int = 200, /, **values: Any) -> tuple[str, int]:
     """A page, with the trial and the actor every page shows."""
     state = app_state()
     return (
-        render_template(template, trial=state.ctx.definition, actor=current_actor(), **values),
-        status,
+        render_template(
+            template,
+            trial=state.ctx.definition,
+            actor=current_actor(),
+            language=page_language(),
+            **values,
+        ),
+        code,
     )
 
 

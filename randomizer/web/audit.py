@@ -9,12 +9,26 @@ from typing import Any
 from flask import request
 
 from randomizer import roles
-from randomizer.errors import NotFound
+from randomizer.errors import NotFound, ValidationFailed
 from randomizer.services import audit_queries
 from randomizer.state import app_state
 from randomizer.web.base import bp, page, signed_in
 
 PAGE = 25
+
+
+@bp.post("/audit/consistency")
+@signed_in(roles.READ_AUDIT_ENTRIES)
+def audit_consistency() -> Any:
+    """Check that the log extends a checkpoint the auditor kept and pastes in."""
+    state = app_state()
+    note = request.form.get("checkpoint", "")[:4096]
+    try:
+        with state.db.reading() as session:
+            outcome = audit_queries.check_checkpoint(session, state.ctx.audit.verifier_key, note)
+    except ValidationFailed as problem:
+        return page("consistency.html", 422, outcome=None, note=note, refusal=problem)
+    return page("consistency.html", 200, outcome=outcome, note=note)
 
 
 @bp.get("/audit")

@@ -28,7 +28,8 @@ bp = Blueprint(
     __name__,
     template_folder="templates",
     static_folder="static",
-    static_url_path="/static",
+    # Not /static: the application's own static route would answer it first (404).
+    static_url_path="/assets",
 )
 
 POLICY = SessionPolicy()

@@ -361,3 +361,29 @@ def test_admin_adds_a_user_who_can_then_sign_in_but_never_a_statistician(web, ap
     assert added.status_code == 200, web.page
     newcomer = WebClient(app.test_client(), {"coord-9": "a long new passphrase"})
     assert newcomer.sign_in("coord-9").status_code == 303
+
+
+@pytest.mark.requirement("R-WEB-1")
+def test_auditor_checks_that_the_log_extends_a_checkpoint_kept_earlier(web, api):
+    web.sign_in("auditor")
+    kept = web.client.get(
+        "/api/v1/audit/checkpoint", headers={"Authorization": f"Bearer {api.tokens['auditor']}"}
+    ).get_data(as_text=True)
+    api.screen("101-0010")  # the log grows after the checkpoint was kept
+    web.get("/audit")
+    checked = web.post("/audit/consistency", {"checkpoint": kept})
+    assert checked.status_code == 200
+    assert 'id="consistency">Consistent' in web.page
+    web.get("/audit")
+    forged = kept.replace(kept.splitlines()[2], "A" * 43 + "=")
+    assert web.post("/audit/consistency", {"checkpoint": forged}).status_code == 422
+
+
+@pytest.mark.requirement("R-WEB-3")
+def test_the_stylesheet_is_served_from_this_site(web):
+    web.get("/sign-in")
+    assert 'href="/assets/sealroom.css"' in web.page
+    sheet = web.client.get("/assets/sealroom.css")
+    assert sheet.status_code == 200 and sheet.mimetype == "text/css"
+    assert ":focus-visible" in sheet.get_data(as_text=True)
+    assert "@media print" in sheet.get_data(as_text=True)

@@ -21,12 +21,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("user_account") as batch:
-        batch.add_column(sa.Column("password_hash", sa.String(length=255), nullable=True))
-        batch.add_column(
-            sa.Column("password_changed_at", sa.DateTime(timezone=True), nullable=True)
-        )
-        batch.add_column(sa.Column("language", sa.String(length=8), nullable=True))
+    # Plain ADD COLUMN (nullable), not a batch: SQLite's batch copies the table, which the
+    # tables referencing user_account refuse while foreign keys are enforced.
+    op.add_column("user_account", sa.Column("password_hash", sa.String(length=255), nullable=True))
+    op.add_column(
+        "user_account", sa.Column("password_changed_at", sa.DateTime(timezone=True), nullable=True)
+    )
+    op.add_column("user_account", sa.Column("language", sa.String(length=8), nullable=True))
     op.create_table(
         "web_session",
         sa.Column("id_sha256", sa.String(length=64), nullable=False),
@@ -46,7 +47,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_web_session_user_id"), table_name="web_session")
     op.drop_table("web_session")
-    with op.batch_alter_table("user_account") as batch:
-        batch.drop_column("language")
-        batch.drop_column("password_changed_at")
-        batch.drop_column("password_hash")
+    # As in 0004: SQLite's own DROP COLUMN, not a batch copy (see upgrade()).
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    for column in ("language", "password_changed_at", "password_hash"):
+        if sqlite:
+            op.execute(f"ALTER TABLE user_account DROP COLUMN {column}")
+        else:
+            op.drop_column("user_account", column)

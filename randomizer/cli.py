@@ -276,7 +276,7 @@ def init(cli: Cli, trial_file: str, seed_file: str | None) -> None:
 @click.option(
     "--tokens-out",
     type=click.Path(dir_okay=False),
-    help="Where to write the demo users' tokens (default: <instance>/tokens.json).",
+    help="Where to write the demo users' tokens and passwords (default: <instance>/tokens.json).",
 )
 @_seed_file_option(" (default: a fresh seed, printed once)")
 @_seed_hex_option("List seed")
@@ -320,7 +320,9 @@ def init_demo(
     )
     click.echo(f"Database: {cli.db.engine.url}")
     click.echo(f"Keys: {settings.keys_dir} (losing them loses the ability to unblind)")
-    click.echo(f"Tokens of {len(demo.tokens)} demo users: {tokens_path} (mode 0600)")
+    click.echo(
+        f"Tokens and web passwords of {len(demo.tokens)} demo users: {tokens_path} (mode 0600)"
+    )
     if read is None:
         click.echo(
             "List seed (hand it to the statistician now: it is not stored and will not "
@@ -387,7 +389,7 @@ def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
 
 @main.group("users")
 def users_group() -> None:
-    """Add and deactivate users, issue tokens."""
+    """Add and deactivate users, issue tokens, set web passwords."""
 
 
 @users_group.command("add")
@@ -399,15 +401,61 @@ def users_group() -> None:
 )
 @click.option("--site", help="The site of a site role.")
 @click.option("--email", help="Where notifications reach the user (e.g. unblindings at its site).")
+@click.option(
+    "--password",
+    "with_password",
+    is_flag=True,
+    help="Also set their web password (asked twice, or one line on standard input).",
+)
 @click.argument("name")
 @pass_cli
-def users_add(cli: Cli, role: str, site: str | None, email: str | None, name: str) -> None:
+def users_add(
+    cli: Cli, role: str, site: str | None, email: str | None, with_password: bool, name: str
+) -> None:
     """Add a user and print their first token."""
     from randomizer.roles import SYSTEM
     from randomizer.services import users
 
-    token = _run(cli, lambda s, c: users.add_user(s, c, SYSTEM, name, role, site, email)[1])
-    click.echo(token)
+    password = _new_password() if with_password else None
+
+    def add(session: Any, ctx: Any) -> str:
+        _user, token = users.add_user(session, ctx, SYSTEM, name, role, site, email)
+        if password is not None:
+            users.set_password(session, ctx, SYSTEM, name, password)
+        return token
+
+    click.echo(_run(cli, add))
+
+
+@users_group.command("password")
+@click.argument("name")
+@pass_cli
+def users_password(cli: Cli, name: str) -> None:
+    """Set a user's web password (asked twice, or one line on standard input); their web
+    sessions end."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services import users
+
+    password = _new_password()
+    _run(cli, lambda s, c: users.set_password(s, c, SYSTEM, name, password))
+    click.echo(f"Password of {name} set; their web sessions are ended.")
+
+
+def _new_password() -> str:
+    """A new password: asked twice at a terminal, else the first line of standard input.
+
+    Never an argument: other local users can read a command line (process list, history).
+    """
+    from randomizer.services.users import password_problems
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    problems = password_problems(password)
+    if problems:
+        fail(f"password: {' '.join(problems)}")
+    return password
 
 
 @users_group.command("deactivate")
@@ -848,10 +896,15 @@ def db_upgrade(cli: Cli) -> None:
 
     Refuses a database upgraded by a newer Sealroom than this one.
     """
+    from keys import create_session_secret, session_secret_path
     from randomizer.migrations import upgrade
 
     with cli.db.schema_transaction() as connection:
         before, after = upgrade(connection)
+    # A deployment older than the web pages has no session secret: made here, explicitly.
+    if not session_secret_path(cli.settings.keys_dir).exists():
+        create_session_secret(cli.settings.keys_dir)
+        click.echo(f"Web session secret created: {session_secret_path(cli.settings.keys_dir)}")
     if before == after:
         click.echo(f"The schema is already at revision {after}.")
     else:

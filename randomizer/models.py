@@ -236,6 +236,29 @@ class User(Base):
     email: Mapped[str | None] = mapped_column(String(254), default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     deactivated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    #: Argon2id hash of the web pages' password (None: the user cannot sign in to them).
+    password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    password_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    #: The web pages' language for this user (None: English).
+    language: Mapped[str | None] = mapped_column(String(8), default=None)
+
+
+class WebSession(Base):
+    """A signed-in browser (issue 13): the cookie holds a random id, the row its SHA-256.
+
+    Server-side, so that deactivating a user or signing out ends a session at once in every
+    worker; refused from ``expires_at`` (absolute) or after the idle limit from
+    ``last_seen_at``.
+    """
+
+    __tablename__ = "web_session"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class ApiToken(Base):

@@ -292,3 +292,50 @@ def site_inventory(
         "counts": {status: counts.get(status, 0) for status in KIT_STATUSES},
         "as_of": ctx.clock(),
     }
+
+
+#: The most kits one page of a site's kit list shows.
+KIT_PAGE = 100
+
+
+def site_kits(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    site_id: str,
+    status: str | None = None,
+    page: int = 0,
+) -> list[dict[str, Any]]:
+    """A site's kits (of one status when given), earliest expiry first: number, status, lot,
+    expiry and to whom and at which visit each was given; never an arm.
+
+    The order (expiry, then kit number, both blind) and the page size say nothing of an arm.
+    """
+    site_inventory(session, ctx, actor, site_id)  # the same role and visibility checks
+    query = select(Kit).where(Kit.site_id == site_id)
+    if status is not None:
+        query = query.where(Kit.status == status)
+    kits = session.scalars(
+        query.order_by(Kit.expires_on, Kit.kit_number)
+        .offset(max(page, 0) * KIT_PAGE)
+        .limit(KIT_PAGE)
+    ).all()
+    owners = {
+        participant.id: participant.screening_number
+        for participant in session.scalars(
+            select(Participant).where(
+                Participant.id.in_({kit.participant_id for kit in kits if kit.participant_id})
+            )
+        )
+    }
+    return [
+        {
+            "kit_number": kit.kit_number,
+            "status": kit.status,
+            "lot": kit.lot,
+            "expires_on": kit.expires_on,
+            "participant": owners.get(kit.participant_id) if kit.participant_id else None,
+            "visit": kit.visit,
+        }
+        for kit in kits
+    ]

@@ -21,10 +21,12 @@ from keys import (
     MasterKeyRing,
     WrappedDataKey,
     create_keys_dir,
+    create_session_secret,
     create_signing_key,
     load_master_keys,
     load_signing_key,
     new_data_key,
+    session_secret_path,
     signing_key_path,
 )
 from randomizer.db import Database
@@ -60,6 +62,8 @@ def ensure_keys(keys_dir: Path) -> None:
         create_keys_dir(keys_dir)
     if not signing_key_path(keys_dir).exists():
         create_signing_key(keys_dir)
+    if not session_secret_path(keys_dir).exists():
+        create_session_secret(keys_dir)
 
 
 def prepare_database(database: Database, keys_dir: Path) -> TrialKeys:

@@ -726,6 +726,165 @@ def lists_export(cli: Cli, seed_file: str | None, seed_hex: str | None, out: str
     click.echo(f"{len(rows)} slots written to {out}")
 
 
+# keys -------------------------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Key custody: split knowledge of the master key, and rotation of every key."""
+
+
+def _read_passphrase(name: str | None) -> bytes:
+    if name is None:
+        return b""
+    try:
+        text = Path(name).read_bytes()
+    except OSError as exc:
+        fail(f"cannot read the passphrase file {name}: {exc.strerror}")
+    return text.rstrip(b"\r\n")
+
+
+@keys_group.command("split")
+@click.option("--shares", required=True, type=int, help="How many custodians get a share.")
+@click.option("--threshold", required=True, type=int, help="How many shares rebuild the key.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory for the share files (one per custodian, mode 0600).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A passphrase the shares need beside them (default: none).",
+)
+@pass_cli
+def keys_split(
+    cli: Cli, shares: int, threshold: int, out: str, passphrase_file: str | None
+) -> None:
+    """Split the active master key into SLIP-39 mnemonic shares; the key stays where it is."""
+    from keys.custody import write_share_files
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import split_master_key
+
+    passphrase = _read_passphrase(passphrase_file)
+    made = _run(
+        cli,
+        lambda s, c: split_master_key(
+            s, c, SYSTEM, cli.settings.keys_dir, shares, threshold, passphrase
+        ),
+    )
+    for path in write_share_files(Path(out), made.shares):
+        click.echo(f"wrote {path}")
+    click.echo(
+        f"{shares} shares of master key {made.shares[0].key_id} (share set {made.share_set}); "
+        f"any {threshold} rebuild it. Give one file to each custodian, then delete DIR."
+    )
+
+
+def _prompt_shares() -> list[Any]:
+    from keys.custody import ShareError, parse_share
+
+    key_id = click.prompt("master key id (mk-...)").strip()
+    shares: list[Any] = []
+    needed = None
+    while needed is None or len(shares) < needed:
+        words = click.prompt(f"share {len(shares) + 1}", hide_input=True)
+        try:
+            share = parse_share(key_id, words, f"share {len(shares) + 1}")
+        except ShareError as exc:
+            click.echo(f"refused: {exc}; type it again", err=True)
+            continue
+        shares.append(share)
+        needed = share.threshold
+    return shares
+
+
+@keys_group.command("combine")
+@click.argument("share_files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option(
+    "--out",
+    required=True,
+    help="The master key file to write (mode 0600), or - to print the SEALROOM_MASTER_KEY value.",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The passphrase given to `keys split`, if one was.",
+)
+@pass_cli
+def keys_combine(
+    cli: Cli, share_files: tuple[str, ...], out: str, passphrase_file: str | None
+) -> None:
+    """Rebuild the master key from share files (or, with none named, shares typed in).
+
+    The rebuilt key is checked against the data keys it wrapped before it is written.
+    """
+    from keys import MASTER_KEY_ENV
+    from keys.custody import (
+        combine_shares,
+        master_key_env_value,
+        read_share_file,
+        write_master_key_file,
+    )
+    from randomizer.migrations import check_schema_current
+    from randomizer.roles import SYSTEM
+    from randomizer.services.context import load_trial_context
+    from randomizer.services.key_custody import check_master_key, record_master_key_combined
+
+    passphrase = _read_passphrase(passphrase_file)
+    shares = [read_share_file(Path(name)) for name in share_files] or _prompt_shares()
+    key_id, key = combine_shares(shares, passphrase)
+    value = master_key_env_value(key_id, key)
+    # The rebuilt key is the one this context unwraps with: the key directory may hold none.
+    environ = {**os.environ, MASTER_KEY_ENV: value}
+    with cli.db.transaction() as session:
+        check_schema_current(session.connection())
+        # Checked before anything else reads keys: a wrong share set or passphrase is named.
+        check_master_key(session, key_id, key)
+        ctx = load_trial_context(session, cli.settings.keys_dir, environ)
+        opened = record_master_key_combined(
+            session,
+            ctx,
+            SYSTEM,
+            key_id,
+            key,
+            [share.number for share in shares],
+            "environment" if out == "-" else "file",
+        )
+        if out != "-":
+            write_master_key_file(Path(out), key)
+    if out == "-":
+        click.echo(value)
+    else:
+        click.echo(f"wrote {out}: master key {key_id}, which opens data key(s) {', '.join(opened)}")
+
+
+@keys_group.command("rotate-master")
+@pass_cli
+def keys_rotate_master(cli: Cli) -> None:
+    """Make a new master key version and rewrap every data key under it (no arm re-encrypted)."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import rotate_master
+
+    rotation = _run(cli, lambda s, c: rotate_master(s, c, SYSTEM, cli.settings.keys_dir))
+    click.echo(
+        f"master key {rotation.old_key_id} -> {rotation.new_key_id}; rewrapped data key(s) "
+        f"{', '.join(rotation.data_keys)}"
+    )
+
+
+@keys_group.command("rotate-data-key")
+@pass_cli
+def keys_rotate_data_key(cli: Cli) -> None:
+    """Start a new data key for new seals; older seals still open with their own key."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import rotate_data_key
+
+    rotation = _run(cli, lambda s, c: rotate_data_key(s, c, SYSTEM, cli.settings.keys_dir))
+    click.echo(f"data key {rotation.old_key_id} -> {rotation.new_key_id}")
+
+
 # notifications ----------------------------------------------------------------------------
 
 

@@ -885,6 +885,22 @@ def keys_rotate_data_key(cli: Cli) -> None:
     click.echo(f"data key {rotation.old_key_id} -> {rotation.new_key_id}")
 
 
+@keys_group.command("rotate-signing")
+@pass_cli
+def keys_rotate_signing(cli: Cli) -> None:
+    """Hand over to a new checkpoint-signing key, through a checkpoint signed by both keys."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import finish_signing_rotation, rotate_signing
+
+    rotation = _run(cli, lambda s, c: rotate_signing(s, c, SYSTEM, cli.settings.keys_dir))
+    with cli.db.reading() as session:
+        finish_signing_rotation(session, cli.settings.keys_dir)
+    click.echo(
+        f"signing key {rotation.old_key_id} -> {rotation.new_key_id}; the hand-over checkpoint "
+        "is signed by both. Publish the new verifier key (GET /audit/verifier-key)."
+    )
+
+
 # notifications ----------------------------------------------------------------------------
 
 

@@ -76,7 +76,11 @@ class VerifierKeyLine(MethodView):
     @blp.doc(security=[])
     def get(self) -> Response:
         """The verifier key line. Trust the one you obtained out of band, not this one."""
-        return _text(app_state().ctx.audit.verifier_key.line() + "\n")
+        state = app_state()
+        with state.db.reading() as session:
+            # The key in force: after a hand-over (R-KEY-1), the incoming one.
+            key = state.ctx.audit.current_verifier_key(session)
+        return _text(key.line() + "\n")
 
 
 @blp.route("/entries")

@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session
 
 from audit.checkpoint import (
     Checkpoint,
+    VerifierKey,
+    cosign_checkpoint,
     sign_checkpoint,
     verifier_key_from_private,
     verify_checkpoint,
@@ -37,6 +39,7 @@ from audit.merkle import (
     leaf_hash,
     verify_consistency,
 )
+from keys.signing import signing_key_fingerprint
 from randomizer.db import before_commit
 from randomizer.locks import HEAD_ID, lock_audit_head
 from randomizer.models import AuditCheckpoint, AuditEntry, AuditHead, AuditNode
@@ -109,7 +112,9 @@ def _nodes_query(shape: tuple[int, ...]) -> Select[tuple[int, int, bytes]]:
 class AuditLog:
     """The trial's audit log: appends entries and signs checkpoints.
 
-    ``clock`` gives aware UTC datetimes; ``signing_key`` signs checkpoints under ``origin``.
+    ``clock`` gives aware UTC datetimes; ``signing_key`` signs checkpoints under ``origin``
+    until the audit head names another key in force (a hand-over, R-KEY-1): ``load_key``
+    then gives that key from its fingerprint.
     """
 
     def __init__(
@@ -117,11 +122,14 @@ class AuditLog:
         origin: str,
         signing_key: Ed25519PrivateKey,
         clock: Callable[[], datetime],
+        load_key: Callable[[str], Ed25519PrivateKey] | None = None,
     ) -> None:
         self.origin = origin
         self._signing_key = signing_key
         self.clock = clock
         self.verifier_key = verifier_key_from_private(origin, signing_key)
+        self._fingerprint = signing_key_fingerprint(signing_key)
+        self._load_key = load_key
         # The latest checkpoint note this process signed or verified, and what it says: a
         # note whose signature was checked once need not be checked at every append.
         self._trusted: tuple[str, Checkpoint] | None = None
@@ -146,6 +154,7 @@ class AuditLog:
         """
         head = lock_audit_head(session)
         session.info[_HEAD_ROW] = head
+        self._follow_key_in_force(head)
         tree = self._tree(session, head)
         proof = tuple(reversed(tree.frontier))
         # The time is read after the head lock, so times never go backwards along seq.
@@ -199,12 +208,56 @@ class AuditLog:
         if existing is not None:
             session.info[_CHECKPOINTED] = (state, existing)
             return existing
+        self._follow_key_in_force(head)
         checkpoint = Checkpoint(self.origin, head.size, self._tree(session, head).root())
         note = sign_checkpoint(checkpoint, self._signing_key, self.origin)
         session.add(AuditCheckpoint(size=head.size, note=note, created_at=self.clock()))
         session.flush()
         session.info[_CHECKPOINTED] = (state, note)
         self._trusted = (note, checkpoint)
+        return note
+
+    def _follow_key_in_force(self, head: AuditHead) -> None:
+        """Sign with the key the (locked) head names: another process may have rotated it.
+
+        One string comparison per call; the key is loaded only when it changed.
+        """
+        wanted = head.signing_key
+        if wanted is None or wanted == self._fingerprint:
+            return
+        if self._load_key is None:
+            raise AuditIntegrityError(
+                f"the audit log's signing key is now {wanted}, and this process cannot load"
+                " it: restart it"
+            )
+        key = self._load_key(wanted)
+        if signing_key_fingerprint(key) != wanted:
+            raise AuditIntegrityError(f"the signing key loaded for {wanted} is another key")
+        self._signing_key = key
+        self.verifier_key = verifier_key_from_private(self.origin, key)
+        self._fingerprint = wanted
+        self._trusted = None
+
+    def hand_over(self, session: Session, incoming: Ed25519PrivateKey) -> str:
+        """Sign this transaction's checkpoint with the key in force *and* ``incoming``, and
+        make ``incoming`` the key in force from the next checkpoint on (R-KEY-1).
+
+        Call it right after appending the ``key.rotated`` entry, in the same transaction:
+        the hand-over is the checkpoint of exactly that tree. Refused if a checkpoint of this
+        size was already signed.
+        """
+        head = session.get_one(AuditHead, HEAD_ID)
+        self._follow_key_in_force(head)
+        if self.checkpoint_at(session, head.size) is not None:
+            raise AuditIntegrityError(f"a checkpoint of size {head.size} is already signed")
+        checkpoint = Checkpoint(self.origin, head.size, self._tree(session, head).root())
+        note = cosign_checkpoint(
+            checkpoint, [(self._signing_key, self.origin), (incoming, self.origin)]
+        )
+        session.add(AuditCheckpoint(size=head.size, note=note, created_at=self.clock()))
+        head.signing_key = signing_key_fingerprint(incoming)
+        session.flush()
+        session.info[_CHECKPOINTED] = ((head.size, bytes(head.frontier)), note)
         return note
 
     def _tree(self, session: Session, head: AuditHead) -> CompactRange:
@@ -289,6 +342,18 @@ class AuditLog:
         }
 
     # Reading ----------------------------------------------------------------------------
+
+    def current_verifier_key(self, session: Session) -> VerifierKey:
+        """The verifier key of the signing key in force, as the committed head names it.
+
+        A process that has not appended since another rotated the key learns of it here.
+        """
+        wanted = session.execute(
+            select(AuditHead.signing_key).where(AuditHead.id == HEAD_ID)
+        ).scalar_one_or_none()
+        if wanted is not None and wanted != self._fingerprint and self._load_key is not None:
+            return verifier_key_from_private(self.origin, self._load_key(wanted))
+        return self.verifier_key
 
     @staticmethod
     def size(session: Session) -> int:

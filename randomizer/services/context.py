@@ -6,6 +6,7 @@ services never reach for request globals.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +25,9 @@ from keys import (
     load_signing_key,
     unwrap_data_key,
 )
+from keys.signing import load_signing_key_by_fingerprint
 from randomizer.domain import TrialDefinition, parse_trial
-from randomizer.models import DataKey, Trial
+from randomizer.models import AuditHead, DataKey, Trial
 from randomizer.services.audit_log import AuditLog
 from randomizer.services.kit_stock import KitStock
 
@@ -88,6 +90,12 @@ def load_trial_context(
         )
     ring = load_master_keys(keys_dir, environ)
     definition = parse_trial(trial.definition_toml)
+    in_force = session.execute(select(AuditHead.signing_key)).scalar_one_or_none()
+    signing_key = (
+        load_signing_key(keys_dir)
+        if in_force is None
+        else load_signing_key_by_fingerprint(keys_dir, in_force)
+    )
     rows = session.scalars(select(DataKey).order_by(DataKey.created_at, DataKey.id)).all()
     wrapped = {row.id: WrappedDataKey(row.id, row.master_key_id, row.wrapped) for row in rows}
     active = wrapped.pop(trial.data_key_id)
@@ -95,10 +103,11 @@ def load_trial_context(
         definition,
         ring,
         active,
-        load_signing_key(keys_dir),
+        signing_key,
         clock,
         older=list(wrapped.values()),
         fetch_key=_data_key_fetcher(session.get_bind(), ring, definition.id),
+        load_key=functools.partial(load_signing_key_by_fingerprint, keys_dir),
     )
 
 
@@ -133,6 +142,7 @@ def build_context(
     clock: Callable[[], datetime] = utc_now,
     older: Sequence[WrappedDataKey] = (),
     fetch_key: Callable[[str], bytes | None] | None = None,
+    load_key: Callable[[str], Ed25519PrivateKey] | None = None,
 ) -> TrialContext:
     """Assemble a context from the data keys and the checkpoint-signing key.
 
@@ -142,5 +152,5 @@ def build_context(
     keys = {old.key_id: unwrap_data_key(ring, old, definition.id) for old in older}
     keys[wrapped.key_id] = unwrap_data_key(ring, wrapped, definition.id)
     sealer = Sealer(definition.id, keys, wrapped.key_id, fetch_key)
-    audit = AuditLog(definition.audit_origin, signing_key, clock)
+    audit = AuditLog(definition.audit_origin, signing_key, clock, load_key)
     return TrialContext(definition=definition, sealer=sealer, audit=audit, clock=clock)

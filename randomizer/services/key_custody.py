@@ -16,6 +16,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from audit.checkpoint import verifier_key_from_private
+from audit.rotation import rotation_data
 from keys import (
     MASTER_KEY_ENV,
     KeyStoreError,
@@ -28,7 +30,9 @@ from keys import (
 )
 from keys.custody import MasterKeyShare, split_key
 from keys.masterkeys import load_master_keys, read_master_key
-from randomizer.models import DataKey, Trial
+from keys.signing import create_incoming_signing_key, promote_signing_key
+from randomizer.locks import lock_audit_head
+from randomizer.models import AuditHead, DataKey, Trial
 from randomizer.roles import Actor
 from randomizer.services.context import TrialContext
 
@@ -235,3 +239,28 @@ def rotate_data_key(
         },
     )
     return Rotation(old, wrapped.key_id)
+
+
+def rotate_signing(session: Session, ctx: TrialContext, actor: Actor, keys_dir: Path) -> Rotation:
+    """Hand over to a new checkpoint-signing key; audit ``key.rotated`` (R-KEY-1).
+
+    The entry names both verifier keys (public); the checkpoint of this transaction, the
+    hand-over, is signed by the outgoing and the incoming key, and the audit head names the
+    incoming key as the one in force, so every serving process signs with it from its next
+    append. The incoming key file is written first; the caller calls
+    :func:`finish_signing_rotation` once this has committed.
+    """
+    incoming = create_incoming_signing_key(keys_dir)
+    # Under the head lock: no checkpoint by the outgoing key can follow the hand-over.
+    lock_audit_head(session)
+    outgoing = ctx.audit.current_verifier_key(session)
+    new = verifier_key_from_private(ctx.audit.origin, incoming)
+    ctx.audit.append(session, actor, "key.rotated", new.label(), rotation_data(outgoing, new))
+    ctx.audit.hand_over(session, incoming)
+    return Rotation(outgoing.label(), new.label())
+
+
+def finish_signing_rotation(session: Session, keys_dir: Path) -> None:
+    """After the hand-over committed: the incoming key file becomes ``ed25519.key``."""
+    in_force = session.execute(select(AuditHead.signing_key)).scalar_one()
+    promote_signing_key(keys_dir, in_force)

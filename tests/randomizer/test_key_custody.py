@@ -276,3 +276,83 @@ def test_rotate_data_key_seals_anew_while_old_seals_still_open(scratch, tmp_path
         "master_key_id": master_key_file(instance)[0],
     }
     assert instance.run("audit", "verify").exit_code == 0
+
+
+def verifier_key_line(instance: Instance) -> str:
+    result = instance.run("audit", "verify")
+    assert result.exit_code == 0, result.output
+    return result.output.strip().splitlines()[-1].rsplit(" against ", 1)[1]
+
+
+@pytest.mark.requirement("R-KEY-1")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rotate_signing_hands_over_through_a_checkpoint_signed_by_both_keys(
+    scratch, tmp_path, backend
+):
+    from randomizer.models import AuditCheckpoint
+    from randomizer.roles import SYSTEM
+    from randomizer.services import users
+
+    instance = initialised(scratch, backend, tmp_path)
+    old = verifier_key_line(instance)
+    with instance.session() as session:
+        running = load_trial_context(session, instance.keys_dir)  # serving before the rotation
+
+    result = instance.run("keys", "rotate-signing")
+
+    assert result.exit_code == 0, result.output
+    new = verifier_key_line(instance)
+    assert new != old
+    assert list((instance.keys_dir / "signing").iterdir()) == [
+        instance.keys_dir / "signing" / "ed25519.key"
+    ]
+    (entry,) = [e for e in key_entries(instance) if e["action"] == "key.rotated"]
+    assert entry["data"]["key"] == "signing"
+    assert (entry["data"]["old_verifier_key"], entry["data"]["new_verifier_key"]) == (old, new)
+    # The process that served before the rotation learns the key in force, and signs with it.
+    database = __import__("randomizer.db", fromlist=["Database"]).Database(instance.url)
+    try:
+        with database.reading() as session:
+            assert running.audit.current_verifier_key(session).line() == new
+        with database.transaction() as session:
+            users.add_user(session, running, SYSTEM, "after-rotation", "sponsor", None, None)
+    finally:
+        database.dispose()
+    with instance.session() as session:
+        notes = list(session.scalars(select(AuditCheckpoint.note).order_by(AuditCheckpoint.size)))
+    hand_over = notes[-2]
+    assert hand_over.count("\n\u2014 ") + hand_over.startswith("\u2014") == 2
+    assert notes[-1].count("\u2014 ") == 1
+    # Either key verifies the whole log: the old one forward, the new one backward.
+    for key in (old, new):
+        verified = instance.run("audit", "verify", "--verifier-key", key)
+        assert verified.exit_code == 0, verified.output
+
+
+@pytest.mark.requirement("R-KEY-1")
+def test_a_signing_key_swapped_without_a_hand_over_signs_nothing(scratch, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    instance = initialised(scratch, "sqlite", tmp_path)
+    old = verifier_key_line(instance)
+    size = len(instance.log())
+    key_file = instance.keys_dir / "signing" / "ed25519.key"
+    key_file.unlink()
+    key_file.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+
+    refused = instance.run("users", "add", "--role", "sponsor", "late")
+
+    # The service checks the last checkpoint with its own key before it signs over it: a key
+    # that no hand-over brought in signs nothing, and the log is as it was.
+    assert refused.exit_code == 1
+    assert "not signed by the trusted key" in str(refused.exception)
+    assert len(instance.log()) == size
+    assert instance.run("audit", "verify", "--verifier-key", old).exit_code == 0

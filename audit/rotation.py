@@ -20,7 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from audit.checkpoint import CheckpointError, VerifierKey, parse_verifier_key
+from audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    VerifierKey,
+    parse_verifier_key,
+    verify_checkpoint,
+)
+from audit.merkle import leaf_hash, verify_inclusion
 
 ROTATED = "key.rotated"
 SIGNING = "signing"
@@ -138,3 +145,38 @@ def schedule_from(trusted: VerifierKey, rotations: list[SigningRotation]) -> Key
         return KeySchedule.single(trusted)
     starts = (0, *(rotation.hand_over_size for rotation in rotations))
     return KeySchedule(tuple(chain), starts)
+
+
+def follow_hand_over(
+    trusted: VerifierKey, seq: int, entry: bytes, note: str, proof: list[bytes]
+) -> tuple[VerifierKey, Checkpoint]:
+    """The incoming key of a hand-over, checked from the trusted (outgoing) key alone.
+
+    ``entry`` is the ``key.rotated`` entry at ``seq``, ``note`` the checkpoint of size
+    ``seq + 1`` and ``proof`` the entry's inclusion proof in it: the note must be signed by
+    ``trusted`` and by the key the entry announces, the entry must hand over from
+    ``trusted``, and the proof must put the entry in the signed tree. HandOverError if not.
+    """
+    try:
+        checkpoint = verify_checkpoint(note, trusted)
+    except CheckpointError as exc:
+        raise HandOverError(f"the hand-over is not signed by the trusted key: {exc}") from None
+    rotation = signing_rotation(entry)
+    if rotation is None or rotation.seq != seq:
+        raise HandOverError(f"entry {seq} is not a signing key.rotated entry")
+    if not _same(rotation.old, trusted):
+        raise HandOverError(
+            f"the key.rotated entry at seq {seq} hands over from {rotation.old.label()}, "
+            f"not from the trusted key {trusted.label()}"
+        )
+    if checkpoint.size != rotation.hand_over_size:
+        raise HandOverError(
+            f"the hand-over checkpoint has size {checkpoint.size}, not {rotation.hand_over_size}"
+        )
+    if not verify_inclusion(leaf_hash(entry), seq, checkpoint.size, proof, checkpoint.root):
+        raise HandOverError(f"entry {seq} is not in the tree the hand-over checkpoint signs")
+    try:
+        verify_checkpoint(note, rotation.new)
+    except CheckpointError as exc:
+        raise HandOverError(f"the hand-over is not signed by the incoming key: {exc}") from None
+    return rotation.new, checkpoint

@@ -83,6 +83,25 @@ class VerifierKeyLine(MethodView):
         return _text(key.line() + "\n")
 
 
+class HandOverSchema(ma.Schema):
+    seq = fields.Integer(metadata={"description": "The key.rotated entry's seq"})
+    entry = fields.String(metadata={"description": "Its canonical bytes"})
+    checkpoint = fields.String(
+        metadata={"description": "The checkpoint of size seq + 1, signed by both keys"}
+    )
+    inclusion_proof = fields.List(fields.String(), metadata={"description": "base64, RFC 9162"})
+
+
+@blp.route("/key-hand-overs")
+class KeyHandOvers(MethodView):
+    @requires(roles.READ_CHECKPOINT)
+    @blp.response(200, HandOverSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """Every signing-key hand-over, oldest first: how a verifier follows a key rotation."""
+        with app_state().db.reading() as session:
+            return audit_queries.key_hand_overs(session)
+
+
 @blp.route("/entries")
 class Entries(MethodView):
     @requires(roles.READ_AUDIT_ENTRIES)

@@ -864,6 +864,8 @@ def keys_combine(
 @pass_cli
 def keys_rotate_master(cli: Cli) -> None:
     """Make a new master key version and rewrap every data key under it (no arm re-encrypted)."""
+    from keys.pkcs11 import KEY_ENV
+    from keys.providers import PKCS11, provider_name
     from randomizer.roles import SYSTEM
     from randomizer.services.key_custody import rotate_master
 
@@ -871,6 +873,28 @@ def keys_rotate_master(cli: Cli) -> None:
     click.echo(
         f"master key {rotation.old_key_id} -> {rotation.new_key_id}; rewrapped data key(s) "
         f"{', '.join(rotation.data_keys)}"
+    )
+    if provider_name() == PKCS11:
+        click.echo(f"set {KEY_ENV}={rotation.new_key_id} for the service's next start")
+
+
+@keys_group.command("hsm-import")
+@pass_cli
+def keys_hsm_import(cli: Cli) -> None:
+    """Put the key directory's master keys into the PKCS#11 token (SEALROOM_PKCS11_*).
+
+    They keep their ids, so every data key opens inside the token; then destroy the files
+    and set SEALROOM_MASTER_KEY_PROVIDER=pkcs11.
+    """
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import import_master_keys_into_token
+
+    imported = _run(
+        cli, lambda s, c: import_master_keys_into_token(s, c, SYSTEM, cli.settings.keys_dir)
+    )
+    click.echo(
+        f"imported master key(s) {', '.join(imported)} into the token; every data key opens "
+        "there. Destroy the key files, then set SEALROOM_MASTER_KEY_PROVIDER=pkcs11."
     )
 
 

@@ -18,13 +18,12 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 from keys import (
-    MasterKeyRing,
     Sealer,
     WrappedDataKey,
-    load_master_keys,
     load_signing_key,
     unwrap_data_key,
 )
+from keys.providers import MasterKeys, load_master_key_provider
 from keys.signing import load_signing_key_by_fingerprint
 from randomizer.domain import TrialDefinition, parse_trial
 from randomizer.models import AuditHead, DataKey, Trial
@@ -88,7 +87,7 @@ def load_trial_context(
             "the database holds no trial: run `sealroom init` (or `sealroom init-demo`), or "
             "point SEALROOM_DATABASE_URL at an initialised database"
         )
-    ring = load_master_keys(keys_dir, environ)
+    ring = load_master_key_provider(keys_dir, environ)
     definition = parse_trial(trial.definition_toml)
     in_force = session.execute(select(AuditHead.signing_key)).scalar_one_or_none()
     signing_key = (
@@ -112,7 +111,7 @@ def load_trial_context(
 
 
 def _data_key_fetcher(
-    bind: Engine | Connection, ring: MasterKeyRing, trial_id: str
+    bind: Engine | Connection, ring: MasterKeys, trial_id: str
 ) -> Callable[[str], bytes | None]:
     """What a sealer asks for a data key it does not hold: read from the database, unwrapped.
 
@@ -136,7 +135,7 @@ def _data_key_fetcher(
 
 def build_context(
     definition: TrialDefinition,
-    ring: MasterKeyRing,
+    ring: MasterKeys,
     wrapped: WrappedDataKey,
     signing_key: Ed25519PrivateKey,
     clock: Callable[[], datetime] = utc_now,

@@ -30,6 +30,14 @@ from keys import (
 )
 from keys.custody import MasterKeyShare, split_key
 from keys.masterkeys import load_master_keys, read_master_key
+from keys.pkcs11 import KEY_ENV, TOKEN_ENV, Pkcs11MasterKeys
+from keys.providers import (
+    PKCS11,
+    PROVIDER_ENV,
+    MasterKeys,
+    load_master_key_provider,
+    provider_name,
+)
 from keys.signing import create_incoming_signing_key, promote_signing_key
 from randomizer.locks import lock_audit_head
 from randomizer.models import AuditHead, DataKey, Trial
@@ -61,6 +69,11 @@ def split_master_key(
     passphrase was used and the split's SLIP-39 identifier (which every share of this split
     carries), so an inspector can tell which share set is in circulation.
     """
+    if provider_name(environ) == PKCS11:
+        raise KeyStoreError(
+            "the master key is in the PKCS#11 token, which never lets it out: back it up with "
+            "the HSM's own means (its backup or cloning of keys under split knowledge)"
+        )
     key_id, key = read_master_key(keys_dir, environ=environ)
     made = split_key(key_id, key, shares, threshold, passphrase)
     share_set = _share_set(made[0])
@@ -161,20 +174,31 @@ def rotate_master(
 
     No arm is re-encrypted: the data keys keep their ids and bytes. The new key file is
     written (and made active) before the rewrap, and the old one stays, so whatever commits
-    or fails, every data key opens with a key of the directory. The rows are locked in id
-    order so that two rotations at once serialise instead of interleaving.
+    or fails, every data key opens with a key of the directory.
     """
     import os
 
     env = os.environ if environ is None else environ
-    if MASTER_KEY_ENV in env:
-        raise KeyStoreError(
-            f"the active master key comes from {MASTER_KEY_ENV}: rotate it in the secrets "
-            "manager (a key directory rotation would not be used while the variable is set)"
-        )
-    old = load_master_keys(keys_dir, env).active_id
-    ring = rotate_master_key(keys_dir)
-    rows = session.scalars(select(DataKey).order_by(DataKey.id).with_for_update()).all()
+    ring: MasterKeys
+    if provider_name(env) == PKCS11:
+        token = load_master_key_provider(keys_dir, env)
+        assert isinstance(token, Pkcs11MasterKeys)
+        old = token.active_id
+        # Made inside the token: this key never exists outside it.
+        token.activate(token.generate())
+        ring = token
+    else:
+        if MASTER_KEY_ENV in env:
+            raise KeyStoreError(
+                f"the active master key comes from {MASTER_KEY_ENV}: rotate it in the secrets"
+                " manager (a key directory rotation would not be used while the variable is set)"
+            )
+        old = load_master_keys(keys_dir, env).active_id
+        ring = rotate_master_key(keys_dir)
+    # The audit head's lock (which the entry below takes anyway) serialises key events: two
+    # rotations at once rewrap one after the other, never interleaved.
+    lock_audit_head(session)
+    rows = session.scalars(select(DataKey).order_by(DataKey.id)).all()
     for row in rows:
         rewrapped = rewrap_data_key(
             ring, WrappedDataKey(row.id, row.master_key_id, row.wrapped), ctx.definition.id
@@ -211,8 +235,9 @@ def rotate_data_key(
     processes learn the new key when they meet a seal made with it, and seal with it from
     their next start.
     """
-    ring = load_master_keys(keys_dir, environ)
-    trial = session.scalars(select(Trial).with_for_update()).one()
+    ring = load_master_key_provider(keys_dir, environ)
+    lock_audit_head(session)  # serialises key events (see rotate_master)
+    trial = session.scalars(select(Trial)).one()
     wrapped, _key = new_data_key(ring, trial.id)
     session.add(
         DataKey(
@@ -264,3 +289,46 @@ def finish_signing_rotation(session: Session, keys_dir: Path) -> None:
     """After the hand-over committed: the incoming key file becomes ``ed25519.key``."""
     in_force = session.execute(select(AuditHead.signing_key)).scalar_one()
     promote_signing_key(keys_dir, in_force)
+
+
+def import_master_keys_into_token(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    keys_dir: Path,
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Put every master key of the keys directory into the PKCS#11 token; audit it.
+
+    The move from the key file provider to an HSM: the keys keep their ids, so every data
+    key they wrapped unwraps inside the token. The files stay until the operator destroys
+    them (README: key custody); the entry ``key.imported`` names the ids and the token.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    token_settings = {**env, PROVIDER_ENV: PKCS11}
+    files = load_master_keys(keys_dir, {k: v for k, v in env.items() if k != MASTER_KEY_ENV})
+    token = Pkcs11MasterKeys.from_environ({**token_settings, KEY_ENV: ""}, empty_ok=True)
+    imported = []
+    for key_id in files.key_ids:
+        _, key = read_master_key(keys_dir, key_id, environ={})
+        imported.append(token.import_key(key_id, key))
+    token.activate(files.active_id)
+    # Each data key must now open inside the token.
+    for row in session.scalars(select(DataKey)):
+        unwrap_data_key(
+            token, WrappedDataKey(row.id, row.master_key_id, row.wrapped), ctx.definition.id
+        )
+    ctx.audit.append(
+        session,
+        actor,
+        "key.imported",
+        files.active_id,
+        {
+            "master_key_ids": imported,
+            "token": token_settings.get(TOKEN_ENV, ""),
+            "provider": PKCS11,
+        },
+    )
+    return imported

@@ -925,6 +925,123 @@ def keys_rotate_signing(cli: Cli) -> None:
     )
 
 
+@keys_group.command("envelope-key")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="The private key file (0600)."
+)
+def keys_envelope_key(out: str) -> None:
+    """Make the medical monitor's safety-line key pair; print the public key line.
+
+    The private key opens code-break envelopes: keep it with the 24-hour safety line only.
+    """
+    from keys.envelopes import write_recipient_key
+
+    click.echo(write_recipient_key(Path(out)))
+
+
+@keys_group.command("emergency-envelopes")
+@click.option("--recipient", required=True, help="The safety line's public key line.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="A new directory for the envelopes (one per slot) and their MANIFEST.sha256.",
+)
+@pass_cli
+def keys_emergency_envelopes(cli: Cli, recipient: str, out: str) -> None:
+    """Write sealed code-break envelopes, one per list slot, to the recipient's key (statistician).
+
+    The set's SHA-256 is audited, so an inspector can tell which set was in circulation.
+    """
+    from randomizer.roles import SYSTEM
+    from randomizer.services.envelopes import create_emergency_envelopes
+
+    made = _run(cli, lambda s, c: create_emergency_envelopes(s, c, SYSTEM, recipient, Path(out)))
+    click.echo(
+        f"{made.envelopes} envelopes written to {out} for key {made.recipient}; "
+        f"set sha256 {made.set_sha256} (audited)"
+    )
+
+
+@keys_group.command("open-envelope")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The safety line's private key file.",
+)
+@click.argument("envelope", type=click.Path(exists=True, dir_okay=False))
+def keys_open_envelope(key_file: str, envelope: str) -> None:
+    """Open one code-break envelope offline (no database, no service): print its arm.
+
+    Record it afterwards with `sealroom unblind-record --offline`.
+    """
+    from keys.envelopes import EnvelopeError, load_private_key, open_envelope
+
+    try:
+        opened = open_envelope(
+            Path(envelope).read_text(encoding="ascii"), load_private_key(Path(key_file))
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {envelope}: {exc}")
+    except EnvelopeError as exc:
+        fail(str(exc))
+    click.echo(
+        f"{opened.trial} {opened.randomization_number}: {opened.arm_label} ({opened.arm_id})"
+    )
+    click.echo(
+        "Record this unblinding once the service is back: sealroom unblind-record --offline",
+        err=True,
+    )
+
+
+@main.command("unblind-record")
+@click.option("--offline", is_flag=True, required=True, help="An envelope opened offline.")
+@click.option("--randomization-number", required=True, help="The envelope's number.")
+@click.option("--by", "opened_by", required=True, help="Who opened it.")
+@click.option(
+    "--opened-at",
+    required=True,
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z"]),
+    help="When, with its UTC offset, e.g. 2026-12-01T03:10+00:00.",
+)
+@click.option("--reason", required=True, help="One of the trial's unblinding reasons.")
+@click.option("--event-reference", required=True, help="The safety event's reference.")
+@click.option("--envelope-set", required=True, help="The set's sha256 (its MANIFEST's).")
+@pass_cli
+def unblind_record(
+    cli: Cli,
+    offline: bool,
+    randomization_number: str,
+    opened_by: str,
+    opened_at: Any,
+    reason: str,
+    event_reference: str,
+    envelope_set: str,
+) -> None:
+    """Enter an unblinding made with a code-break envelope into the audit trail."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.envelopes import record_offline_unblinding
+
+    record = _run(
+        cli,
+        lambda s, c: record_offline_unblinding(
+            s,
+            c,
+            SYSTEM,
+            randomization_number,
+            opened_by,
+            opened_at,
+            reason,
+            event_reference,
+            envelope_set,
+        ),
+    )
+    whom = record.screening_number or "no participant yet (the slot's arm is now known)"
+    click.echo(f"recorded as audit entry {record.seq}: {randomization_number}, {whom}")
+
+
 # notifications ----------------------------------------------------------------------------
 
 

@@ -106,10 +106,11 @@ def drive(
     clients: int,
     seconds: float,
     request_for: Any,
-) -> tuple[list[float], int]:
-    """``clients`` closed-loop threads for ``seconds``: latencies of 2xx answers, failures."""
+) -> tuple[list[float], dict[str, int]]:
+    """``clients`` closed-loop threads for ``seconds``: latencies of 2xx answers, failures
+    by HTTP status (``"error"`` for a broken connection)."""
     latencies: list[float] = []
-    failures = [0]
+    failures: dict[str, int] = {}
     lock = threading.Lock()
     start = threading.Barrier(clients + 1)
     stop_at = [0.0]
@@ -117,7 +118,7 @@ def drive(
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         mine: list[float] = []
-        failed = 0
+        failed: dict[str, int] = {}
         start.wait()
         while time.perf_counter() < stop_at[0]:
             request = request_for()
@@ -128,20 +129,23 @@ def drive(
             try:
                 connection.request("POST", path, body=body, headers=headers)
                 response = connection.getresponse()
-                response.read()
-                ok = 200 <= response.status < 300
+                answer = response.read()
+                outcome = str(response.status)
+                if response.status >= 300:
+                    outcome += " " + problem_type(answer)
             except (OSError, http.client.HTTPException):
                 connection.close()
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                ok = False
-            if ok:
+                outcome = "error"
+            if outcome.startswith("2"):
                 mine.append(time.perf_counter() - began)
             else:
-                failed += 1
+                failed[outcome] = failed.get(outcome, 0) + 1
         connection.close()
         with lock:
             latencies.extend(mine)
-            failures[0] += failed
+            for outcome, count in failed.items():
+                failures[outcome] = failures.get(outcome, 0) + count
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
@@ -150,7 +154,15 @@ def drive(
     start.wait()
     for thread in threads:
         thread.join()
-    return latencies, failures[0]
+    return latencies, failures
+
+
+def problem_type(answer: bytes) -> str:
+    """The last part of a problem detail's ``type`` (``stratum-exhausted``, ...), or ``?``."""
+    try:
+        return str(json.loads(answer).get("type", "?")).rsplit("/", 1)[-1]
+    except (ValueError, AttributeError):
+        return "?"
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -160,7 +172,9 @@ def percentile(ordered: list[float], fraction: float) -> float:
 def run_backend(args: argparse.Namespace, url: str, root: Path) -> dict[str, Any]:
     per_site = args.participants // len(SITES) + 1
     # Every participant takes 2 kits of its arm at its site: stock for all in either arm.
-    settings, database, tokens, _ = demo_trial(url, root, 2 * per_site + 10)
+    settings, database, tokens, _ = demo_trial(
+        url, root, 2 * per_site + 10, slots_per_stratum=per_site + 10
+    )
     backend = database.dialect
     client = create_app({"settings": settings, "database": database}).test_client()
     today = datetime.now(UTC).date().isoformat()
@@ -242,13 +256,22 @@ def run_backend(args: argparse.Namespace, url: str, root: Path) -> dict[str, Any
                 ):
                     latencies, failures = drive(port, clients, args.seconds, request_for)
                     result = results.setdefault(
-                        (name, clients), {"latencies": [], "failures": 0, "seconds": 0.0}
+                        (name, clients), {"latencies": [], "failures": {}, "seconds": 0.0}
                     )
                     result["latencies"].extend(latencies)
-                    result["failures"] += failures
+                    for outcome, count in failures.items():
+                        result["failures"][outcome] = result["failures"].get(outcome, 0) + count
                     result["seconds"] += args.seconds
         if participants.left() == 0:
             print("WARNING: the screened participants ran out: raise --participants")
+        refused = sum(
+            count
+            for (name, _clients), result in results.items()
+            if name == "randomise"
+            for count in result["failures"].values()
+        )
+        if refused:
+            print(f"WARNING: {refused} randomisations failed: the figures do not measure them")
     finally:
         for server in servers:
             server.terminate()
@@ -264,7 +287,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
     )
     print(
         f"{'clients':>7}  {'endpoint':<10} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'failed':>6}"
+        f"{'p99 ms':>8}  failed (by status)"
     )
     for clients in args.clients:
         row = {}
@@ -274,9 +297,11 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
             rate = len(ordered) / result["seconds"]
             p50, p95, p99 = (percentile(ordered, f) * 1e3 for f in (0.5, 0.95, 0.99))
             row[name] = (rate, p99)
+            failures = sorted(result["failures"].items())
+            failed = ", ".join(f"{n} x {status}" for status, n in failures)
             print(
-                f"{clients:>7}  {name:<10} {rate:7.1f} {p50:8.1f} {p95:8.1f} {p99:8.1f} "
-                f"{result['failures']:>6}"
+                f"{clients:>7}  {name:<10} {rate:7.1f} {p50:8.1f} {p95:8.1f} {p99:8.1f}  "
+                f"{failed or 'none'}"
             )
         (minimal_rate, minimal_p99), (rate, p99) = row["minimal"], row["randomise"]
         print(

@@ -130,12 +130,19 @@ def scratch_database(server_url: str | None, root: Path) -> Iterator[str]:
 
 
 def demo_trial(
-    url: str, root: Path, kits_per_arm: int
+    url: str, root: Path, kits_per_arm: int, *, slots_per_stratum: int | None = None
 ) -> tuple[Settings, Database, dict[str, str], int]:
     """The bundled demo on ``url`` (keys in ``root``): settings, database, tokens by user,
-    kits per arm at each site."""
+    kits per arm at each site. ``slots_per_stratum`` lengthens every stratum's list (the
+    demo's 200 slots run out under a long load run, and refusals are not what is measured).
+    """
     settings = Settings.from_env({}, database_url=url, instance_dir=root, keys_dir=root / "keys")
     text = bundled_trial_path().read_bytes().decode("utf-8")
+    if slots_per_stratum is not None:
+        line = "slots_per_stratum = 200\n"
+        if line not in text:
+            raise SystemExit("the bundled trial no longer says slots_per_stratum = 200")
+        text = text.replace(line, f"slots_per_stratum = {slots_per_stratum}\n")
     database = Database(url)
     demo = initialise_demo(
         database,

@@ -25,7 +25,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -64,22 +64,29 @@ def _enter(session: Session, rank: int) -> None:
     session.info[_HELD] = rank
 
 
+# The locks of every randomisation, built once (building them cost more than running them).
+_LOCK_PARTICIPANT = (
+    select(Participant).where(Participant.screening_number == bindparam("number")).with_for_update()
+)
+_LOCK_STRATUM = select(Stratum).where(Stratum.number == bindparam("number")).with_for_update()
+_LOCK_SITE = (
+    select(Site)
+    .where(Site.id == bindparam("site"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+
+
 def lock_participant(session: Session, screening_number: str) -> Participant | None:
     """Lock and return the participant with this screening number (None if there is none)."""
     _enter(session, PARTICIPANT)
-    return session.execute(
-        select(Participant)
-        .where(Participant.screening_number == screening_number)
-        .with_for_update()
-    ).scalar_one_or_none()
+    return session.execute(_LOCK_PARTICIPANT, {"number": screening_number}).scalar_one_or_none()
 
 
 def lock_stratum(session: Session, number: int) -> Stratum:
     """Lock and return the stratum's row (its cursor)."""
     _enter(session, STRATUM)
-    return session.execute(
-        select(Stratum).where(Stratum.number == number).with_for_update()
-    ).scalar_one()
+    return session.execute(_LOCK_STRATUM, {"number": number}).scalar_one()
 
 
 def lock_site(session: Session, site_id: str) -> Site:
@@ -89,12 +96,7 @@ def lock_site(session: Session, site_id: str) -> Site:
     ``kit_version`` must be the one the lock guards.
     """
     _enter(session, SITE)
-    return session.execute(
-        select(Site)
-        .where(Site.id == site_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
+    return session.execute(_LOCK_SITE, {"site": site_id}).scalar_one()
 
 
 def lock_auth_failure(session: Session, client: str, now: datetime) -> AuthFailure:
@@ -115,12 +117,26 @@ def lock_auth_failure(session: Session, client: str, now: datetime) -> AuthFailu
     ).scalar_one()
 
 
-def lock_audit_head(session: Session) -> AuditHead:
-    """Lock and return the audit log's head: the last lock of every appending transaction."""
+_HEAD_COLUMNS = AuditHead.__table__.c
+#: Core, built once: every appending transaction runs it (a row, not an ORM object, so no
+#: stale copy of the head lingers in a session that updates it with Core statements).
+_LOCK_AUDIT_HEAD = (
+    select(
+        _HEAD_COLUMNS.size,
+        _HEAD_COLUMNS.last_hash,
+        _HEAD_COLUMNS.frontier,
+        _HEAD_COLUMNS.signing_key,
+    )
+    .where(_HEAD_COLUMNS.id == HEAD_ID)
+    .with_for_update()
+)
+
+
+def lock_audit_head(session: Session) -> Row[tuple[int, str, bytes, str | None]]:
+    """Lock the audit log's head (the last lock of every appending transaction) and return
+    its ``size``, ``last_hash``, ``frontier`` and ``signing_key`` (the key in force)."""
     _enter(session, AUDIT_HEAD)
-    return session.execute(
-        select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
-    ).scalar_one()
+    return session.connection().execute(_LOCK_AUDIT_HEAD).one()
 
 
 def claim_outbox_message(

@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Select, and_, bindparam, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, and_, bindparam, event, insert, or_, select, update
+from sqlalchemy.orm import Session, SessionTransaction
 
 from audit.checkpoint import (
     Checkpoint,
@@ -47,8 +47,60 @@ from randomizer.roles import Actor
 
 _CHECKPOINTED = "sealroom.audit.checkpointed"
 _HEAD_CHECKED = "sealroom.audit.head_checked"
-#: The head row this transaction locked, held so that the session's identity map keeps it.
-_HEAD_ROW = "sealroom.audit.head_row"
+#: The head as this transaction's appends left it (a :class:`_Head`), under its lock.
+_HEAD = "sealroom.audit.head"
+
+# The append path's statements, built once: Core, not the ORM's unit of work, because an
+# append runs under the audit head lock, which every appending transaction waits for, and
+# building and flushing ORM objects there cost more than the statements themselves.
+_ENTRIES = AuditEntry.__table__
+_NODES = AuditNode.__table__
+_CHECKPOINTS = AuditCheckpoint.__table__
+_HEADS = AuditHead.__table__
+_INSERT_ENTRY = insert(_ENTRIES)
+_INSERT_NODES = insert(_NODES)
+_INSERT_CHECKPOINT = insert(_CHECKPOINTS)
+_UPDATE_HEAD = (
+    update(_HEADS)
+    .where(_HEADS.c.id == HEAD_ID)
+    .values(
+        size=bindparam("new_size"),
+        last_hash=bindparam("new_last_hash"),
+        frontier=bindparam("new_frontier"),
+    )
+)
+_READ_HEAD = select(_HEADS.c.size, _HEADS.c.frontier, _HEADS.c.signing_key).where(
+    _HEADS.c.id == HEAD_ID
+)
+#: A signing-key hand-over names the incoming key as the one in force (R-KEY-1).
+_SET_SIGNING_KEY = (
+    update(_HEADS).where(_HEADS.c.id == HEAD_ID).values(signing_key=bindparam("signing_key"))
+)
+_READ_SIGNING_KEY = select(_HEADS.c.signing_key).where(_HEADS.c.id == HEAD_ID)
+_LATEST_CHECKPOINT = select(_CHECKPOINTS.c.note).order_by(_CHECKPOINTS.c.size.desc()).limit(1)
+_CHECKPOINT_AT = select(_CHECKPOINTS.c.note).where(_CHECKPOINTS.c.size == bindparam("size"))
+
+
+@dataclass
+class _Head:
+    """The audit head as this transaction has written it (it holds the head's lock)."""
+
+    size: int
+    last_hash: str
+    frontier: bytes
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_undone_head(session: Session, _previous: SessionTransaction) -> None:
+    """A rollback, of a savepoint too, may undo appends: the next one reads the head again."""
+    session.info.pop(_HEAD, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_committed_head(session: Session, transaction: SessionTransaction) -> None:
+    """The head lock ends with the transaction: the next transaction locks and reads it."""
+    if transaction.parent is None:
+        session.info.pop(_HEAD, None)
 
 
 class AuditIntegrityError(RuntimeError):
@@ -84,7 +136,7 @@ class SessionNodeStore:
         for i, (level, indexes) in enumerate(by_level.items()):
             parameters[f"l{i}"] = level
             parameters.update({f"i{i}_{j}": index for j, index in enumerate(indexes)})
-        rows = self.session.execute(_nodes_query(shape), parameters)
+        rows = self.session.connection().execute(_nodes_query(shape), parameters)
         return {(level, index): bytes(digest) for level, index, digest in rows}
 
 
@@ -96,12 +148,12 @@ def _nodes_query(shape: tuple[int, ...]) -> Select[tuple[int, int, bytes]]:
     One index search per level: SQLite answers a row-value IN list by scanning the whole
     table, which made every append linear in the log's size.
     """
-    return select(AuditNode.level, AuditNode.node_index, AuditNode.hash).where(
+    return select(_NODES.c.level, _NODES.c.node_index, _NODES.c.hash).where(
         or_(
             *(
                 and_(
-                    AuditNode.level == bindparam(f"l{i}"),
-                    AuditNode.node_index.in_([bindparam(f"i{i}_{j}") for j in range(count)]),
+                    _NODES.c.level == bindparam(f"l{i}"),
+                    _NODES.c.node_index.in_([bindparam(f"i{i}_{j}") for j in range(count)]),
                 )
                 for i, count in enumerate(shape)
             )
@@ -152,14 +204,18 @@ class AuditLog:
         ``site`` records which site the entry concerns, so that the site's own staff may
         later ask for its inclusion proof.
         """
-        head = lock_audit_head(session)
-        session.info[_HEAD_ROW] = head
-        self._follow_key_in_force(head)
-        tree = self._tree(session, head)
+        head = session.info.get(_HEAD)
+        if head is None:
+            row = lock_audit_head(session)
+            # Once a transaction, under the lock: another process may have rotated the key.
+            self._follow_key_in_force(row.signing_key)
+            head = _Head(row.size, row.last_hash, bytes(row.frontier))
+        tree = self._tree(session, head.size, head.frontier)
         proof = tuple(reversed(tree.frontier))
+        seq = head.size
         # The time is read after the head lock, so times never go backwards along seq.
         entry = make_entry(
-            seq=head.size,
+            seq=seq,
             time=self.clock(),
             actor=actor.name,
             role=actor.role,
@@ -169,25 +225,36 @@ class AuditLog:
             prev=head.last_hash,
         )
         canonical = canonical_bytes(entry)
-        session.add(
-            AuditEntry(
-                seq=head.size,
-                canonical=canonical.decode("utf-8"),
-                action=action,
-                subject=subject,
-                site_id=site,
-            )
+        connection = session.connection()
+        connection.execute(
+            _INSERT_ENTRY,
+            {
+                "seq": seq,
+                "canonical": canonical.decode("utf-8"),
+                "action": action,
+                "subject": subject,
+                "site_id": site,
+            },
         )
-        session.add_all(
-            AuditNode(level=level, node_index=index, hash=digest)
-            for level, index, digest in tree.append(leaf_hash(canonical))
+        connection.execute(
+            _INSERT_NODES,
+            [
+                {"level": level, "node_index": index, "hash": digest}
+                for level, index, digest in tree.append(leaf_hash(canonical))
+            ],
         )
-        head.size = tree.size
-        head.frontier = tree.to_bytes()
-        head.last_hash = entry_hash(canonical)
-        session.flush()
+        head = _Head(tree.size, entry_hash(canonical), tree.to_bytes())
+        connection.execute(
+            _UPDATE_HEAD,
+            {
+                "new_size": head.size,
+                "new_last_hash": head.last_hash,
+                "new_frontier": head.frontier,
+            },
+        )
+        session.info[_HEAD] = head
         before_commit(session, "audit.checkpoint", self.checkpoint)
-        return AppendedEntry(seq=entry["seq"], canonical=canonical, proof=proof)
+        return AppendedEntry(seq=seq, canonical=canonical, proof=proof)
 
     def checkpoint(self, session: Session) -> str:
         """The signed checkpoint of the log's current size, signed and stored if new.
@@ -195,34 +262,37 @@ class AuditLog:
         Runs before every commit that appended entries; a service that must hand out the
         checkpoint (a receipt) calls it itself, and the commit then finds it stored.
         """
-        # The row this transaction's append locked (_HEAD_ROW keeps it in the identity map):
-        # no query, unless a savepoint's rollback expired it.
-        head = session.get_one(AuditHead, HEAD_ID)
+        head = session.info.get(_HEAD)
+        if head is not None:
+            size, frontier = head.size, head.frontier
+        else:  # nothing appended in this transaction (or a rollback undid it)
+            size, frontier, in_force = session.connection().execute(_READ_HEAD).one()
+            frontier = bytes(frontier)
+            self._follow_key_in_force(in_force)
         # Keyed by the size and the frontier: work a savepoint undid may have signed a
         # checkpoint of this very size over other entries (its row is gone with it).
-        state = (head.size, bytes(head.frontier))
+        state = (size, frontier)
         stored = session.info.get(_CHECKPOINTED)
         if stored is not None and stored[0] == state:
             return stored[1]
-        existing = self.checkpoint_at(session, head.size)
+        # After this transaction's own appends no stored checkpoint can have its size: every
+        # committed one is of a smaller log, and one signed here is the one cached above.
+        existing = self.checkpoint_at(session, size) if head is None else None
         if existing is not None:
             session.info[_CHECKPOINTED] = (state, existing)
             return existing
-        self._follow_key_in_force(head)
-        checkpoint = Checkpoint(self.origin, head.size, self._tree(session, head).root())
+        checkpoint = Checkpoint(self.origin, size, self._tree(session, size, frontier).root())
         note = sign_checkpoint(checkpoint, self._signing_key, self.origin)
-        session.add(AuditCheckpoint(size=head.size, note=note, created_at=self.clock()))
-        session.flush()
+        session.connection().execute(
+            _INSERT_CHECKPOINT, {"size": size, "note": note, "created_at": self.clock()}
+        )
         session.info[_CHECKPOINTED] = (state, note)
         self._trusted = (note, checkpoint)
         return note
 
-    def _follow_key_in_force(self, head: AuditHead) -> None:
-        """Sign with the key the (locked) head names: another process may have rotated it.
-
-        One string comparison per call; the key is loaded only when it changed.
-        """
-        wanted = head.signing_key
+    def _follow_key_in_force(self, wanted: str | None) -> None:
+        """Sign with the key the head names (``wanted``, its fingerprint): one comparison a
+        transaction; the key is loaded only when another process rotated it (R-KEY-1)."""
         if wanted is None or wanted == self._fingerprint:
             return
         if self._load_key is None:
@@ -243,31 +313,35 @@ class AuditLog:
         make ``incoming`` the key in force from the next checkpoint on (R-KEY-1).
 
         Call it right after appending the ``key.rotated`` entry, in the same transaction:
-        the hand-over is the checkpoint of exactly that tree. Refused if a checkpoint of this
-        size was already signed.
+        the hand-over is the checkpoint of exactly that tree.
         """
-        head = session.get_one(AuditHead, HEAD_ID)
-        self._follow_key_in_force(head)
-        if self.checkpoint_at(session, head.size) is not None:
+        head = session.info.get(_HEAD)
+        if head is None:
+            raise AuditIntegrityError("a hand-over follows the key.rotated entry it signs")
+        state = (head.size, head.frontier)
+        if session.info.get(_CHECKPOINTED, (None,))[0] == state:
             raise AuditIntegrityError(f"a checkpoint of size {head.size} is already signed")
-        checkpoint = Checkpoint(self.origin, head.size, self._tree(session, head).root())
+        tree = self._tree(session, head.size, head.frontier)
+        checkpoint = Checkpoint(self.origin, head.size, tree.root())
         note = cosign_checkpoint(
             checkpoint, [(self._signing_key, self.origin), (incoming, self.origin)]
         )
-        session.add(AuditCheckpoint(size=head.size, note=note, created_at=self.clock()))
-        head.signing_key = signing_key_fingerprint(incoming)
-        session.flush()
-        session.info[_CHECKPOINTED] = ((head.size, bytes(head.frontier)), note)
+        connection = session.connection()
+        connection.execute(
+            _INSERT_CHECKPOINT, {"size": head.size, "note": note, "created_at": self.clock()}
+        )
+        connection.execute(_SET_SIGNING_KEY, {"signing_key": signing_key_fingerprint(incoming)})
+        session.info[_CHECKPOINTED] = (state, note)
         return note
 
-    def _tree(self, session: Session, head: AuditHead) -> CompactRange:
+    def _tree(self, session: Session, size: int, frontier: bytes) -> CompactRange:
         """The compact range the head caches, checked once a transaction (under its lock).
 
         What this transaction appends is computed from it, so a tree that extends the last
         signed checkpoint at the first append still extends it at the commit.
         """
         try:
-            tree = CompactRange.from_bytes(head.size, bytes(head.frontier))
+            tree = CompactRange.from_bytes(size, frontier)
         except ValueError as exc:
             raise AuditIntegrityError(
                 f"the stored audit head is malformed ({exc}): {_RUN}"
@@ -348,9 +422,7 @@ class AuditLog:
 
         A process that has not appended since another rotated the key learns of it here.
         """
-        wanted = session.execute(
-            select(AuditHead.signing_key).where(AuditHead.id == HEAD_ID)
-        ).scalar_one_or_none()
+        wanted = session.execute(_READ_SIGNING_KEY).scalar_one_or_none()
         if wanted is not None and wanted != self._fingerprint and self._load_key is not None:
             return verifier_key_from_private(self.origin, self._load_key(wanted))
         return self.verifier_key
@@ -358,21 +430,17 @@ class AuditLog:
     @staticmethod
     def size(session: Session) -> int:
         """The number of entries committed (as this session sees it)."""
-        return session.execute(select(AuditHead.size).where(AuditHead.id == HEAD_ID)).scalar_one()
+        return session.connection().execute(_READ_HEAD).one().size
 
     @staticmethod
     def latest_checkpoint(session: Session) -> str | None:
         """The newest signed checkpoint note, or None for an empty log."""
-        return session.execute(
-            select(AuditCheckpoint.note).order_by(AuditCheckpoint.size.desc()).limit(1)
-        ).scalar_one_or_none()
+        return session.connection().execute(_LATEST_CHECKPOINT).scalar_one_or_none()
 
     @staticmethod
     def checkpoint_at(session: Session, size: int) -> str | None:
         """The signed checkpoint of exactly ``size`` entries, if one was issued."""
-        return session.execute(
-            select(AuditCheckpoint.note).where(AuditCheckpoint.size == size)
-        ).scalar_one_or_none()
+        return session.connection().execute(_CHECKPOINT_AT, {"size": size}).scalar_one_or_none()
 
     @staticmethod
     def inclusion_proof(session: Session, index: int, size: int) -> list[str]:

@@ -18,9 +18,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from keys import SealedArm
 from randomizer.domain import (
@@ -52,7 +53,15 @@ from randomizer.errors import (
     ValidationFailed,
 )
 from randomizer.locks import lock_participant, lock_site, lock_stratum
-from randomizer.models import Kit, Participant, Site, Slot, StratumCorrection, Unblinding
+from randomizer.models import (
+    Kit,
+    Participant,
+    Site,
+    Slot,
+    Stratum,
+    StratumCorrection,
+    Unblinding,
+)
 from randomizer.roles import RANDOMIZE, SCREEN, Actor
 from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
@@ -351,7 +360,7 @@ def _randomize(
                 randomization_number=participant.randomization_number,
             )
         raise Conflict(f"Participant {screening_number} is {participant.status}.")
-    site = session.get_one(Site, participant.site_id)
+    site = session.connection().execute(_SITE, {"site": participant.site_id}).one()
     if site.status == SITE_CLOSED:
         raise Conflict(f"Site {site.id} is closed: it randomises no one.")
     request = submission.load()
@@ -384,11 +393,10 @@ def _randomize(
             stratum=stratum.key,
         )
 
-    slot = session.execute(
-        select(Slot).where(
-            Slot.stratum_number == stratum.number, Slot.position == stratum_row.next_position
-        )
-    ).scalar_one()
+    connection = session.connection()
+    slot = connection.execute(
+        _NEXT_SLOT, {"stratum": stratum.number, "position": stratum_row.next_position}
+    ).one()
     arm = ctx.sealer.unseal_arm(
         SealedArm.from_text(slot.sealed_arm), SLOT_SEAL_KIND, slot.randomization_number
     )
@@ -396,17 +404,31 @@ def _randomize(
         session, ctx, supply, arm, needed, participant, visit.id
     )
     now = ctx.clock()
-    stratum_row.next_position += 1
-    slot.participant_id = participant.id
-    slot.used_at = now
+    used = connection.execute(
+        _USE_SLOT, {"slot": slot.id, "participant": participant.id, "used_at": now}
+    )
+    if used.rowcount != 1:  # the stratum lock makes this impossible; never give a slot twice
+        raise RuntimeError(f"slot {slot.randomization_number} is already used")
+    _write(
+        session,
+        stratum_row,
+        _ADVANCE_STRATUM,
+        {"stratum": stratum.number},
+        next_position=stratum_row.next_position + 1,
+    )
     sealed = ctx.sealer.seal_arm(arm, PARTICIPANT_SEAL_KIND, participant.screening_number)
-    participant.status = RANDOMIZED
-    participant.stratum_number = stratum.number
-    participant.randomization_number = slot.randomization_number
-    participant.randomized_at = now
-    participant.weight_kg = str(request.weight_kg)
-    participant.sealed_arm = sealed.to_text()
-    session.flush()
+    _write(
+        session,
+        participant,
+        _RANDOMIZE_PARTICIPANT,
+        {"participant": participant.id},
+        status=RANDOMIZED,
+        stratum_number=stratum.number,
+        randomization_number=slot.randomization_number,
+        randomized_at=now,
+        weight_kg=str(request.weight_kg),
+        sealed_arm=sealed.to_text(),
+    )
 
     entry = ctx.audit.append(
         session,
@@ -434,6 +456,57 @@ def _randomize(
         kits=kit_numbers,
         receipt=receipt,
     )
+
+
+# A randomisation's own writes, built once, in Core: under the stratum and site locks (on
+# SQLite under the write lock) the ORM's unit of work cost more than the statements.
+_SITES = Site.__table__
+_SITE = select(_SITES.c.id, _SITES.c.status, _SITES.c.attributes).where(
+    _SITES.c.id == bindparam("site")
+)
+_SLOTS = Slot.__table__
+_NEXT_SLOT = select(_SLOTS.c.id, _SLOTS.c.randomization_number, _SLOTS.c.sealed_arm).where(
+    _SLOTS.c.stratum_number == bindparam("stratum"), _SLOTS.c.position == bindparam("position")
+)
+_USE_SLOT = (
+    update(_SLOTS)
+    .where(_SLOTS.c.id == bindparam("slot"), _SLOTS.c.participant_id.is_(None))
+    .values(participant_id=bindparam("participant"), used_at=bindparam("used_at"))
+)
+_STRATA = Stratum.__table__
+_ADVANCE_STRATUM = (
+    update(_STRATA)
+    .where(_STRATA.c.number == bindparam("stratum"))
+    .values(next_position=bindparam("new_next_position"))
+)
+_PARTICIPANTS = Participant.__table__
+_RANDOMIZE_PARTICIPANT = (
+    update(_PARTICIPANTS)
+    .where(_PARTICIPANTS.c.id == bindparam("participant"))
+    .values(
+        {
+            column: bindparam(f"new_{column}")
+            for column in (
+                "status",
+                "stratum_number",
+                "randomization_number",
+                "randomized_at",
+                "weight_kg",
+                "sealed_arm",
+            )
+        }
+    )
+)
+
+
+def _write(session: Session, row: Any, statement: Any, keys: dict[str, Any], **values: Any) -> None:
+    """Run ``statement`` (an update of ``row``'s table setting ``new_<column>``), then tell
+    the session's object the values written, as if it had loaded them."""
+    session.connection().execute(
+        statement, {**keys, **{f"new_{column}": value for column, value in values.items()}}
+    )
+    for column, value in values.items():
+        set_committed_value(row, column, value)
 
 
 def _json_value(value: int | Decimal | bool) -> int | str | bool:

@@ -13,7 +13,7 @@ import re
 import secrets
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -114,20 +114,28 @@ def authenticate(session: Session, token: str, now: datetime | None = None) -> A
     """The actor a bearer token belongs to, or None for an unknown, revoked, expired or
     inactive one (one answer for all: a refusal says nothing about which)."""
     digest = token_digest(token)
-    row = session.execute(
-        select(ApiToken.token_sha256, User)
-        .join(User, User.id == ApiToken.user_id)
-        .where(
-            ApiToken.token_sha256 == digest,
-            ApiToken.revoked_at.is_(None),
-            ApiToken.expires_at > (now or utc_now()),
-            User.active,
-        )
-    ).one_or_none()
-    if row is None or not hmac.compare_digest(row[0], digest):
+    row = (
+        session.connection()
+        .execute(_TOKEN_ACTOR, {"digest": digest, "now": now or utc_now()})
+        .one_or_none()
+    )
+    if row is None or not hmac.compare_digest(row.token_sha256, digest):
         return None
-    user = row[1]
-    return Actor(name=user.name, role=user.role, site=user.site_id, user_id=user.id)
+    return Actor(name=row.name, role=row.role, site=row.site_id, user_id=row.id)
+
+
+_TOKENS, _USERS = ApiToken.__table__, User.__table__
+#: Built once, in Core: every request runs it.
+_TOKEN_ACTOR = (
+    select(_TOKENS.c.token_sha256, _USERS.c.id, _USERS.c.name, _USERS.c.role, _USERS.c.site_id)
+    .join(_USERS, _USERS.c.id == _TOKENS.c.user_id)
+    .where(
+        _TOKENS.c.token_sha256 == bindparam("digest"),
+        _TOKENS.c.revoked_at.is_(None),
+        _TOKENS.c.expires_at > bindparam("now", type_=ApiToken.__table__.c.expires_at.type),
+        _USERS.c.active.is_(True),
+    )
+)
 
 
 def _user(session: Session, name: str) -> User:

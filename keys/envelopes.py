@@ -207,14 +207,38 @@ def write_recipient_key(path: Path) -> str:
 
 def write_envelope_set(directory: Path, envelopes: dict[str, str]) -> str:
     """Write each envelope (``{number: text}``) and a manifest of their SHA-256; the manifest's
-    own SHA-256, which names the set (in the audit trail and on the envelopes' cover)."""
+    own SHA-256, which names the set (in the audit trail and on the envelopes' cover).
+
+    ``directory`` must be new or empty: a set is never mixed with another. Each file is
+    created 0600 with O_EXCL; the directory is synced once at the end, not per file (a set
+    of some thousand files would otherwise cost two syncs each).
+    """
     _ensure_private_dir(directory)
+    if any(directory.iterdir()):
+        raise EnvelopeError(f"{directory} is not empty: write a new set into a new directory")
     lines = []
     for number in sorted(envelopes):
         data = envelopes[number].encode("ascii")
         name = number + SUFFIX
-        _write_new_secret_file(directory / name, data)
+        _create_file(directory / name, data)
         lines.append(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
     manifest = "".join(lines).encode("ascii")
-    _write_new_secret_file(directory / MANIFEST, manifest)
+    _create_file(directory / MANIFEST, manifest)
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return hashlib.sha256(manifest).hexdigest()
+
+
+def _create_file(path: Path, data: bytes) -> None:
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise EnvelopeError(f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())

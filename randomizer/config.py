@@ -23,6 +23,13 @@ VARIABLES = {
     "SEALROOM_KEYS_DIR": "directory of the master and signing keys (default <instance>/keys)",
     "SEALROOM_MASTER_KEY": "optional master key '<key id>:<base64 32 bytes>' instead of the "
     "key file (takes precedence)",
+    "SEALROOM_MASTER_KEY_PROVIDER": "where the master keys are: file (the keys directory, the "
+    "default) or pkcs11 (a PKCS#11 token: an HSM)",
+    "SEALROOM_PKCS11_LIBRARY": "the PKCS#11 module of the HSM (pkcs11 provider)",
+    "SEALROOM_PKCS11_TOKEN": "the token's label (pkcs11 provider)",
+    "SEALROOM_PKCS11_PIN_FILE": "file (mode 0600) holding the token's user PIN (pkcs11 provider)",
+    "SEALROOM_PKCS11_KEY": "the active master key's id in the token (needed when it holds more "
+    "than one)",
     "SEALROOM_LOG_LEVEL": "logging level (default INFO)",
     "SEALROOM_MAX_BODY_BYTES": "largest request body accepted (default 65536)",
     "SEALROOM_SMTP_URL": "mail server for notifications: smtp://[user:password@]host[:port], "

@@ -121,15 +121,20 @@ _HEAD_COLUMNS = AuditHead.__table__.c
 #: Core, built once: every appending transaction runs it (a row, not an ORM object, so no
 #: stale copy of the head lingers in a session that updates it with Core statements).
 _LOCK_AUDIT_HEAD = (
-    select(_HEAD_COLUMNS.size, _HEAD_COLUMNS.last_hash, _HEAD_COLUMNS.frontier)
+    select(
+        _HEAD_COLUMNS.size,
+        _HEAD_COLUMNS.last_hash,
+        _HEAD_COLUMNS.frontier,
+        _HEAD_COLUMNS.signing_key,
+    )
     .where(_HEAD_COLUMNS.id == HEAD_ID)
     .with_for_update()
 )
 
 
-def lock_audit_head(session: Session) -> Row[tuple[int, str, bytes]]:
+def lock_audit_head(session: Session) -> Row[tuple[int, str, bytes, str | None]]:
     """Lock the audit log's head (the last lock of every appending transaction) and return
-    its ``size``, ``last_hash`` and ``frontier``."""
+    its ``size``, ``last_hash``, ``frontier`` and ``signing_key`` (the key in force)."""
     _enter(session, AUDIT_HEAD)
     return session.connection().execute(_LOCK_AUDIT_HEAD).one()
 

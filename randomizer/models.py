@@ -393,6 +393,9 @@ class AuditHead(Base):
     #: largest first, concatenated (32 bytes per 1 bit of ``size``). Appends and tree heads
     #: need no node reads; a cache checked against the last signed checkpoint, never evidence.
     frontier: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The fingerprint (``sk-<16 hex>``) of the checkpoint-signing key in force, set by a
+    #: signing-key hand-over (migration 0011); None: never rotated, ``ed25519.key`` signs.
+    signing_key: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class AuditEntry(Base):

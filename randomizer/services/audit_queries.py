@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from audit import verify_consistency
 from audit.checkpoint import CheckpointError, VerifierKey, parse_checkpoint, verify_checkpoint
+from audit.rotation import ROTATED, signing_rotation
 from randomizer.errors import NotFound, ValidationFailed
 from randomizer.models import AuditEntry
 from randomizer.roles import PROVE_ANY_INCLUSION, PROVE_INCLUSION, Actor
@@ -72,6 +73,35 @@ def consistency(session: Session, first: int, second: int) -> dict[str, Any]:
         "second": second,
         "hashes": AuditLog.consistency_proof(session, first, second),
     }
+
+
+def key_hand_overs(session: Session) -> list[dict[str, Any]]:
+    """Every signing-key hand-over (R-KEY-1): the ``key.rotated`` entry, the checkpoint both
+    keys signed, and the entry's inclusion proof in it, oldest first.
+
+    Nothing in them is secret (ids and public verifier keys): any user may fetch them, so
+    that a monitor holding the outgoing key can follow to the incoming one by itself.
+    """
+    found = []
+    for seq, canonical in session.execute(
+        select(AuditEntry.seq, AuditEntry.canonical)
+        .where(AuditEntry.action == ROTATED)
+        .order_by(AuditEntry.seq)
+    ):
+        if signing_rotation(canonical.encode("utf-8")) is None:
+            continue  # a master or data key rotation: nothing for a verifier to follow
+        note = AuditLog.checkpoint_at(session, seq + 1)
+        if note is None:
+            continue  # not a hand-over: a verifier will say so
+        found.append(
+            {
+                "seq": seq,
+                "entry": canonical,
+                "checkpoint": note,
+                "inclusion_proof": AuditLog.inclusion_proof(session, seq, seq + 1),
+            }
+        )
+    return found
 
 
 def latest_checkpoint(session: Session) -> str:

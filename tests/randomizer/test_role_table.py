@@ -223,6 +223,14 @@ ROWS = (
     ),
     Row(
         "GET",
+        "/api/v1/audit/key-hand-overs",
+        roles.READ_CHECKPOINT,
+        EVERY_ROLE,  # issue 15: a monitor with any user's token follows a signing rotation
+        200,
+        lambda api, user, s: api.get("/audit/key-hand-overs", user),
+    ),
+    Row(
+        "GET",
         "/api/v1/audit/verifier-key",
         None,
         None,

@@ -17,6 +17,7 @@ from randomizer.api import (
     participants,
     problems,
     refused_methods,
+    shipments,
     trial,
     unblinding,
 )
@@ -137,6 +138,7 @@ def init_app(app: Flask, schemas: TrialSchemas) -> Api:
         dispensing.blueprint(schemas),
         audit.blp,
         notifications.blp,
+        shipments.blp,
     ):
         api.register_blueprint(blp)
     # After flask-smorest's own handler for HTTPException, which these replace.

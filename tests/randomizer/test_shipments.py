@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select, update
 
 from keys import SealedArm
-from randomizer.domain.kits import AVAILABLE, DAMAGED
+from randomizer.domain.kits import AVAILABLE
 from randomizer.domain.supply import KitGeneration
-from randomizer.models import AuditEntry, Kit, OutboxMessage, Shipment, Site, User
+from randomizer.models import AuditEntry, Kit, OutboxMessage, Shipment, User
 from randomizer.roles import SYSTEM
 from randomizer.services import shipments
 from tests.randomizer.test_blinding import names_an_arm

@@ -422,3 +422,32 @@ def test_the_bundled_levels_never_let_a_site_meet_a_supply_refusal():
     assert all(r.shipments > 0 for r in results)  # the levels were reached, not avoided
     # ...and the simulation can fail: a site five times as fast meets refusals.
     assert sum(r.refusals for r in simulate_runs(definition, levels, runs=10, days_between=1)) > 0
+
+
+# The command line --------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("R-CLI")
+@pytest.mark.requirement("R-SHIP")
+def test_the_depot_commands_make_ship_and_expire_kits(scratch, tmp_path):
+    from tests.randomizer.test_cli import initialised
+
+    instance = initialised(scratch, "sqlite", tmp_path)
+    expiry = (date.today() + timedelta(days=400)).isoformat()
+    made = instance.run("kits", "generate", "--lot", "L-CLI", "--count", "10", "--expiry", expiry)
+    assert made.exit_code == 0, made.output
+    assert made.stdout.strip() == "10 kits of lot L-CLI in the depot"
+    for args, why in (
+        (("--lot", "L-CLI2", "--count", "3", "--expiry", expiry), "count:"),
+        (("--lot", "L-CLI3", "--count", "4", "--expiry", "2020-01-31"), "expiry:"),
+    ):
+        refused = instance.run("kits", "generate", *args)
+        assert refused.exit_code == 1 and why in refused.output, refused.output
+    shipped = instance.run("shipments", "create", "--site", "102", "--count", "4")
+    assert shipped.exit_code == 0, shipped.output
+    lines = shipped.stdout.strip().splitlines()
+    assert lines[0].endswith("to site 102: in_transit") and len(lines) == 5
+    assert instance.run("shipments", "create", "--site", "102").exit_code == 1
+    assert instance.run("shipments", "dispatch", "99").exit_code == 1
+    assert instance.run("kits", "expire").stdout.strip() == "no kit has expired"
+    assert [e["action"] for e in instance.entries_about("L-CLI")] == ["kits.generated"]

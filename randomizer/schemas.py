@@ -300,7 +300,7 @@ class KitSchema(ma.Schema):
 
     kit_number = fields.String()
     status = fields.String()
-    site = fields.String()
+    site = fields.String(allow_none=True, metadata={"description": "null: at the depot"})
     lot = fields.String(metadata={"description": "blinded lot"})
     expires_on = fields.Date(metadata={"description": "blinded expiry"})
     participant = fields.String(allow_none=True)

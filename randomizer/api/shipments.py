@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from randomizer import roles
 from randomizer.api.auth import authenticated, current_actor, requires
-from randomizer.api.idempotency import body_doc, run_idempotent
+from randomizer.api.idempotency import IDEMPOTENCY_HEADER, body_doc, run_idempotent
 from randomizer.api.parsing import StrictBlueprint, submission
 from randomizer.schemas import (
     ProblemSchema,
@@ -75,7 +75,7 @@ class ShipmentResource(MethodView):
 @blp.route("/shipments/<string:shipment_id>/dispatch")
 class Dispatch(MethodView):
     @authenticated
-    @blp.doc(parameters=body_doc(ShipmentSchema)["parameters"])
+    @blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @blp.response(200, ShipmentSchema)
     @blp.alt_response(404, schema=ProblemSchema, description="Unknown")
     @blp.alt_response(409, schema=ProblemSchema, description="Not a request, or depot short")

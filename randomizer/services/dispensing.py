@@ -176,9 +176,13 @@ def _visible_kit(session: Session, actor: Actor, kit_number: str) -> Kit:
     kit = None
     if KIT_NUMBER.fullmatch(kit_number):
         kit = session.scalars(select(Kit).where(Kit.kit_number == kit_number)).one_or_none()
-    # A depot kit (no site yet) is visible to the roles that see every site.
-    where = kit.site_id if kit is not None else None
-    if kit is None or not (actor.may_see_site(where) if where else actor.role not in SITE_ROLES):
+    if kit is None:
+        visible = False
+    elif kit.site_id is None:  # at the depot: for the roles that see every site
+        visible = actor.role not in SITE_ROLES
+    else:
+        visible = actor.may_see_site(kit.site_id)
+    if not visible:
         raise NotFound("No kit with this number is visible to you.")
     return kit
 

@@ -75,8 +75,8 @@ from randomizer.services.refusals import Refusal, refusals_audited
 
 #: A blinded lot number: letters and digits, then also '.', '_' and '-'; at most 32.
 LOT = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,31}\Z")
-#: A shipment id as the API shows it.
-SHIPMENT_ID = re.compile(r"\A[1-9][0-9]{0,9}\Z")
+#: A shipment id as the API shows it (at most 9 digits: within every backend's integer).
+SHIPMENT_ID = re.compile(r"\A[1-9][0-9]{0,8}\Z")
 MANUAL = "manual"
 #: The statuses of a shipment a site sees: once it has left the depot.
 SITE_VISIBLE = (SHIPMENT_IN_TRANSIT, SHIPMENT_RECEIVED)

@@ -451,3 +451,14 @@ def test_the_depot_commands_make_ship_and_expire_kits(scratch, tmp_path):
     assert instance.run("shipments", "dispatch", "99").exit_code == 1
     assert instance.run("kits", "expire").stdout.strip() == "no kit has expired"
     assert [e["action"] for e in instance.entries_about("L-CLI")] == ["kits.generated"]
+
+
+@pytest.mark.requirement("R-SHIP")
+def test_a_depot_kit_is_visible_to_an_admin_only_and_shipment_ids_are_bounded(api, db, ctx):
+    (number, *_) = generate(db, ctx, "L-SEEN", 2, ctx.today() + timedelta(days=300))
+    seen = api.get(f"/kits/{number}", "admin")
+    assert seen.status_code == 200 and seen.get_json()["site"] is None
+    assert seen.get_json()["status"] == "in_depot"
+    assert api.get(f"/kits/{number}", "pharmacist-101").status_code == 404
+    for shipment_id in ("0", "01", "9999999999", "99999999999999999999", "1x"):
+        assert api.get(f"/shipments/{shipment_id}", "admin").status_code == 404

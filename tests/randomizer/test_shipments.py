@@ -462,3 +462,56 @@ def test_a_depot_kit_is_visible_to_an_admin_only_and_shipment_ids_are_bounded(ap
     assert api.get(f"/kits/{number}", "pharmacist-101").status_code == 404
     for shipment_id in ("0", "01", "9999999999", "99999999999999999999", "1x"):
         assert api.get(f"/shipments/{shipment_id}", "admin").status_code == 404
+
+
+@pytest.mark.requirement("R-SHIP")
+@pytest.mark.requirement("R-KIT-3")
+@pytest.mark.requirement("R-BLIND-2")
+def test_a_site_stocked_from_the_depot_is_resupplied_and_never_allocates_a_bad_kit(
+    api, db, ctx, clock
+):
+    """Issue 12's "done when": stocked by a shipment, a stretch of randomisations and
+    dispensings triggers resupply, received with one damaged kit; no expired, windowed or
+    quarantined kit is ever allocated."""
+    levels, dnd = ctx.definition.supply.levels("102"), ctx.definition.do_not_dispense_days
+    leave_per_arm(db, ctx, "102", 0)
+    generate(db, ctx, "L-DONE", 6 * levels.target, ctx.today() + timedelta(days=500))
+    short = stock_102(db, ctx, api, "L-SHORT", 20, ctx.today() + timedelta(days=dnd + 5))
+    first = api.post("/shipments", "admin", json={"site": "102", "count": 2 * levels.trigger + 40})
+    receipt = {"kits": dict.fromkeys(first.get_json()["kits"], "available")}
+    assert api.post(f"/shipments/{first.get_json()['id']}/receive", "pharmacist-102", json=receipt)
+    held = first.get_json()["kits"][:4]
+    for number in held:
+        assert api.post(f"/kits/{number}/quarantine", "admin", json={"reason": "excursion"})
+    randomised = []
+    for index in range(12):  # 5 kits each (100 kg)
+        number = f"102-DONE-{index}"
+        assert screen_and_randomize_102(api, number, weight=100).status_code == 201
+        randomised.append(number)
+    clock.advance(days=28)  # week5: L-SHORT is now past its expiry
+    for number in randomised:
+        dispensed = api.post(
+            f"/participants/{number}/dispense",
+            "pharmacist-102",
+            json={"visit": "week5", "weight_kg": 100},
+        )
+        assert dispensed.status_code == 201, dispensed.get_json()
+        if entries(db, "shipment.requested"):
+            break
+    (requested,) = entries(db, "shipment.requested")
+    shipment_id = requested["data"]["shipment"]
+    sent = api.post(f"/shipments/{shipment_id}/dispatch", "admin").get_json()
+    receipt = {"kits": dict.fromkeys(sent["kits"], "available") | {sent["kits"][0]: "damaged"}}
+    received = api.post(f"/shipments/{shipment_id}/receive", "pharmacist-102", json=receipt)
+    assert received.status_code == 200 and received.get_json()["status"] == "received"
+
+    allocated = kits_where(db, Kit.site_id == "102", Kit.allocated_at.is_not(None))
+    assert allocated and not {k.kit_number for k in allocated} & set(held)
+    for kit in allocated:
+        assert kit.expires_on > kit.allocated_at.date() + timedelta(days=dnd), kit.kit_number
+    assert {k.status for k in kits_where(db, Kit.kit_number.in_(short))} <= {
+        "allocated",
+        "expired",
+    }
+    inventory = api.get("/sites/102/inventory", "pharmacist-102").get_json()
+    assert inventory["counts"]["quarantined"] == 4 and inventory["counts"]["damaged"] == 1

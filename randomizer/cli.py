@@ -1373,5 +1373,92 @@ def _origin(session: Any) -> str:
     return parse_trial(trial.definition_toml).audit_origin
 
 
+# kits and shipments -----------------------------------------------------------------------
+
+
+@main.group("kits")
+def kits_group() -> None:
+    """Depot stock and kit expiry."""
+
+
+@kits_group.command("generate")
+@click.option("--lot", required=True, help="The blinded lot number, e.g. L2027-03.")
+@click.option(
+    "--count", required=True, type=int, help="Kits in all: a multiple of the arms' ratio sum."
+)
+@click.option(
+    "--expiry",
+    required=True,
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="The lot's blinded expiry, YYYY-MM-DD (after today).",
+)
+@pass_cli
+def kits_generate(cli: Cli, lot: str, count: int, expiry: Any) -> None:
+    """Add a lot to the depot (in_depot): arms balanced by the trial's ratio, random kit
+    numbers, random order, random row ids. Prints how many kits were made."""
+    from randomizer.domain.supply import KitGeneration
+    from randomizer.roles import SYSTEM
+    from randomizer.services import shipments
+
+    order = KitGeneration(lot=lot, count=count, expires_on=expiry.date())
+    numbers = _run(cli, lambda s, c: shipments.generate_kits(s, c, SYSTEM, order))
+    click.echo(f"{len(numbers)} kits of lot {lot} in the depot")
+
+
+@kits_group.command("expire")
+@pass_cli
+def kits_expire(cli: Cli) -> None:
+    """Mark expired every kit past its blinded expiry, at every site and at the depot (for
+    cron; allocation never takes such a kit anyway). Prints the count per place."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services import shipments
+
+    expired = _run(cli, lambda s, c: shipments.expire_kits(s, c, SYSTEM))
+    for where, kits in expired.items():
+        click.echo(f"{where}\t{len(kits)} expired")
+    if not expired:
+        click.echo("no kit has expired")
+
+
+@main.group("shipments")
+def shipments_group() -> None:
+    """Shipments from the depot to the sites."""
+
+
+def _echo_shipment(shipment: Any) -> None:
+    click.echo(f"shipment {shipment.id} to site {shipment.site}: {shipment.status}")
+    for number in shipment.kits:
+        click.echo(number)
+
+
+@shipments_group.command("create")
+@click.option("--site", required=True)
+@click.option("--count", type=int, help="Kits in all, balanced across arms.")
+@click.option("--lot", help="Ship this whole lot instead.")
+@pass_cli
+def shipments_create(cli: Cli, site: str, count: int | None, lot: str | None) -> None:
+    """Send kits from the depot to a site (the service chooses them); prints the kits."""
+    from randomizer.domain.supply import ShipmentRequest
+    from randomizer.roles import SYSTEM
+    from randomizer.services import shipments
+    from randomizer.services.inputs import Submission
+
+    if (count is None) == (lot is None):
+        fail("give either --count or --lot")
+    order = Submission.of(ShipmentRequest(site=site, count=count, lot=lot))
+    _echo_shipment(_run(cli, lambda s, c: shipments.create_shipment(s, c, SYSTEM, order)))
+
+
+@shipments_group.command("dispatch")
+@click.argument("shipment_id")
+@pass_cli
+def shipments_dispatch(cli: Cli, shipment_id: str) -> None:
+    """Send a resupply the service requested (see `sealroom notifications list`)."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services import shipments
+
+    _echo_shipment(_run(cli, lambda s, c: shipments.dispatch_shipment(s, c, SYSTEM, shipment_id)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -220,6 +220,45 @@ class Kit(Base):
     #: The site's ``kit_version`` at this kit's latest change; set by the trigger that bumps
     #: it (migration 0008), never by the code.
     site_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The shipment that took the kit from the depot to its site (None: stocked directly).
+    shipment_id: Mapped[int | None] = mapped_column(Integer, index=True, default=None)
+
+
+SHIPMENT_REQUESTED = "requested"
+SHIPMENT_IN_TRANSIT = "in_transit"
+SHIPMENT_RECEIVED = "received"
+#: A resupply request that needed nothing any more when the depot came to dispatch it.
+SHIPMENT_CANCELLED = "cancelled"
+SHIPMENT_STATUSES = (SHIPMENT_REQUESTED, SHIPMENT_IN_TRANSIT, SHIPMENT_RECEIVED, SHIPMENT_CANCELLED)
+SHIPMENT_OPEN = (SHIPMENT_REQUESTED, SHIPMENT_IN_TRANSIT)
+
+
+class Shipment(Base):
+    """Kits from the depot to one site (R-SHIP): requested, in transit, then received.
+
+    A ``requested`` shipment is a resupply the service asked for after an allocation; its
+    kits are chosen when the depot dispatches it. Which kits travel is on the kits
+    (``Kit.shipment_id``); nothing here says anything by arm.
+    """
+
+    __tablename__ = "shipment"
+    __table_args__ = (
+        one_of("status", SHIPMENT_STATUSES),
+        Index("ix_shipment_site_status", "site_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("site.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    #: ``manual`` (an admin's order) or ``resupply`` (the service's, from the levels).
+    origin: Mapped[str] = mapped_column(String(16))
+    #: The lot shipped whole, if the shipment was ordered by lot.
+    lot: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_by: Mapped[str] = mapped_column(String(64))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    received_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    received_by: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class User(Base):

@@ -135,6 +135,24 @@ def sign_checkpoint(checkpoint: Checkpoint, private_key: Ed25519PrivateKey, key_
     return f"{body}\n{SIGNATURE_PREFIX}{key_name} {_b64(verifier.key_id + signature)}\n"
 
 
+def cosign_checkpoint(checkpoint: Checkpoint, signers: list[tuple[Ed25519PrivateKey, str]]) -> str:
+    """A note signed by every ``(private key, key name)`` in ``signers``, in that order.
+
+    A key hand-over checkpoint is signed by the outgoing and the incoming key (R-KEY-1).
+    """
+    if not signers:
+        raise CheckpointError("a checkpoint needs at least one signer")
+    notes = [sign_checkpoint(checkpoint, key, name) for key, name in signers]
+    body = checkpoint.body()
+    lines = [note[len(body) + 1 :] for note in notes]
+    return body + "\n" + "".join(lines)
+
+
+def signature_count(note: str) -> int:
+    """How many signature lines a note carries (unchecked): 2 or more marks a hand-over."""
+    return note[note.rfind("\n\n") + 2 :].count(SIGNATURE_PREFIX)
+
+
 def parse_checkpoint(note: str) -> tuple[Checkpoint, list[Signature]]:
     """Parse a checkpoint note strictly, without checking any signature.
 

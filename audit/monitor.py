@@ -15,6 +15,13 @@ checkpoint this monitor saw up to its size, and that the log now served extends 
 says how many entries it had seen signed that are gone, and watches the restored log from
 there. Nothing else resets the alarm short of deleting the state directory.
 
+A signing-key rotation (R-KEY-1) is followed only through its hand-over: when the latest
+checkpoint is not signed by the key in force, the monitor fetches ``/audit/key-hand-overs``
+and follows each one that the key in force signed, whose ``key.rotated`` entry (proved in
+that checkpoint) hands over from it and that the incoming key signed too. The keys followed
+are kept in the state directory (``keys``, first the one given on the command line); any
+other change of key stays an alarm.
+
 Standard library (urllib) and this package only: it shares no code with the server.
 """
 
@@ -33,8 +40,10 @@ from pathlib import Path
 
 from audit.checkpoint import Checkpoint, CheckpointError, VerifierKey, verify_checkpoint
 from audit.merkle import verify_consistency
+from audit.rotation import HandOverError, follow_hand_over
 
 STATE_FILE = "checkpoint"
+KEYS_FILE = "keys"
 HISTORY_FILE = "history.log"
 #: The history line of an accepted restore: ``<time> restore-accepted <origin> <size> <root>``.
 RESTORED_MARK = "restore-accepted"
@@ -92,13 +101,92 @@ def http_fetcher(base_url: str, token: str, timeout: float = 30) -> Fetch:
 
 def check_log(fetch: Fetch, verifier_key: VerifierKey, state_dir: Path) -> MonitorResult:
     """Check the log once; remember the new checkpoint only if everything holds."""
-    note, latest = _latest(fetch, verifier_key)
-    previous = _load_previous(state_dir, verifier_key)
+    chain = _key_chain(state_dir, verifier_key)
+    previous = _load_previous(state_dir, chain)
+    note = _text(fetch("/audit/checkpoint"))
+    try:
+        latest = verify_checkpoint(note, chain[-1])
+    except CheckpointError as error:
+        hand_overs = _follow_hand_overs(fetch, chain, previous)
+        if not hand_overs:
+            raise MonitorAlarm(
+                f"bad signature: the latest checkpoint is refused, and no hand-over from the "
+                f"key in force was published: {error}"
+            ) from None
+        try:
+            latest = verify_checkpoint(note, chain[-1])
+        except CheckpointError as again:
+            raise MonitorAlarm(
+                f"bad signature: the latest checkpoint is refused: {again}"
+            ) from None
+        for hand_over in hand_overs:
+            _check_same_origin(hand_over, latest)
+            _check_extends(fetch, hand_over, latest, "as the key hand-over")
+        _save_keys(state_dir, chain)
     if previous is not None:
         _check_same_origin(previous, latest)
         _check_extends(fetch, previous, latest, "seen earlier")
     _save(state_dir, note, latest)
     return MonitorResult(latest=latest, previous=previous)
+
+
+def _key_chain(state_dir: Path, verifier_key: VerifierKey) -> list[VerifierKey]:
+    """The keys this monitor trusts, in order: the given one, then each one followed to."""
+    from audit.checkpoint import parse_verifier_key
+
+    path = state_dir / KEYS_FILE
+    if not path.exists():
+        return [verifier_key]
+    try:
+        chain = [parse_verifier_key(line) for line in path.read_text("utf-8").splitlines()]
+    except (OSError, CheckpointError) as error:
+        raise MonitorError(f"the followed keys {path} cannot be read: {error}") from None
+    if not chain or verifier_key.line() not in [key.line() for key in chain]:
+        raise MonitorError(
+            f"{path} follows keys from {chain[0].label() if chain else 'nothing'}, not from "
+            f"the key given ({verifier_key.label()}): use another state directory"
+        )
+    return chain
+
+
+def _save_keys(state_dir: Path, chain: list[VerifierKey]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    temporary = state_dir / f".{KEYS_FILE}.tmp"
+    temporary.write_text("".join(key.line() + "\n" for key in chain), encoding="utf-8")
+    os.replace(temporary, state_dir / KEYS_FILE)
+
+
+def _follow_hand_overs(
+    fetch: Fetch, chain: list[VerifierKey], previous: Checkpoint | None
+) -> list[Checkpoint]:
+    """Follow the published hand-overs from the key in force; extends ``chain`` in place.
+
+    Each followed hand-over must extend what this monitor saw before it.
+    """
+    try:
+        published = json.loads(fetch("/audit/key-hand-overs"))
+    except (ValueError, MonitorError):
+        return []
+    followed: list[Checkpoint] = []
+    earlier = previous
+    for item in published if isinstance(published, list) else []:
+        try:
+            seq, entry, note = int(item["seq"]), str(item["entry"]), str(item["checkpoint"])
+            proof = [base64.b64decode(h, validate=True) for h in item["inclusion_proof"]]
+            incoming, hand_over = follow_hand_over(
+                chain[-1], seq, entry.encode("utf-8"), note, proof
+            )
+        except HandOverError:
+            continue  # signed by an earlier key (already followed) or not from ours at all
+        except (KeyError, TypeError, ValueError) as error:
+            raise MonitorAlarm(f"the published key hand-overs cannot be read: {error}") from None
+        if earlier is not None:
+            _check_same_origin(earlier, hand_over)
+            _check_extends(fetch, earlier, hand_over, "seen before the key hand-over")
+        chain.append(incoming)
+        followed.append(hand_over)
+        earlier = hand_over
+    return followed
 
 
 @dataclass(frozen=True)
@@ -222,14 +310,23 @@ def _consistency_proof(fetch: Fetch, first: int, second: int) -> list[bytes]:
         raise MonitorAlarm(f"fork: the server gave no valid consistency proof ({error})") from None
 
 
-def _load_previous(state_dir: Path, verifier_key: VerifierKey) -> Checkpoint | None:
+def _load_previous(state_dir: Path, keys: VerifierKey | list[VerifierKey]) -> Checkpoint | None:
+    """The saved checkpoint, signed by one of the trusted keys (the one in force when saved)."""
     path = state_dir / STATE_FILE
     if not path.exists():
         return None
+    chain = keys if isinstance(keys, list) else [keys]
     try:
-        return verify_checkpoint(path.read_text(encoding="utf-8"), verifier_key)
-    except (OSError, CheckpointError) as error:
+        note = path.read_text(encoding="utf-8")
+    except OSError as error:
         raise MonitorError(f"the saved checkpoint {path} cannot be trusted: {error}") from None
+    failure: CheckpointError | None = None
+    for key in reversed(chain):
+        try:
+            return verify_checkpoint(note, key)
+        except CheckpointError as error:
+            failure = failure or error
+    raise MonitorError(f"the saved checkpoint {path} cannot be trusted: {failure}")
 
 
 def _save(

@@ -54,10 +54,18 @@ from audit.checkpoint import (
     CheckpointError,
     VerifierKey,
     parse_checkpoint,
+    signature_count,
     verify_checkpoint,
 )
 from audit.entry import ZERO_HASH, AuditFormatError, parse_entry
 from audit.merkle import EMPTY_ROOT, CompactRange
+from audit.rotation import (
+    HandOverError,
+    KeySchedule,
+    SigningRotation,
+    schedule_from,
+    signing_rotation,
+)
 
 _MAX_LISTED = 20  # past this many position problems, summarise instead of listing them all
 #: From this many stored checkpoints on, their signatures are checked by a pool of processes.
@@ -166,6 +174,8 @@ class _Scan:
     breaks: set[int] = field(default_factory=set)  # j: entry j+1's prev is not H(entry j)
     roots: dict[int, bytes] = field(default_factory=dict)
     hash_at_head: str | None = None  # hash of the entry just below storage's head size
+    rotations: list[SigningRotation] = field(default_factory=list)  # signing hand-overs
+    rotation_problems: list[tuple[int, str]] = field(default_factory=list)
 
 
 class _Findings:
@@ -204,20 +214,36 @@ def _verify(
 ) -> VerifyReport:
     findings = _Findings()
     warnings: list[str] = []
-    trusted_outcomes = _check_notes(trusted_checkpoints, verifier_key)
-    with _SignatureChecks(checkpoints, verifier_key, processes) as signatures:
-        # The stored notes' signatures are checked in other processes while this one reads
-        # the entries, computing the root at every size a note claims: only the notes the
-        # checks accept are evidence, and each of them claims its own size.
-        sizes = {size for note in checkpoints if (size := _claimed_size(note)) is not None}
-        sizes |= {o.size for o in trusted_outcomes if isinstance(o, Checkpoint)}
-        scan = _scan_entries(entries, sizes, head_size)
-        stored_outcomes = signatures.outcomes()
-    stored, unsigned = _accept_checkpoints(
-        checkpoints, stored_outcomes, verifier_key, False, findings
+    sizes = {size for note in checkpoints if (size := _claimed_size(note)) is not None}
+    sizes |= {size for note in trusted_checkpoints if (size := _claimed_size(note)) is not None}
+    schedule = KeySchedule.single(verifier_key) if verifier_key is not None else None
+    cosigned = (
+        {_claimed_size(note) for note in checkpoints if signature_count(note) > 1}
+        if schedule is not None
+        else set()
     )
+    if verifier_key is not None and cosigned:
+        # A signing key was handed over (R-KEY-1): which key signs which size follows from
+        # the key.rotated entries, so the entries are read before any signature is checked.
+        scan = _scan_entries(entries, sizes, head_size)
+        schedule = _schedule(verifier_key, scan, cosigned, findings)
+        trusted_outcomes = _check_notes(trusted_checkpoints, schedule)
+        with _SignatureChecks(checkpoints, schedule, processes) as signatures:
+            stored_outcomes = signatures.outcomes()
+    else:
+        trusted_outcomes = _check_notes(trusted_checkpoints, schedule)
+        with _SignatureChecks(checkpoints, schedule, processes) as signatures:
+            # The stored notes' signatures are checked in other processes while this one
+            # reads the entries, computing the root at every size a note claims: only the
+            # notes the checks accept are evidence, and each of them claims its own size.
+            scan = _scan_entries(entries, sizes, head_size)
+            stored_outcomes = signatures.outcomes()
+        if verifier_key is not None and (scan.rotations or scan.rotation_problems):
+            # A key.rotated entry with no checkpoint signed by two keys: no hand-over.
+            _schedule(verifier_key, scan, cosigned, findings)
+    stored, unsigned = _accept_checkpoints(checkpoints, stored_outcomes, schedule, False, findings)
     trusted, _ = _accept_checkpoints(
-        trusted_checkpoints, trusted_outcomes, verifier_key, True, findings
+        trusted_checkpoints, trusted_outcomes, schedule, True, findings
     )
     evidence = stored + trusted
     n = scan.size
@@ -271,10 +297,36 @@ def _verify(
     )
 
 
+def _schedule(
+    verifier_key: VerifierKey, scan: _Scan, cosigned: set[int | None], findings: _Findings
+) -> KeySchedule:
+    """The key schedule the scanned hand-overs give (R-KEY-1), reporting a broken chain.
+
+    Each key.rotated entry must be followed by a stored checkpoint of exactly its hand-over
+    size (the rotation's own transaction); that it is signed by both keys is checked with
+    every other signature, against the schedule.
+    """
+    for seq, problem in scan.rotation_problems:
+        findings.entry(seq, f"entry {seq}: {problem}")
+    try:
+        schedule = schedule_from(verifier_key, scan.rotations)
+    except HandOverError as exc:
+        findings.other(str(exc), scan.rotations[0].seq if scan.rotations else None)
+        return KeySchedule.single(verifier_key)
+    for rotation in scan.rotations:
+        if rotation.hand_over_size not in cosigned:
+            findings.other(
+                f"the signing key rotation at seq {rotation.seq} has no hand-over checkpoint"
+                f" of size {rotation.hand_over_size} signed by {rotation.old.label()} and"
+                f" {rotation.new.label()}: the change of key is not followed"
+            )
+    return schedule
+
+
 def _accept_checkpoints(
     notes: Sequence[str],
     outcomes: Sequence[Checkpoint | CheckpointError],
-    key: VerifierKey | None,
+    key: KeySchedule | None,
     trusted: bool,
     findings: _Findings,
 ) -> tuple[list[_Head], list[int]]:
@@ -294,8 +346,9 @@ def _accept_checkpoints(
         refused_sizes.append(size)
         # One message per kind: a re-signed log would otherwise list every checkpoint.
         if len(refused_sizes) == 1 and key is not None:
+            labels = " and ".join(k.label() for k in key.keys_for(size))
             findings.other(
-                f"{what} {number} (size {size}) is not signed by the trusted key {key.label()}"
+                f"{what} {number} (size {size}) is not signed by the trusted key {labels}"
             )
         elif len(refused_sizes) == 2:
             findings.other(f"other {what}s are not signed by the trusted key either")
@@ -303,14 +356,23 @@ def _accept_checkpoints(
 
 
 def _check_notes(
-    notes: Sequence[str], key: VerifierKey | None
+    notes: Sequence[str], schedule: KeySchedule | None
 ) -> list[Checkpoint | CheckpointError]:
-    """Each note's checkpoint if it verifies (given a key) or parses (without), else why not."""
+    """Each note's checkpoint if it verifies (given a key schedule) or parses (without), else
+    why not. At a hand-over size every key the schedule names must sign."""
     outcomes: list[Checkpoint | CheckpointError] = []
+    single = schedule.keys[0] if schedule is not None and len(schedule.keys) == 1 else None
     for note in notes:
         try:
-            # verify_checkpoint parses too: the usual path reads each note once.
-            outcomes.append(verify_checkpoint(note, key) if key else parse_checkpoint(note)[0])
+            if schedule is None:
+                outcomes.append(parse_checkpoint(note)[0])
+            elif single is not None:
+                # verify_checkpoint parses too: the usual path reads each note once.
+                outcomes.append(verify_checkpoint(note, single))
+            else:
+                size = parse_checkpoint(note)[0].size
+                checked = [verify_checkpoint(note, k) for k in schedule.keys_for(size)]
+                outcomes.append(checked[0])
         except CheckpointError as exc:
             outcomes.append(exc)
     return outcomes
@@ -343,7 +405,7 @@ class _SignatureChecks:
     """
 
     def __init__(
-        self, notes: Sequence[str], key: VerifierKey | None, processes: int | None
+        self, notes: Sequence[str], key: KeySchedule | None, processes: int | None
     ) -> None:
         self._notes = notes
         self._key = key
@@ -390,6 +452,13 @@ def _scan_entries(entries: Iterable[bytes], sizes: set[int], head_size: int | No
             scan.malformed.append((position, str(exc)))
             scan.breaks.add(position - 1)  # its prev cannot be read: count the link as broken
         else:
+            try:
+                rotation = signing_rotation(raw)
+            except HandOverError as exc:
+                scan.rotation_problems.append((position, str(exc)))
+            else:
+                if rotation is not None:
+                    scan.rotations.append(rotation)
             seq = entry["seq"]
             if seq != position:
                 scan.misplaced.append((position, seq))

@@ -9,6 +9,13 @@ Standard library and `cryptography` (Ed25519) only, to be read beside URS §7. I
      (never a key taken from the log under test);
   3. the RFC 9162 Merkle root of the first N entries, N being the checkpoint's size, is the
      root the checkpoint signs (a longer export is fine; a shorter one lost entries).
+After a signing-key rotation (R-KEY-1) give each hand-over checkpoint with `--hand-over FILE`
+(`GET /api/v1/audit/key-hand-overs` serves them): a hand-over is the checkpoint of the tree
+ending with the `key.rotated` entry that names the outgoing and incoming verifier keys, and
+both keys sign it. From the key given, the script then trusts the next key (forward) or the
+one before (backward) only through such a checkpoint whose root matches the export, and
+checks the checkpoint against the key in force at its size.
+
 Exit status 0 when all hold, 1 otherwise, with the reason on standard error.
 """
 
@@ -77,6 +84,43 @@ def verify_checkpoint(note: str, name: str, key_id: bytes, key: bytes) -> tuple[
     raise Failure(f"the checkpoint is not signed by the trusted key {name}+{key_id.hex()}")
 
 
+def keys_in_force(
+    trusted: tuple[str, bytes, bytes], hand_overs: list[str], lines: list[bytes], size: int
+) -> list[tuple[str, bytes, bytes]]:
+    """The keys that must sign a checkpoint of `size`, reached from `trusted` (R-KEY-1).
+
+    Each hand-over must be signed by both keys its `key.rotated` entry names, its root must
+    match the export, and the rotations must chain: key k hands over to k + 1.
+    """
+    chain: list[tuple[str, bytes, bytes]] = []
+    starts = [0]
+    leaves = [hashlib.sha256(b"\x00" + line).digest() for line in lines]
+    for note in sorted(hand_overs, key=lambda text: int(text.split("\n")[1])):
+        h = int(note.split("\n")[1])
+        if not 0 < h <= len(lines):
+            raise Failure(f"the hand-over of size {h} is beyond the export")
+        entry = json.loads(lines[h - 1])
+        data = entry["data"] if isinstance(entry["data"], dict) else {}
+        if entry["action"] != "key.rotated" or data.get("key") != "signing":
+            raise Failure(f"the hand-over of size {h} does not end with a signing key.rotated")
+        old, new = (parse_verifier_key(data[f"{w}_verifier_key"]) for w in ("old", "new"))
+        if chain and chain[-1] != old:
+            raise Failure(f"the rotation at seq {h - 1} does not hand over from the key before")
+        for key in (old, new):  # signed by both, over the export's own tree
+            _, _, root = verify_checkpoint(note, *key)
+            if root != merkle_root(leaves, 0, h):
+                raise Failure(f"the hand-over of size {h} does not match the export")
+        chain = chain or [old]
+        chain.append(new)
+        starts.append(h)
+    if not chain:
+        return [trusted]
+    if trusted not in chain:
+        raise Failure("the verifier key is none of the keys the hand-overs chain")
+    epoch = max(i for i, start in enumerate(starts) if start <= size)
+    return [chain[epoch - 1], chain[epoch]] if epoch and starts[epoch] == size else [chain[epoch]]
+
+
 def merkle_root(leaves: list[bytes], lo: int, hi: int) -> bytes:
     """RFC 9162 §2.1.1: MTH of leaves[lo:hi], split at the largest power of two below n."""
     n = hi - lo
@@ -126,17 +170,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", required=True, help="the JSON Lines audit export")
     parser.add_argument("--checkpoint", required=True, help="a file holding a signed checkpoint")
     parser.add_argument("--verifier-key", required=True, help="name+id+key, obtained out of band")
+    parser.add_argument(
+        "--hand-over", action="append", default=[], help="a signing-key hand-over checkpoint"
+    )
     args = parser.parse_args(argv)
     try:
-        name, key_id, key = parse_verifier_key(args.verifier_key)
+        trusted = parse_verifier_key(args.verifier_key)
         with open(args.checkpoint, encoding="utf-8", newline="") as file:
-            origin, size, root = verify_checkpoint(file.read(), name, key_id, key)
+            note = file.read()
+        signers = [trusted]
+        if args.hand_over:
+            hand_overs = []
+            for path in args.hand_over:
+                with open(path, encoding="utf-8", newline="") as file:
+                    hand_overs.append(file.read())
+            with open(args.export, "rb") as export:
+                lines = export.read().split(b"\n")[:-1]
+            signers = keys_in_force(trusted, hand_overs, lines, int(note.split("\n")[1]))
+        for signer in signers:  # at a hand-over size, both keys
+            origin, size, root = verify_checkpoint(note, *signer)
+        name, key_id, _ = signers[-1]
         count, leaves = check_export(args.export, size)
         if count < size:
             raise Failure(f"entries {count} to {size - 1} are missing (truncation or rollback)")
         if merkle_root(leaves, 0, size) != root:
             raise Failure(f"the first {size} entries do not match the signed checkpoint's root")
-    except (Failure, OSError, UnicodeError) as error:
+    except (Failure, OSError, UnicodeError, ValueError, KeyError, IndexError) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
     print(f"OK: {count} entries, canonical and chained; the checkpoint of size {size} ({origin})")

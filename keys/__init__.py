@@ -15,6 +15,7 @@ from keys.masterkeys import (
     rotate_master_key,
 )
 from keys.sealing import ARM_PLAINTEXT_LENGTH, SealedArm, Sealer, UnsealError
+from keys.session import create_session_secret, load_session_secret, session_secret_path
 from keys.signing import (
     create_signing_key,
     load_signing_key,
@@ -33,13 +34,16 @@ __all__ = [
     "UnsealError",
     "WrappedDataKey",
     "create_keys_dir",
+    "create_session_secret",
     "create_signing_key",
     "load_master_keys",
+    "load_session_secret",
     "load_signing_key",
     "new_data_key",
     "public_key_bytes",
     "rewrap_data_key",
     "rotate_master_key",
+    "session_secret_path",
     "signing_key_path",
     "unwrap_data_key",
 ]

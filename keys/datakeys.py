@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from keys.masterkeys import KEY_BYTES, KeyStoreError, MasterKeyRing
+from keys.masterkeys import KEY_BYTES, KeyStoreError
+
+if TYPE_CHECKING:
+    from keys.providers import MasterKeys
 
 _CONTEXT_PREFIX = b"sealroom/data-key/v1|"
 
@@ -40,7 +44,7 @@ def _context(trial_id: str, key_id: str) -> bytes:
     return _CONTEXT_PREFIX + trial_id.encode("utf-8") + b"|" + key_id.encode("utf-8")
 
 
-def new_data_key(ring: MasterKeyRing, trial_id: str) -> tuple[WrappedDataKey, bytes]:
+def new_data_key(ring: MasterKeys, trial_id: str) -> tuple[WrappedDataKey, bytes]:
     """Generate a random 32-byte data key for ``trial_id``; return it wrapped and in clear.
 
     The clear key is for building a ``keys.sealing.Sealer``; store only the wrapped one.
@@ -51,7 +55,7 @@ def new_data_key(ring: MasterKeyRing, trial_id: str) -> tuple[WrappedDataKey, by
     return WrappedDataKey(key_id=key_id, master_key_id=master_key_id, wrapped=wrapped), key
 
 
-def unwrap_data_key(ring: MasterKeyRing, wrapped: WrappedDataKey, trial_id: str) -> bytes:
+def unwrap_data_key(ring: MasterKeys, wrapped: WrappedDataKey, trial_id: str) -> bytes:
     """The clear data key; KeyStoreError if the master key is unknown or the check fails.
 
     The check fails for a wrapped key of another trial or another key id, or an altered one.
@@ -69,7 +73,7 @@ def unwrap_data_key(ring: MasterKeyRing, wrapped: WrappedDataKey, trial_id: str)
     return key
 
 
-def rewrap_data_key(ring: MasterKeyRing, wrapped: WrappedDataKey, trial_id: str) -> WrappedDataKey:
+def rewrap_data_key(ring: MasterKeys, wrapped: WrappedDataKey, trial_id: str) -> WrappedDataKey:
     """Rewrap a data key under the ring's active master key, keeping its id (and so its seals).
 
     This is master key rotation without re-encrypting rows: unwrap with whichever master key

@@ -450,3 +450,25 @@ def load_master_keys(
             f"{master_dir / ACTIVE_FILE} names master key {active_id}, which is not in {master_dir}"
         )
     return MasterKeyRing(keys, active_id)
+
+
+def read_master_key(
+    keys_dir: str | os.PathLike[str],
+    key_id: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str, bytes]:
+    """``(key id, key)`` of one master key: ``key_id``, or the active one when None.
+
+    For the custody ceremony only (``sealroom keys split``): everything else reaches master
+    keys through a ring, which never hands out the key itself.
+    """
+    env = os.environ if environ is None else environ
+    ring = load_master_keys(keys_dir, env)  # the same checks as serving
+    wanted = ring.active_id if key_id is None else key_id
+    if wanted not in ring:
+        raise KeyStoreError(f"unknown master key {wanted!r}: it is not in the ring")
+    if MASTER_KEY_ENV in env:
+        env_id, env_key = _parse_env_key(env[MASTER_KEY_ENV])
+        if env_id == wanted:
+            return env_id, env_key
+    return wanted, _read_key_file(Path(keys_dir) / MASTER_DIR / f"{wanted}{KEY_SUFFIX}")

@@ -12,7 +12,7 @@ import base64
 import binascii
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -154,10 +154,18 @@ class Sealer:
     """Seals and unseals the arms of one trial with its data keys.
 
     ``data_keys`` maps data key id to the clear 32-byte key (every key that may have sealed
-    something still stored); ``active_key_id`` seals new arms.
+    something still stored); ``active_key_id`` seals new arms. ``fetch_key``, when given, is
+    asked for a data key id this sealer does not hold (one that a rotation elsewhere made
+    after this sealer was built) and returns the clear key or None.
     """
 
-    def __init__(self, trial_id: str, data_keys: Mapping[str, bytes], active_key_id: str) -> None:
+    def __init__(
+        self,
+        trial_id: str,
+        data_keys: Mapping[str, bytes],
+        active_key_id: str,
+        fetch_key: Callable[[str], bytes | None] | None = None,
+    ) -> None:
         """Keep an AES-256-GCM cipher per data key; ValueError on a bad id or key."""
         self._trial = _field(trial_id, "trial id")
         self._trial_id = trial_id
@@ -172,6 +180,7 @@ class Sealer:
             raise ValueError(f"active data key {active_key_id!r} is not among the data keys")
         self._ciphers = ciphers
         self._active_key_id = active_key_id
+        self._fetch_key = fetch_key
 
     @property
     def trial_id(self) -> str:
@@ -196,6 +205,18 @@ class Sealer:
         return _AAD_PREFIX + b"|".join(
             (self._trial, kind.encode("ascii"), _field(object_id, "object id"))
         )
+
+    def _learn_key(self, key_id: str) -> AESGCM | None:
+        assert self._fetch_key is not None
+        key = self._fetch_key(key_id)
+        if key is None:
+            return None
+        if not isinstance(key, bytes) or len(key) != DATA_KEY_LENGTH:
+            raise UnsealError(f"data key {key_id} must be {DATA_KEY_LENGTH} bytes (AES-256)")
+        cipher = AESGCM(key)
+        # A new dict, swapped in whole: threads reading the old one never see it half-built.
+        self._ciphers = {**self._ciphers, key_id: cipher}
+        return cipher
 
     def seal_arm(self, arm_id: str, kind: str, object_id: str) -> SealedArm:
         """Seal ``arm_id`` for the object ``(kind, object_id)`` of this trial.
@@ -224,6 +245,8 @@ class Sealer:
         """
         aad = self._associated_data(kind, object_id)
         cipher = self._ciphers.get(sealed.key_id)
+        if cipher is None and self._fetch_key is not None and _is_key_id(sealed.key_id):
+            cipher = self._learn_key(sealed.key_id)
         if cipher is None:
             raise UnsealError(f"unknown data key {sealed.key_id!r} for trial {self._trial_id}")
         try:

@@ -80,3 +80,92 @@ def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
     return private_key.public_key().public_bytes(
         encoding=serialization.Encoding.Raw, format=serialization.PublicFormat.Raw
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Rotation (R-KEY-1). ``ed25519.key`` is the key in force; a rotation writes the incoming key
+# as ``ed25519-<fingerprint>.key``, records the hand-over in the database, then moves it onto
+# ``ed25519.key`` (the outgoing key is destroyed). Serving processes find the key the audit
+# head names by its fingerprint under either name, so no instant of the move leaves them
+# without it.
+
+_PREFIX = "ed25519-"
+
+
+def signing_key_fingerprint(private_key: Ed25519PrivateKey) -> str:
+    """``sk-<16 hex>``: the first 8 bytes of SHA-256 of the public key; names the key anywhere."""
+    import hashlib
+
+    return "sk-" + hashlib.sha256(public_key_bytes(private_key)).hexdigest()[:16]
+
+
+def _incoming_path(keys_dir: str | os.PathLike[str], fingerprint: str) -> Path:
+    return signing_key_path(keys_dir).parent / f"{_PREFIX}{fingerprint}.key"
+
+
+def create_incoming_signing_key(keys_dir: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """Generate the next signing key and store it beside the current one (mode 0600)."""
+    load_signing_key(keys_dir)  # refuse to rotate a key store that does not load
+    private_key = Ed25519PrivateKey.generate()
+    pem = private_key.private_bytes(
+        encoding=serialization.Encoding.PEM,
+        format=serialization.PrivateFormat.PKCS8,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+    _write_new_secret_file(_incoming_path(keys_dir, signing_key_fingerprint(private_key)), pem)
+    return private_key
+
+
+def _load_pem(path: Path) -> Ed25519PrivateKey:
+    data = _read_secret_file(path)
+    try:
+        private_key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise KeyStoreError(
+            f"signing key file {path} is malformed: expected an unencrypted PKCS#8 PEM key"
+        ) from None
+    if not isinstance(private_key, Ed25519PrivateKey):
+        raise KeyStoreError(f"signing key file {path} does not hold an Ed25519 key")
+    return private_key
+
+
+def load_signing_key_by_fingerprint(
+    keys_dir: str | os.PathLike[str], fingerprint: str
+) -> Ed25519PrivateKey:
+    """The signing key of that fingerprint, incoming or in force; KeyStoreError if neither."""
+    current = signing_key_path(keys_dir)
+    _check_private_dir(current.parent)
+    for path in (_incoming_path(keys_dir, fingerprint), current):
+        try:
+            private_key = _load_pem(path)
+        except KeyStoreError:
+            if path.exists():
+                raise
+            continue
+        if signing_key_fingerprint(private_key) == fingerprint:
+            return private_key
+    raise KeyStoreError(
+        f"the signing key {fingerprint}, which the audit log names as the key in force, is "
+        f"not in {current.parent}"
+    )
+
+
+def promote_signing_key(keys_dir: str | os.PathLike[str], fingerprint: str) -> None:
+    """Make the incoming key of ``fingerprint`` the one in force; the outgoing key is gone.
+
+    Run once the hand-over has committed. An atomic rename: a reader sees the outgoing key or
+    the incoming one under ``ed25519.key``, never a half-written file.
+    """
+    from keys.masterkeys import _fsync_dir
+
+    incoming = _incoming_path(keys_dir, fingerprint)
+    current = signing_key_path(keys_dir)
+    if not incoming.exists():
+        if signing_key_fingerprint(load_signing_key(keys_dir)) == fingerprint:
+            return  # already promoted
+        raise KeyStoreError(f"no incoming signing key {fingerprint} in {current.parent}")
+    try:
+        os.replace(incoming, current)
+        _fsync_dir(current.parent)
+    except OSError as exc:
+        raise KeyStoreError(f"cannot put the signing key in place: {exc.strerror}") from None

@@ -1,6 +1,6 @@
 """Sealroom: randomisation and blinding for double-blind clinical trials.
 
-``create_app`` reads like a table of contents: settings, database, trial context, API.
+``create_app`` reads like a table of contents: settings, database, trial context, API, pages.
 Nothing is imported at module level: importing the pure core (``randomizer.domain``) must
 not load Flask, SQLAlchemy or the keys (a test checks it in a clean interpreter).
 """
@@ -30,7 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """
     from flask import Flask
 
-    from randomizer import api
+    from randomizer import api, web
     from randomizer.config import Settings
     from randomizer.db import Database
     from randomizer.migrations import check_schema_current
@@ -83,6 +83,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         dispatcher=dispatcher,
     )
     api.init_app(app, schemas)
+    web.init_app(app, app.extensions[EXTENSION])
     app.wsgi_app = BodyDeadline(app.wsgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxies:
         # The client's address, for the throttle, from the N proxies' X-Forwarded-For.

@@ -276,7 +276,7 @@ def init(cli: Cli, trial_file: str, seed_file: str | None) -> None:
 @click.option(
     "--tokens-out",
     type=click.Path(dir_okay=False),
-    help="Where to write the demo users' tokens (default: <instance>/tokens.json).",
+    help="Where to write the demo users' tokens and passwords (default: <instance>/tokens.json).",
 )
 @_seed_file_option(" (default: a fresh seed, printed once)")
 @_seed_hex_option("List seed")
@@ -320,7 +320,9 @@ def init_demo(
     )
     click.echo(f"Database: {cli.db.engine.url}")
     click.echo(f"Keys: {settings.keys_dir} (losing them loses the ability to unblind)")
-    click.echo(f"Tokens of {len(demo.tokens)} demo users: {tokens_path} (mode 0600)")
+    click.echo(
+        f"Tokens and web passwords of {len(demo.tokens)} demo users: {tokens_path} (mode 0600)"
+    )
     if read is None:
         click.echo(
             "List seed (hand it to the statistician now: it is not stored and will not "
@@ -387,7 +389,7 @@ def serve(cli: Cli, host: str, port: int, workers: int, threads: int) -> None:
 
 @main.group("users")
 def users_group() -> None:
-    """Add and deactivate users, issue tokens."""
+    """Add and deactivate users, issue tokens, set web passwords."""
 
 
 @users_group.command("add")
@@ -399,15 +401,61 @@ def users_group() -> None:
 )
 @click.option("--site", help="The site of a site role.")
 @click.option("--email", help="Where notifications reach the user (e.g. unblindings at its site).")
+@click.option(
+    "--password",
+    "with_password",
+    is_flag=True,
+    help="Also set their web password (asked twice, or one line on standard input).",
+)
 @click.argument("name")
 @pass_cli
-def users_add(cli: Cli, role: str, site: str | None, email: str | None, name: str) -> None:
+def users_add(
+    cli: Cli, role: str, site: str | None, email: str | None, with_password: bool, name: str
+) -> None:
     """Add a user and print their first token."""
     from randomizer.roles import SYSTEM
     from randomizer.services import users
 
-    token = _run(cli, lambda s, c: users.add_user(s, c, SYSTEM, name, role, site, email)[1])
-    click.echo(token)
+    password = _new_password() if with_password else None
+
+    def add(session: Any, ctx: Any) -> str:
+        _user, token = users.add_user(session, ctx, SYSTEM, name, role, site, email)
+        if password is not None:
+            users.set_password(session, ctx, SYSTEM, name, password)
+        return token
+
+    click.echo(_run(cli, add))
+
+
+@users_group.command("password")
+@click.argument("name")
+@pass_cli
+def users_password(cli: Cli, name: str) -> None:
+    """Set a user's web password (asked twice, or one line on standard input); their web
+    sessions end."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services import users
+
+    password = _new_password()
+    _run(cli, lambda s, c: users.set_password(s, c, SYSTEM, name, password))
+    click.echo(f"Password of {name} set; their web sessions are ended.")
+
+
+def _new_password() -> str:
+    """A new password: asked twice at a terminal, else the first line of standard input.
+
+    Never an argument: other local users can read a command line (process list, history).
+    """
+    from randomizer.services.users import password_problems
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    problems = password_problems(password)
+    if problems:
+        fail(f"password: {' '.join(problems)}")
+    return password
 
 
 @users_group.command("deactivate")
@@ -766,6 +814,322 @@ def lists_export(cli: Cli, seed_file: str | None, seed_hex: str | None, out: str
     click.echo(f"{len(rows)} slots written to {out}")
 
 
+# keys -------------------------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Key custody: split knowledge of the master key, and rotation of every key."""
+
+
+def _read_passphrase(name: str | None) -> bytes:
+    if name is None:
+        return b""
+    try:
+        text = Path(name).read_bytes()
+    except OSError as exc:
+        fail(f"cannot read the passphrase file {name}: {exc.strerror}")
+    return text.rstrip(b"\r\n")
+
+
+@keys_group.command("split")
+@click.option("--shares", required=True, type=int, help="How many custodians get a share.")
+@click.option("--threshold", required=True, type=int, help="How many shares rebuild the key.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory for the share files (one per custodian, mode 0600).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A passphrase the shares need beside them (default: none).",
+)
+@pass_cli
+def keys_split(
+    cli: Cli, shares: int, threshold: int, out: str, passphrase_file: str | None
+) -> None:
+    """Split the active master key into SLIP-39 mnemonic shares; the key stays where it is."""
+    from keys.custody import write_share_files
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import split_master_key
+
+    passphrase = _read_passphrase(passphrase_file)
+    made = _run(
+        cli,
+        lambda s, c: split_master_key(
+            s, c, SYSTEM, cli.settings.keys_dir, shares, threshold, passphrase
+        ),
+    )
+    for path in write_share_files(Path(out), made.shares):
+        click.echo(f"wrote {path}")
+    click.echo(
+        f"{shares} shares of master key {made.shares[0].key_id} (share set {made.share_set}); "
+        f"any {threshold} rebuild it. Give one file to each custodian, then delete DIR."
+    )
+
+
+def _prompt_shares() -> list[Any]:
+    from keys.custody import ShareError, parse_share
+
+    key_id = click.prompt("master key id (mk-...)").strip()
+    shares: list[Any] = []
+    needed = None
+    while needed is None or len(shares) < needed:
+        words = click.prompt(f"share {len(shares) + 1}", hide_input=True)
+        try:
+            share = parse_share(key_id, words, f"share {len(shares) + 1}")
+        except ShareError as exc:
+            click.echo(f"refused: {exc}; type it again", err=True)
+            continue
+        shares.append(share)
+        needed = share.threshold
+    return shares
+
+
+@keys_group.command("combine")
+@click.argument("share_files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option(
+    "--out",
+    required=True,
+    help="The master key file to write (mode 0600), or - to print the SEALROOM_MASTER_KEY value.",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The passphrase given to `keys split`, if one was.",
+)
+@pass_cli
+def keys_combine(
+    cli: Cli, share_files: tuple[str, ...], out: str, passphrase_file: str | None
+) -> None:
+    """Rebuild the master key from share files (or, with none named, shares typed in).
+
+    The rebuilt key is checked against the data keys it wrapped before it is written.
+    """
+    from keys import MASTER_KEY_ENV
+    from keys.custody import (
+        combine_shares,
+        master_key_env_value,
+        read_share_file,
+        write_master_key_file,
+    )
+    from randomizer.migrations import check_schema_current
+    from randomizer.roles import SYSTEM
+    from randomizer.services.context import load_trial_context
+    from randomizer.services.key_custody import check_master_key, record_master_key_combined
+
+    passphrase = _read_passphrase(passphrase_file)
+    shares = [read_share_file(Path(name)) for name in share_files] or _prompt_shares()
+    key_id, key = combine_shares(shares, passphrase)
+    value = master_key_env_value(key_id, key)
+    # The rebuilt key is the one this context unwraps with: the key directory may hold none.
+    environ = {**os.environ, MASTER_KEY_ENV: value}
+    with cli.db.transaction() as session:
+        check_schema_current(session.connection())
+        # Checked before anything else reads keys: a wrong share set or passphrase is named.
+        check_master_key(session, key_id, key)
+        ctx = load_trial_context(session, cli.settings.keys_dir, environ)
+        opened = record_master_key_combined(
+            session,
+            ctx,
+            SYSTEM,
+            key_id,
+            key,
+            [share.number for share in shares],
+            "environment" if out == "-" else "file",
+        )
+        if out != "-":
+            write_master_key_file(Path(out), key)
+    if out == "-":
+        click.echo(value)
+    else:
+        click.echo(f"wrote {out}: master key {key_id}, which opens data key(s) {', '.join(opened)}")
+
+
+@keys_group.command("rotate-master")
+@pass_cli
+def keys_rotate_master(cli: Cli) -> None:
+    """Make a new master key version and rewrap every data key under it (no arm re-encrypted)."""
+    from keys.pkcs11 import KEY_ENV
+    from keys.providers import PKCS11, provider_name
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import rotate_master
+
+    rotation = _run(cli, lambda s, c: rotate_master(s, c, SYSTEM, cli.settings.keys_dir))
+    click.echo(
+        f"master key {rotation.old_key_id} -> {rotation.new_key_id}; rewrapped data key(s) "
+        f"{', '.join(rotation.data_keys)}"
+    )
+    if provider_name() == PKCS11:
+        click.echo(f"set {KEY_ENV}={rotation.new_key_id} for the service's next start")
+
+
+@keys_group.command("hsm-import")
+@pass_cli
+def keys_hsm_import(cli: Cli) -> None:
+    """Put the key directory's master keys into the PKCS#11 token (SEALROOM_PKCS11_*).
+
+    They keep their ids, so every data key opens inside the token; then destroy the files
+    and set SEALROOM_MASTER_KEY_PROVIDER=pkcs11.
+    """
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import import_master_keys_into_token
+
+    imported = _run(
+        cli, lambda s, c: import_master_keys_into_token(s, c, SYSTEM, cli.settings.keys_dir)
+    )
+    click.echo(
+        f"imported master key(s) {', '.join(imported)} into the token; every data key opens "
+        "there. Destroy the key files, then set SEALROOM_MASTER_KEY_PROVIDER=pkcs11."
+    )
+
+
+@keys_group.command("rotate-data-key")
+@pass_cli
+def keys_rotate_data_key(cli: Cli) -> None:
+    """Start a new data key for new seals; older seals still open with their own key."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import rotate_data_key
+
+    rotation = _run(cli, lambda s, c: rotate_data_key(s, c, SYSTEM, cli.settings.keys_dir))
+    click.echo(f"data key {rotation.old_key_id} -> {rotation.new_key_id}")
+
+
+@keys_group.command("rotate-signing")
+@pass_cli
+def keys_rotate_signing(cli: Cli) -> None:
+    """Hand over to a new checkpoint-signing key, through a checkpoint signed by both keys."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.key_custody import finish_signing_rotation, rotate_signing
+
+    rotation = _run(cli, lambda s, c: rotate_signing(s, c, SYSTEM, cli.settings.keys_dir))
+    with cli.db.reading() as session:
+        finish_signing_rotation(session, cli.settings.keys_dir)
+    click.echo(
+        f"signing key {rotation.old_key_id} -> {rotation.new_key_id}; the hand-over checkpoint "
+        "is signed by both. Publish the new verifier key (GET /audit/verifier-key)."
+    )
+
+
+@keys_group.command("envelope-key")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="The private key file (0600)."
+)
+def keys_envelope_key(out: str) -> None:
+    """Make the medical monitor's safety-line key pair; print the public key line.
+
+    The private key opens code-break envelopes: keep it with the 24-hour safety line only.
+    """
+    from keys.envelopes import write_recipient_key
+
+    click.echo(write_recipient_key(Path(out)))
+
+
+@keys_group.command("emergency-envelopes")
+@click.option("--recipient", required=True, help="The safety line's public key line.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="A new directory for the envelopes (one per slot) and their MANIFEST.sha256.",
+)
+@pass_cli
+def keys_emergency_envelopes(cli: Cli, recipient: str, out: str) -> None:
+    """Write sealed code-break envelopes, one per list slot, to the recipient's key (statistician).
+
+    The set's SHA-256 is audited, so an inspector can tell which set was in circulation.
+    """
+    from randomizer.roles import SYSTEM
+    from randomizer.services.envelopes import create_emergency_envelopes
+
+    made = _run(cli, lambda s, c: create_emergency_envelopes(s, c, SYSTEM, recipient, Path(out)))
+    click.echo(
+        f"{made.envelopes} envelopes written to {out} for key {made.recipient}; "
+        f"set sha256 {made.set_sha256} (audited)"
+    )
+
+
+@keys_group.command("open-envelope")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The safety line's private key file.",
+)
+@click.argument("envelope", type=click.Path(exists=True, dir_okay=False))
+def keys_open_envelope(key_file: str, envelope: str) -> None:
+    """Open one code-break envelope offline (no database, no service): print its arm.
+
+    Record it afterwards with `sealroom unblind-record --offline`.
+    """
+    from keys.envelopes import EnvelopeError, load_private_key, open_envelope
+
+    try:
+        opened = open_envelope(
+            Path(envelope).read_text(encoding="ascii"), load_private_key(Path(key_file))
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {envelope}: {exc}")
+    except EnvelopeError as exc:
+        fail(str(exc))
+    click.echo(
+        f"{opened.trial} {opened.randomization_number}: {opened.arm_label} ({opened.arm_id})"
+    )
+    click.echo(
+        "Record this unblinding once the service is back: sealroom unblind-record --offline",
+        err=True,
+    )
+
+
+@main.command("unblind-record")
+@click.option("--offline", is_flag=True, required=True, help="An envelope opened offline.")
+@click.option("--randomization-number", required=True, help="The envelope's number.")
+@click.option("--by", "opened_by", required=True, help="Who opened it.")
+@click.option(
+    "--opened-at",
+    required=True,
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z"]),
+    help="When, with its UTC offset, e.g. 2026-12-01T03:10+00:00.",
+)
+@click.option("--reason", required=True, help="One of the trial's unblinding reasons.")
+@click.option("--event-reference", required=True, help="The safety event's reference.")
+@click.option("--envelope-set", required=True, help="The set's sha256 (its MANIFEST's).")
+@pass_cli
+def unblind_record(
+    cli: Cli,
+    offline: bool,
+    randomization_number: str,
+    opened_by: str,
+    opened_at: Any,
+    reason: str,
+    event_reference: str,
+    envelope_set: str,
+) -> None:
+    """Enter an unblinding made with a code-break envelope into the audit trail."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services.envelopes import record_offline_unblinding
+
+    record = _run(
+        cli,
+        lambda s, c: record_offline_unblinding(
+            s,
+            c,
+            SYSTEM,
+            randomization_number,
+            opened_by,
+            opened_at,
+            reason,
+            event_reference,
+            envelope_set,
+        ),
+    )
+    whom = record.screening_number or "no participant yet (the slot's arm is now known)"
+    click.echo(f"recorded as audit entry {record.seq}: {randomization_number}, {whom}")
+
+
 # notifications ----------------------------------------------------------------------------
 
 
@@ -888,10 +1252,15 @@ def db_upgrade(cli: Cli) -> None:
 
     Refuses a database upgraded by a newer Sealroom than this one.
     """
+    from keys import create_session_secret, session_secret_path
     from randomizer.migrations import upgrade
 
     with cli.db.schema_transaction() as connection:
         before, after = upgrade(connection)
+    # A deployment older than the web pages has no session secret: made here, explicitly.
+    if not session_secret_path(cli.settings.keys_dir).exists():
+        create_session_secret(cli.settings.keys_dir)
+        click.echo(f"Web session secret created: {session_secret_path(cli.settings.keys_dir)}")
     if before == after:
         click.echo(f"The schema is already at revision {after}.")
     else:
@@ -1042,6 +1411,93 @@ def _origin(session: Any) -> str:
     if trial is None:
         fail("the database holds no trial")
     return parse_trial(trial.definition_toml).audit_origin
+
+
+# kits and shipments -----------------------------------------------------------------------
+
+
+@main.group("kits")
+def kits_group() -> None:
+    """Depot stock and kit expiry."""
+
+
+@kits_group.command("generate")
+@click.option("--lot", required=True, help="The blinded lot number, e.g. L2027-03.")
+@click.option(
+    "--count", required=True, type=int, help="Kits in all: a multiple of the arms' ratio sum."
+)
+@click.option(
+    "--expiry",
+    required=True,
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="The lot's blinded expiry, YYYY-MM-DD (after today).",
+)
+@pass_cli
+def kits_generate(cli: Cli, lot: str, count: int, expiry: Any) -> None:
+    """Add a lot to the depot (in_depot): arms balanced by the trial's ratio, random kit
+    numbers, random order, random row ids. Prints how many kits were made."""
+    from randomizer.domain.supply import KitGeneration
+    from randomizer.roles import SYSTEM
+    from randomizer.services import shipments
+
+    order = KitGeneration(lot=lot, count=count, expires_on=expiry.date())
+    numbers = _run(cli, lambda s, c: shipments.generate_kits(s, c, SYSTEM, order))
+    click.echo(f"{len(numbers)} kits of lot {lot} in the depot")
+
+
+@kits_group.command("expire")
+@pass_cli
+def kits_expire(cli: Cli) -> None:
+    """Mark expired every kit past its blinded expiry, at every site and at the depot (for
+    cron; allocation never takes such a kit anyway). Prints the count per place."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services import shipments
+
+    expired = _run(cli, lambda s, c: shipments.expire_kits(s, c, SYSTEM))
+    for where, kits in expired.items():
+        click.echo(f"{where}\t{len(kits)} expired")
+    if not expired:
+        click.echo("no kit has expired")
+
+
+@main.group("shipments")
+def shipments_group() -> None:
+    """Shipments from the depot to the sites."""
+
+
+def _echo_shipment(shipment: Any) -> None:
+    click.echo(f"shipment {shipment.id} to site {shipment.site}: {shipment.status}")
+    for number in shipment.kits:
+        click.echo(number)
+
+
+@shipments_group.command("create")
+@click.option("--site", required=True)
+@click.option("--count", type=int, help="Kits in all, balanced across arms.")
+@click.option("--lot", help="Ship this whole lot instead.")
+@pass_cli
+def shipments_create(cli: Cli, site: str, count: int | None, lot: str | None) -> None:
+    """Send kits from the depot to a site (the service chooses them); prints the kits."""
+    from randomizer.domain.supply import ShipmentRequest
+    from randomizer.roles import SYSTEM
+    from randomizer.services import shipments
+    from randomizer.services.inputs import Submission
+
+    if (count is None) == (lot is None):
+        fail("give either --count or --lot")
+    order = Submission.of(ShipmentRequest(site=site, count=count, lot=lot))
+    _echo_shipment(_run(cli, lambda s, c: shipments.create_shipment(s, c, SYSTEM, order)))
+
+
+@shipments_group.command("dispatch")
+@click.argument("shipment_id")
+@pass_cli
+def shipments_dispatch(cli: Cli, shipment_id: str) -> None:
+    """Send a resupply the service requested (see `sealroom notifications list`)."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services import shipments
+
+    _echo_shipment(_run(cli, lambda s, c: shipments.dispatch_shipment(s, c, SYSTEM, shipment_id)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,13 @@ VARIABLES = {
     "SEALROOM_KEYS_DIR": "directory of the master and signing keys (default <instance>/keys)",
     "SEALROOM_MASTER_KEY": "optional master key '<key id>:<base64 32 bytes>' instead of the "
     "key file (takes precedence)",
+    "SEALROOM_MASTER_KEY_PROVIDER": "where the master keys are: file (the keys directory, the "
+    "default) or pkcs11 (a PKCS#11 token: an HSM)",
+    "SEALROOM_PKCS11_LIBRARY": "the PKCS#11 module of the HSM (pkcs11 provider)",
+    "SEALROOM_PKCS11_TOKEN": "the token's label (pkcs11 provider)",
+    "SEALROOM_PKCS11_PIN_FILE": "file (mode 0600) holding the token's user PIN (pkcs11 provider)",
+    "SEALROOM_PKCS11_KEY": "the active master key's id in the token (needed when it holds more "
+    "than one)",
     "SEALROOM_LOG_LEVEL": "logging level (default INFO)",
     "SEALROOM_MAX_BODY_BYTES": "largest request body accepted (default 65536)",
     "SEALROOM_SMTP_URL": "mail server for notifications: smtp://[user:password@]host[:port], "
@@ -40,6 +47,8 @@ VARIABLES = {
     "(default 5); the next ones wait 0.25 s, doubling up to 2 s",
     "SEALROOM_AUTH_MAX_FAILURES": "failed authentications in a window after which a client's "
     "invalid tokens get 429 with Retry-After (default 20)",
+    "SEALROOM_SECURE_COOKIES": "1 behind TLS: the web pages' session cookie gets the Secure "
+    "flag (default 0, for plain HTTP such as make run)",
     "SEALROOM_AUTH_MAX_DELAYED": "requests one server process holds in a delay at once; beyond, "
     "429 at once (default 4)",
 }
@@ -112,6 +121,8 @@ class Settings:
     auth_free_failures: int = 5
     auth_max_failures: int = 20
     auth_max_delayed: int = 4
+    #: The web pages' session cookie only over HTTPS (behind TLS).
+    secure_cookies: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -164,6 +175,13 @@ class Settings:
         free = whole("auth_free_failures", "SEALROOM_AUTH_FREE_FAILURES", 0, 100000)
         most = whole("auth_max_failures", "SEALROOM_AUTH_MAX_FAILURES", 1, 100000)
         delayed = whole("auth_max_delayed", "SEALROOM_AUTH_MAX_DELAYED", 0, 256)
+        secure = overrides.pop("secure_cookies", None)
+        if secure is None:
+            secure = bool(
+                _whole_number(
+                    env.get("SEALROOM_SECURE_COOKIES", "0"), "SEALROOM_SECURE_COOKIES", 0, 1, ""
+                )
+            )
         if free > most:
             raise ConfigError(
                 "SEALROOM_AUTH_FREE_FAILURES must not exceed SEALROOM_AUTH_MAX_FAILURES"
@@ -185,6 +203,7 @@ class Settings:
             auth_free_failures=free,
             auth_max_failures=most,
             auth_max_delayed=delayed,
+            secure_cookies=bool(secure),
         )
 
 

@@ -9,9 +9,11 @@ each other in a cycle:
 2. the stratum row: its cursor gives slot n to the n-th randomisation (R-LIST-2);
 3. the site row: it stands for the site's kits, so the supply check and the allocation see
    the same stock (R-BLIND-2) and no kit is given twice;
-4. a client's authentication failures: concurrent failures of one client, in any worker,
+4. the depot (the trial's row): two shipments never choose the same depot kit; taken after
+   the destination site's lock, never before;
+5. a client's authentication failures: concurrent failures of one client, in any worker,
    count one after the other (:mod:`randomizer.services.throttling`);
-5. the audit head: it serialises appends, so the chain never forks (taken last, by
+6. the audit head: it serialises appends, so the chain never forks (taken last, by
    :meth:`randomizer.services.audit_log.AuditLog.append`).
 
 Taking a lock of an earlier rank after one of a later rank is a programming error and
@@ -29,19 +31,29 @@ from sqlalchemy import Row, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from randomizer.models import AuditHead, AuthFailure, OutboxMessage, Participant, Site, Stratum
+from randomizer.models import (
+    AuditHead,
+    AuthFailure,
+    OutboxMessage,
+    Participant,
+    Site,
+    Stratum,
+    Trial,
+)
 
 OUTBOX_MESSAGE: Final = 1
 PARTICIPANT: Final = 2
 STRATUM: Final = 3
 SITE: Final = 4
-AUTH_FAILURE: Final = 5
-AUDIT_HEAD: Final = 6
+DEPOT: Final = 5
+AUTH_FAILURE: Final = 6
+AUDIT_HEAD: Final = 7
 _NAMES: Final = {
     OUTBOX_MESSAGE: "outbox message",
     PARTICIPANT: "participant",
     STRATUM: "stratum",
     SITE: "site",
+    DEPOT: "depot",
     AUTH_FAILURE: "auth failure",
     AUDIT_HEAD: "audit head",
 }
@@ -99,6 +111,12 @@ def lock_site(session: Session, site_id: str) -> Site:
     return session.execute(_LOCK_SITE, {"site": site_id}).scalar_one()
 
 
+def lock_depot(session: Session) -> Trial:
+    """Lock the depot's kits (the trial's one row stands for them) and return the trial."""
+    _enter(session, DEPOT)
+    return session.execute(select(Trial).with_for_update()).scalar_one()
+
+
 def lock_auth_failure(session: Session, client: str, now: datetime) -> AuthFailure:
     """Lock and return the client's failure record, created empty (a window beginning
     ``now``) if it has none: the insert waits for, or yields to, a concurrent one."""
@@ -121,15 +139,20 @@ _HEAD_COLUMNS = AuditHead.__table__.c
 #: Core, built once: every appending transaction runs it (a row, not an ORM object, so no
 #: stale copy of the head lingers in a session that updates it with Core statements).
 _LOCK_AUDIT_HEAD = (
-    select(_HEAD_COLUMNS.size, _HEAD_COLUMNS.last_hash, _HEAD_COLUMNS.frontier)
+    select(
+        _HEAD_COLUMNS.size,
+        _HEAD_COLUMNS.last_hash,
+        _HEAD_COLUMNS.frontier,
+        _HEAD_COLUMNS.signing_key,
+    )
     .where(_HEAD_COLUMNS.id == HEAD_ID)
     .with_for_update()
 )
 
 
-def lock_audit_head(session: Session) -> Row[tuple[int, str, bytes]]:
+def lock_audit_head(session: Session) -> Row[tuple[int, str, bytes, str | None]]:
     """Lock the audit log's head (the last lock of every appending transaction) and return
-    its ``size``, ``last_hash`` and ``frontier``."""
+    its ``size``, ``last_hash``, ``frontier`` and ``signing_key`` (the key in force)."""
     _enter(session, AUDIT_HEAD)
     return session.connection().execute(_LOCK_AUDIT_HEAD).one()
 

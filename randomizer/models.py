@@ -220,6 +220,45 @@ class Kit(Base):
     #: The site's ``kit_version`` at this kit's latest change; set by the trigger that bumps
     #: it (migration 0008), never by the code.
     site_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The shipment that took the kit from the depot to its site (None: stocked directly).
+    shipment_id: Mapped[int | None] = mapped_column(Integer, index=True, default=None)
+
+
+SHIPMENT_REQUESTED = "requested"
+SHIPMENT_IN_TRANSIT = "in_transit"
+SHIPMENT_RECEIVED = "received"
+#: A resupply request that needed nothing any more when the depot came to dispatch it.
+SHIPMENT_CANCELLED = "cancelled"
+SHIPMENT_STATUSES = (SHIPMENT_REQUESTED, SHIPMENT_IN_TRANSIT, SHIPMENT_RECEIVED, SHIPMENT_CANCELLED)
+SHIPMENT_OPEN = (SHIPMENT_REQUESTED, SHIPMENT_IN_TRANSIT)
+
+
+class Shipment(Base):
+    """Kits from the depot to one site (R-SHIP): requested, in transit, then received.
+
+    A ``requested`` shipment is a resupply the service asked for after an allocation; its
+    kits are chosen when the depot dispatches it. Which kits travel is on the kits
+    (``Kit.shipment_id``); nothing here says anything by arm.
+    """
+
+    __tablename__ = "shipment"
+    __table_args__ = (
+        one_of("status", SHIPMENT_STATUSES),
+        Index("ix_shipment_site_status", "site_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("site.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    #: ``manual`` (an admin's order) or ``resupply`` (the service's, from the levels).
+    origin: Mapped[str] = mapped_column(String(16))
+    #: The lot shipped whole, if the shipment was ordered by lot.
+    lot: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_by: Mapped[str] = mapped_column(String(64))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    received_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    received_by: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class User(Base):
@@ -236,6 +275,29 @@ class User(Base):
     email: Mapped[str | None] = mapped_column(String(254), default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     deactivated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    #: Argon2id hash of the web pages' password (None: the user cannot sign in to them).
+    password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    password_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    #: The web pages' language for this user (None: English).
+    language: Mapped[str | None] = mapped_column(String(8), default=None)
+
+
+class WebSession(Base):
+    """A signed-in browser (issue 13): the cookie holds a random id, the row its SHA-256.
+
+    Server-side, so that deactivating a user or signing out ends a session at once in every
+    worker; refused from ``expires_at`` (absolute) or after the idle limit from
+    ``last_seen_at``.
+    """
+
+    __tablename__ = "web_session"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class ApiToken(Base):
@@ -370,6 +432,9 @@ class AuditHead(Base):
     #: largest first, concatenated (32 bytes per 1 bit of ``size``). Appends and tree heads
     #: need no node reads; a cache checked against the last signed checkpoint, never evidence.
     frontier: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The fingerprint (``sk-<16 hex>``) of the checkpoint-signing key in force, set by a
+    #: signing-key hand-over (migration 0011); None: never rotated, ``ed25519.key`` signs.
+    signing_key: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class AuditEntry(Base):

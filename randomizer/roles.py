@@ -102,10 +102,17 @@ REPORT_ENROLLMENT: Final = _permission("read the enrollment report", {SPONSOR, A
 REPORT_BALANCE: Final = _permission("read the balance report", {STATISTICIAN})
 READ_ALLOCATIONS: Final = _permission("read allocations", {STATISTICIAN})
 EXPORT_DM: Final = _permission("export the CDISC DM dataset", {STATISTICIAN})  # issue 14
+#: Issue 12 (R-SHIP, R-KIT-3): the depot, shipments, quarantine and the supply report.
+MANAGE_SHIPMENTS: Final = _permission("send shipments from the depot", {ADMIN})
+READ_SHIPMENTS: Final = _permission("read shipments", {PHARMACIST, ADMIN})
+RECEIVE_SHIPMENT: Final = _permission("receive shipments", {PHARMACIST})
+QUARANTINE_KITS: Final = _permission("quarantine and release kits", {ADMIN})
+REPORT_SUPPLY: Final = _permission("read the supply report", {STATISTICIAN})
 
 #: Not rows of URS §8's table (no endpoint yet): the command line acts as ``system``.
 MANAGE_SITES: Final = _permission("manage sites", {ADMIN})
 MANAGE_USERS: Final = _permission("manage users", {ADMIN})
+MANAGE_DEPOT: Final = _permission("add kits to the depot and expire kits", {ADMIN})
 
 #: Scopes inside a permission: roles that see every site's data rather than their own.
 PROVE_ANY_INCLUSION: Final = frozenset({AUDITOR})

@@ -35,7 +35,14 @@ from randomizer.domain.participants import (
     StratumCorrectionRequest,
     UnblindRequest,
 )
+from randomizer.domain.supply import (
+    RECEIPT_STATUSES,
+    ReceiptRequest,
+    ShipmentRequest,
+)
 
+#: Kit numbers as the service makes them (``randomizer.services.kits.KIT_NUMBER``).
+KIT_NUMBER_PATTERN = r"^K[0-9]{4}-[0-9]{4}$"
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 ASCII_DIGITS = re.compile(r"[0-9]+")
 #: The document's pattern of a string without NUL (ECMA 262, as OpenAPI's patterns are).
@@ -293,7 +300,7 @@ class KitSchema(ma.Schema):
 
     kit_number = fields.String()
     status = fields.String()
-    site = fields.String()
+    site = fields.String(allow_none=True, metadata={"description": "null: at the depot"})
     lot = fields.String(metadata={"description": "blinded lot"})
     expires_on = fields.Date(metadata={"description": "blinded expiry"})
     participant = fields.String(allow_none=True)
@@ -303,9 +310,94 @@ class KitSchema(ma.Schema):
 
 
 class InventorySchema(ma.Schema):
+    """A site's kits counted by status and by blinded expiry month, never by arm."""
+
     site = fields.String()
     counts = fields.Dict(keys=fields.String(), values=fields.Integer())
+    by_expiry_month = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "available kits by blinded expiry month (YYYY-MM)"},
+    )
+    dispensable = fields.Integer(
+        metadata={"description": "available kits outside the do-not-dispense window"}
+    )
+    in_transit = fields.Integer()
+    kits_allocated_last_28_days = fields.Integer()
+    days_of_supply = fields.Integer(
+        allow_none=True,
+        metadata={"description": "dispensable kits at the last 28 days' rate (null: no rate)"},
+    )
     as_of = UtcDateTime()
+
+
+class ShipmentSchema(ma.Schema):
+    """A shipment: its site, status and kit numbers, never an arm or a count by arm."""
+
+    id = fields.Integer()
+    site = fields.String()
+    status = fields.String(metadata={"enum": ["requested", "in_transit", "received", "cancelled"]})
+    origin = fields.String(metadata={"enum": ["manual", "resupply"]})
+    lot = fields.String(allow_none=True)
+    kits = fields.List(fields.String())
+    created_at = UtcDateTime()
+    dispatched_at = UtcDateTime(allow_none=True)
+    received_at = UtcDateTime(allow_none=True)
+    received = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        allow_none=True,
+        metadata={"description": "in the answer to a receipt: each kit and how it arrived"},
+    )
+
+
+class QuarantineChangeSchema(ma.Schema):
+    kit_number = fields.String()
+    site = fields.String(allow_none=True)
+    previous = fields.String()
+    status = fields.String()
+
+
+class ShipmentRequestSchema(StrictSchema):
+    """``site`` and either ``count`` (balanced across arms) or ``lot`` (the whole lot)."""
+
+    site = SafeString(required=True, validate=validate.Length(min=1, max=16))
+    count = StrictInteger(validate=validate.Range(min=1, max=10_000))
+    lot = SafeString(validate=validate.Length(min=1, max=32))
+
+    @validates_schema
+    def count_or_lot(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if ("count" in data) == ("lot" in data):
+            raise ma.ValidationError("Give either count or lot.", "_schema")
+
+    @post_load
+    def make_request(self, data: dict[str, Any], **_kwargs: Any) -> ShipmentRequest:
+        return ShipmentRequest(**data)
+
+
+class ReceiptRequestSchema(StrictSchema):
+    """Each kit number of the shipment (in transit) to how it arrived."""
+
+    kits = fields.Dict(
+        required=True,
+        keys=SafeString(validate=validate.Regexp(KIT_NUMBER_PATTERN)),
+        values=SafeString(
+            validate=validate.OneOf(RECEIPT_STATUSES), metadata={"enum": list(RECEIPT_STATUSES)}
+        ),
+        validate=validate.Length(min=1, max=10_000),
+    )
+
+    @post_load
+    def make_request(self, data: dict[str, Any], **_kwargs: Any) -> ReceiptRequest:
+        return ReceiptRequest(**data)
+
+
+class SupplyReportSchema(ma.Schema):
+    """The statistician's supply report: figures by arm, per site and at the depot."""
+
+    as_of = UtcDateTime()
+    sites = fields.List(fields.Dict())
+    depot = fields.Dict(keys=fields.String(), values=fields.List(fields.Dict()))
 
 
 class UnblinderSchema(ma.Schema):
@@ -746,3 +838,13 @@ class AllocationSchema(ma.Schema):
     corrected_stratum = fields.String(allow_none=True)
     unblinded = fields.Boolean()
     unblindings = fields.List(fields.Nested(AllocationUnblindingSchema))
+
+
+class QuarantineRequestSchema(StrictSchema):
+    """Why a kit is quarantined or released (audited as written)."""
+
+    reason = reason_field()
+
+    @post_load
+    def make_request(self, data: dict[str, Any], **_kwargs: Any) -> ReasonRequest:
+        return ReasonRequest(**data)

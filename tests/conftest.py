@@ -133,6 +133,8 @@ class TrialDatabase:
     settings: Settings
     tokens: dict[str, str]
     kits_per_arm: int
+    #: The demo users' web passwords, by user name.
+    passwords: dict[str, str] = field(default_factory=dict)
     engine: Any = field(repr=False, default=None)
 
     def database(self) -> Database:
@@ -178,6 +180,7 @@ def make_trial_database(
         settings=settings,
         tokens={t["user"]: t["token"] for t in demo.tokens},
         kits_per_arm=demo.kits_per_arm,
+        passwords={t["user"]: t["password"] for t in demo.tokens},
     )
 
 

@@ -18,6 +18,7 @@ from randomizer.api import (
     problems,
     refused_methods,
     reports,
+    shipments,
     trial,
     unblinding,
 )
@@ -139,6 +140,7 @@ def init_app(app: Flask, schemas: TrialSchemas) -> Api:
         audit.blp,
         notifications.blp,
         reports.blp,
+        shipments.blp,
     ):
         api.register_blueprint(blp)
     # After flask-smorest's own handler for HTTPException, which these replace.

@@ -76,7 +76,30 @@ class VerifierKeyLine(MethodView):
     @blp.doc(security=[])
     def get(self) -> Response:
         """The verifier key line. Trust the one you obtained out of band, not this one."""
-        return _text(app_state().ctx.audit.verifier_key.line() + "\n")
+        state = app_state()
+        with state.db.reading() as session:
+            # The key in force: after a hand-over (R-KEY-1), the incoming one.
+            key = state.ctx.audit.current_verifier_key(session)
+        return _text(key.line() + "\n")
+
+
+class HandOverSchema(ma.Schema):
+    seq = fields.Integer(metadata={"description": "The key.rotated entry's seq"})
+    entry = fields.String(metadata={"description": "Its canonical bytes"})
+    checkpoint = fields.String(
+        metadata={"description": "The checkpoint of size seq + 1, signed by both keys"}
+    )
+    inclusion_proof = fields.List(fields.String(), metadata={"description": "base64, RFC 9162"})
+
+
+@blp.route("/key-hand-overs")
+class KeyHandOvers(MethodView):
+    @requires(roles.READ_CHECKPOINT)
+    @blp.response(200, HandOverSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """Every signing-key hand-over, oldest first: how a verifier follows a key rotation."""
+        with app_state().db.reading() as session:
+            return audit_queries.key_hand_overs(session)
 
 
 @blp.route("/entries")

@@ -15,17 +15,15 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from randomizer.api.problems import json_response
-from randomizer.errors import Problem
 from randomizer.roles import Actor
 from randomizer.services.idempotency import (
     KEY,
     Outcome,
     canonical_json,
-    check_key,
-    perform_once,
+    perform_once_or_refuse,
     request_digest,
 )
-from randomizer.services.refusals import Refusal, record_refusal
+from randomizer.services.refusals import Refusal
 from randomizer.state import app_state
 
 HEADER = "Idempotency-Key"
@@ -61,18 +59,19 @@ def run_idempotent(
     """
     key = request.headers.get(HEADER)
     state = app_state()
+    digest = _request_digest() if key is not None else ""
     with state.db.transaction() as session:
-        try:
-            if key is not None:
-                check_key(key, HEADER)
-            digest = _request_digest() if key is not None else ""
-            outcome = perform_once(
-                session, state.ctx.clock, actor, operation, key, digest, lambda: action(session)
-            )
-        except Problem as problem:
-            if refusal is not None:
-                record_refusal(session, state.ctx, actor, refusal, problem, site=actor.site)
-            raise
+        outcome = perform_once_or_refuse(
+            session,
+            state.ctx,
+            actor,
+            operation,
+            key,
+            HEADER,
+            digest,
+            lambda: action(session),
+            refusal,
+        )
     return render(outcome)
 
 

@@ -14,13 +14,14 @@ import re
 import string
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-from randomizer.domain.participants import SCREENING_NUMBER
+from randomizer.domain.participants import SCREENING_NUMBER, SITE_ID
+from randomizer.domain.supply import SupplyLevels, SupplyPlan
 
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,31}")
 RULE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
@@ -182,6 +183,8 @@ class TrialDefinition:
     #: How many participants the trial means to randomise (``trial.target_participants``):
     #: the line the enrollment reports draw and project against; None: no target declared.
     target_participants: int | None = None
+    #: Resupply levels (``[supply]``); without them no site is resupplied by itself.
+    supply: SupplyPlan = field(default_factory=SupplyPlan)
 
     @cached_property
     def _strata(self) -> tuple[Stratum, ...]:
@@ -319,6 +322,7 @@ def parse_trial(text: str) -> TrialDefinition:
     audit_origin = _field(audit, "audit", "origin", origin, default=f"sealroom/{trial_id}")
     unblinding = _section(root, "unblinding", optional=True)
     reasons, detail_required = _parse_unblinding(unblinding)
+    supply = _parse_supply(_section(root, "supply", optional=True))
 
     return TrialDefinition(
         id=trial_id,
@@ -344,7 +348,44 @@ def parse_trial(text: str) -> TrialDefinition:
         unblinding_reasons=reasons,
         unblinding_detail_required=detail_required,
         target_participants=target,
+        supply=supply,
     )
+
+
+def _parse_levels(table: Mapping[str, Any], path: str, default: SupplyLevels) -> SupplyLevels:
+    trigger = _field(table, path, "trigger", _non_negative, default=default.trigger)
+    target = _field(table, path, "target", _non_negative, default=default.target)
+    if target < trigger or (trigger > 0 and target == 0):
+        raise TrialDefinitionError(
+            _join(path, "target"), f"must be at least the trigger level ({trigger}) and above 0"
+        )
+    return SupplyLevels(trigger=trigger, target=target)
+
+
+def _parse_supply(supply: Mapping[str, Any]) -> SupplyPlan:
+    default = _parse_levels(supply, "supply", SupplyLevels())
+    sites = _field(supply, "supply", "sites", _site_table, default={})
+    return SupplyPlan(default=default, sites=_parse_site_levels(sites, default))
+
+
+def _site_table(value: object, path: str) -> dict:
+    # Keyed by site id: any key, each checked by _parse_site_levels.
+    if not isinstance(value, dict):
+        raise TrialDefinitionError(path, f"expected a table, got {_toml_type(value)}")
+    return value
+
+
+def _parse_site_levels(
+    sites: Mapping[str, Any], default: SupplyLevels
+) -> tuple[tuple[str, SupplyLevels], ...]:
+    levels = []
+    for site_id, entry in sites.items():
+        path = f"supply.sites.{site_id}"
+        if not SITE_ID.fullmatch(site_id):
+            raise TrialDefinitionError(path, "not a site id (letters, digits, '-', at most 16)")
+        table = _table(entry, path, ("trigger", "target"))
+        levels.append((site_id, _parse_levels(table, path, default)))
+    return tuple(levels)
 
 
 def _parse_unblinding(unblinding: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -390,6 +431,7 @@ _SECTION_KEYS = {
     "visits": ("window_days", "schedule"),
     "audit": ("origin",),
     "unblinding": ("reasons", "detail_required_for"),
+    "supply": ("trigger", "target", "sites"),
 }
 _REQUIRED: Any = object()
 

@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from audit.checkpoint import (
     Checkpoint,
+    VerifierKey,
+    cosign_checkpoint,
     sign_checkpoint,
     verifier_key_from_private,
     verify_checkpoint,
@@ -37,6 +39,7 @@ from audit.merkle import (
     leaf_hash,
     verify_consistency,
 )
+from keys.signing import signing_key_fingerprint
 from randomizer.db import before_commit
 from randomizer.locks import HEAD_ID, lock_audit_head
 from randomizer.models import AuditCheckpoint, AuditEntry, AuditHead, AuditNode
@@ -66,7 +69,14 @@ _UPDATE_HEAD = (
         frontier=bindparam("new_frontier"),
     )
 )
-_READ_HEAD = select(_HEADS.c.size, _HEADS.c.frontier).where(_HEADS.c.id == HEAD_ID)
+_READ_HEAD = select(_HEADS.c.size, _HEADS.c.frontier, _HEADS.c.signing_key).where(
+    _HEADS.c.id == HEAD_ID
+)
+#: A signing-key hand-over names the incoming key as the one in force (R-KEY-1).
+_SET_SIGNING_KEY = (
+    update(_HEADS).where(_HEADS.c.id == HEAD_ID).values(signing_key=bindparam("signing_key"))
+)
+_READ_SIGNING_KEY = select(_HEADS.c.signing_key).where(_HEADS.c.id == HEAD_ID)
 _LATEST_CHECKPOINT = select(_CHECKPOINTS.c.note).order_by(_CHECKPOINTS.c.size.desc()).limit(1)
 _CHECKPOINT_AT = select(_CHECKPOINTS.c.note).where(_CHECKPOINTS.c.size == bindparam("size"))
 
@@ -154,7 +164,9 @@ def _nodes_query(shape: tuple[int, ...]) -> Select[tuple[int, int, bytes]]:
 class AuditLog:
     """The trial's audit log: appends entries and signs checkpoints.
 
-    ``clock`` gives aware UTC datetimes; ``signing_key`` signs checkpoints under ``origin``.
+    ``clock`` gives aware UTC datetimes; ``signing_key`` signs checkpoints under ``origin``
+    until the audit head names another key in force (a hand-over, R-KEY-1): ``load_key``
+    then gives that key from its fingerprint.
     """
 
     def __init__(
@@ -162,11 +174,14 @@ class AuditLog:
         origin: str,
         signing_key: Ed25519PrivateKey,
         clock: Callable[[], datetime],
+        load_key: Callable[[str], Ed25519PrivateKey] | None = None,
     ) -> None:
         self.origin = origin
         self._signing_key = signing_key
         self.clock = clock
         self.verifier_key = verifier_key_from_private(origin, signing_key)
+        self._fingerprint = signing_key_fingerprint(signing_key)
+        self._load_key = load_key
         # The latest checkpoint note this process signed or verified, and what it says: a
         # note whose signature was checked once need not be checked at every append.
         self._trusted: tuple[str, Checkpoint] | None = None
@@ -192,6 +207,8 @@ class AuditLog:
         head = session.info.get(_HEAD)
         if head is None:
             row = lock_audit_head(session)
+            # Once a transaction, under the lock: another process may have rotated the key.
+            self._follow_key_in_force(row.signing_key)
             head = _Head(row.size, row.last_hash, bytes(row.frontier))
         tree = self._tree(session, head.size, head.frontier)
         proof = tuple(reversed(tree.frontier))
@@ -249,8 +266,9 @@ class AuditLog:
         if head is not None:
             size, frontier = head.size, head.frontier
         else:  # nothing appended in this transaction (or a rollback undid it)
-            size, frontier = session.connection().execute(_READ_HEAD).one()
+            size, frontier, in_force = session.connection().execute(_READ_HEAD).one()
             frontier = bytes(frontier)
+            self._follow_key_in_force(in_force)
         # Keyed by the size and the frontier: work a savepoint undid may have signed a
         # checkpoint of this very size over other entries (its row is gone with it).
         state = (size, frontier)
@@ -270,6 +288,50 @@ class AuditLog:
         )
         session.info[_CHECKPOINTED] = (state, note)
         self._trusted = (note, checkpoint)
+        return note
+
+    def _follow_key_in_force(self, wanted: str | None) -> None:
+        """Sign with the key the head names (``wanted``, its fingerprint): one comparison a
+        transaction; the key is loaded only when another process rotated it (R-KEY-1)."""
+        if wanted is None or wanted == self._fingerprint:
+            return
+        if self._load_key is None:
+            raise AuditIntegrityError(
+                f"the audit log's signing key is now {wanted}, and this process cannot load"
+                " it: restart it"
+            )
+        key = self._load_key(wanted)
+        if signing_key_fingerprint(key) != wanted:
+            raise AuditIntegrityError(f"the signing key loaded for {wanted} is another key")
+        self._signing_key = key
+        self.verifier_key = verifier_key_from_private(self.origin, key)
+        self._fingerprint = wanted
+        self._trusted = None
+
+    def hand_over(self, session: Session, incoming: Ed25519PrivateKey) -> str:
+        """Sign this transaction's checkpoint with the key in force *and* ``incoming``, and
+        make ``incoming`` the key in force from the next checkpoint on (R-KEY-1).
+
+        Call it right after appending the ``key.rotated`` entry, in the same transaction:
+        the hand-over is the checkpoint of exactly that tree.
+        """
+        head = session.info.get(_HEAD)
+        if head is None:
+            raise AuditIntegrityError("a hand-over follows the key.rotated entry it signs")
+        state = (head.size, head.frontier)
+        if session.info.get(_CHECKPOINTED, (None,))[0] == state:
+            raise AuditIntegrityError(f"a checkpoint of size {head.size} is already signed")
+        tree = self._tree(session, head.size, head.frontier)
+        checkpoint = Checkpoint(self.origin, head.size, tree.root())
+        note = cosign_checkpoint(
+            checkpoint, [(self._signing_key, self.origin), (incoming, self.origin)]
+        )
+        connection = session.connection()
+        connection.execute(
+            _INSERT_CHECKPOINT, {"size": head.size, "note": note, "created_at": self.clock()}
+        )
+        connection.execute(_SET_SIGNING_KEY, {"signing_key": signing_key_fingerprint(incoming)})
+        session.info[_CHECKPOINTED] = (state, note)
         return note
 
     def _tree(self, session: Session, size: int, frontier: bytes) -> CompactRange:
@@ -354,6 +416,16 @@ class AuditLog:
         }
 
     # Reading ----------------------------------------------------------------------------
+
+    def current_verifier_key(self, session: Session) -> VerifierKey:
+        """The verifier key of the signing key in force, as the committed head names it.
+
+        A process that has not appended since another rotated the key learns of it here.
+        """
+        wanted = session.execute(_READ_SIGNING_KEY).scalar_one_or_none()
+        if wanted is not None and wanted != self._fingerprint and self._load_key is not None:
+            return verifier_key_from_private(self.origin, self._load_key(wanted))
+        return self.verifier_key
 
     @staticmethod
     def size(session: Session) -> int:

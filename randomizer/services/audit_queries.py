@@ -6,11 +6,15 @@ stable, whatever is being appended meanwhile.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from audit import verify_consistency
+from audit.checkpoint import CheckpointError, VerifierKey, parse_checkpoint, verify_checkpoint
+from audit.rotation import ROTATED, signing_rotation
 from randomizer.errors import NotFound, ValidationFailed
 from randomizer.models import AuditEntry
 from randomizer.roles import PROVE_ANY_INCLUSION, PROVE_INCLUSION, Actor
@@ -71,6 +75,35 @@ def consistency(session: Session, first: int, second: int) -> dict[str, Any]:
     }
 
 
+def key_hand_overs(session: Session) -> list[dict[str, Any]]:
+    """Every signing-key hand-over (R-KEY-1): the ``key.rotated`` entry, the checkpoint both
+    keys signed, and the entry's inclusion proof in it, oldest first.
+
+    Nothing in them is secret (ids and public verifier keys): any user may fetch them, so
+    that a monitor holding the outgoing key can follow to the incoming one by itself.
+    """
+    found = []
+    for seq, canonical in session.execute(
+        select(AuditEntry.seq, AuditEntry.canonical)
+        .where(AuditEntry.action == ROTATED)
+        .order_by(AuditEntry.seq)
+    ):
+        if signing_rotation(canonical.encode("utf-8")) is None:
+            continue  # a master or data key rotation: nothing for a verifier to follow
+        note = AuditLog.checkpoint_at(session, seq + 1)
+        if note is None:
+            continue  # not a hand-over: a verifier will say so
+        found.append(
+            {
+                "seq": seq,
+                "entry": canonical,
+                "checkpoint": note,
+                "inclusion_proof": AuditLog.inclusion_proof(session, seq, seq + 1),
+            }
+        )
+    return found
+
+
 def latest_checkpoint(session: Session) -> str:
     """The newest signed checkpoint note."""
     note = AuditLog.latest_checkpoint(session)
@@ -83,3 +116,47 @@ def _check_size(session: Session, name: str, size: int) -> None:
     current = AuditLog.size(session)
     if size < 1 or size > current:
         raise ValidationFailed({name: [f"Must be between 1 and the log's size ({current})."]})
+
+
+def search_entries(
+    session: Session, start: int, limit: int, action: str = "", subject: str = ""
+) -> list[str]:
+    """Up to ``limit`` canonical entries from seq ``start`` on, in seq order, of one action
+    and/or one subject when given (the auditor's pages)."""
+    query = select(AuditEntry.canonical).where(AuditEntry.seq >= max(0, min(start, SEQ_MAX)))
+    if action:
+        query = query.where(AuditEntry.action == action)
+    if subject:
+        query = query.where(AuditEntry.subject == subject)
+    return list(session.scalars(query.order_by(AuditEntry.seq).limit(min(limit, MAX_ENTRIES))))
+
+
+def check_checkpoint(session: Session, verifier_key: VerifierKey, note: str) -> dict[str, Any]:
+    """Whether the stored log extends a checkpoint the auditor kept (pasted in).
+
+    The note must be signed by ``verifier_key``; then the latest checkpoint must be at least
+    as large and the consistency proof between the two must hold. A log shorter than the
+    note, or one that does not extend it, was rolled back or rewritten since.
+    """
+    try:
+        kept = verify_checkpoint(note.replace("\r\n", "\n"), verifier_key)
+    except CheckpointError as error:
+        raise ValidationFailed({"checkpoint": [str(error)]}) from None
+    latest_note = latest_checkpoint(session)
+    latest, _signatures = parse_checkpoint(latest_note)
+    if kept.origin != latest.origin:
+        raise ValidationFailed({"checkpoint": [f"Not this log's checkpoint ({latest.origin})."]})
+    result: dict[str, Any] = {"kept": kept.size, "latest": latest.size, "checkpoint": latest_note}
+    if kept.size > latest.size:
+        return {**result, "consistent": False, "why": "the log is now shorter than your checkpoint"}
+    proof = (
+        [base64.b64decode(h) for h in AuditLog.consistency_proof(session, kept.size, latest.size)]
+        if kept.size < latest.size
+        else []
+    )
+    consistent = verify_consistency(kept.size, latest.size, kept.root, latest.root, proof)
+    return {
+        **result,
+        "consistent": consistent,
+        "why": "" if consistent else "the log does not extend your checkpoint: it was rewritten",
+    }

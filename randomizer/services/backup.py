@@ -55,7 +55,8 @@ from audit.checkpoint import (
 )
 from audit.entry import format_time
 from audit.verify import VerifyReport
-from keys import load_master_keys, load_signing_key
+from keys import load_signing_key
+from keys.providers import load_master_key_provider
 from randomizer.db import Database
 from randomizer.files import (
     PRIVATE_DIR,
@@ -511,7 +512,7 @@ def check_restorable(
                 f"the backup's covered checkpoint is not signed by {whose}: {exc}; restore "
                 "the keys of this trial first (README, Operations)"
             ) from None
-    if manifest.master_key_id not in load_master_keys(keys_dir):
+    if manifest.master_key_id not in load_master_key_provider(keys_dir):
         raise BackupError(
             f"the master key {manifest.master_key_id}, which wraps the trial's data key, is "
             f"neither in {keys_dir} nor in SEALROOM_MASTER_KEY: restore the keys first "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,6 +53,7 @@ class DemoTrial:
 
     slots: int
     kits_per_arm: int
+    #: One entry per user: user, role, site, token and (for the web pages) password.
     tokens: list[dict[str, str | None]]
 
 
@@ -75,6 +77,7 @@ def initialise_demo(
         kits_per_arm = DEMO_RANDOMISATIONS * kits_for_visit(
             definition, DEMO_WEIGHT_KG, definition.first_visit()
         )
+    #: One entry per user: user, role, site, token and (for the web pages) password.
     tokens: list[dict[str, str | None]] = []
     with database.transaction() as session:
         ctx, slots = trial_setup.create_trial_with_lists(
@@ -92,5 +95,10 @@ def initialise_demo(
             _user, token = users.add_user(
                 session, ctx, SYSTEM, name, role, site_id, DEMO_EMAILS.get(name)
             )
-            tokens.append({"user": name, "role": role, "site": site_id, "token": token})
+            # The web pages' password, random like the token, written beside it (mode 0600).
+            password = secrets.token_urlsafe(12)
+            users.set_password(session, ctx, SYSTEM, name, password)
+            tokens.append(
+                {"user": name, "role": role, "site": site_id, "token": token, "password": password}
+            )
     return DemoTrial(slots=slots, kits_per_arm=kits_per_arm, tokens=tokens)

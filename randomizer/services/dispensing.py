@@ -11,7 +11,6 @@ change and every refusal of either is one audit entry.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -37,15 +36,21 @@ from randomizer.domain.participants import (
 from randomizer.errors import AlreadyDispensed, Conflict, NotFound, ValidationFailed, VisitWindow
 from randomizer.locks import lock_participant, lock_site
 from randomizer.models import Kit, Participant, Site
-from randomizer.roles import CHANGE_KIT_STATUS, DISPENSE, READ_INVENTORY, READ_KIT, Actor
+from randomizer.roles import (
+    CHANGE_KIT_STATUS,
+    DISPENSE,
+    READ_INVENTORY,
+    READ_KIT,
+    SITE_ROLES,
+    Actor,
+)
 from randomizer.services import kits as kit_service
+from randomizer.services import shipments
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
+from randomizer.services.kits import KIT_NUMBER
 from randomizer.services.participants import find_participant, participant_arm
 from randomizer.services.refusals import Refusal, refusals_audited
-
-#: Kit numbers as :func:`randomizer.services.kits.new_kit_number` makes them.
-KIT_NUMBER = re.compile(r"\AK\d{4}-\d{4}\Z")
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,13 @@ def _visible_kit(session: Session, actor: Actor, kit_number: str) -> Kit:
     kit = None
     if KIT_NUMBER.fullmatch(kit_number):
         kit = session.scalars(select(Kit).where(Kit.kit_number == kit_number)).one_or_none()
-    if kit is None or kit.site_id is None or not actor.may_see_site(kit.site_id):
+    if kit is None:
+        visible = False
+    elif kit.site_id is None:  # at the depot: for the roles that see every site
+        visible = actor.role not in SITE_ROLES
+    else:
+        visible = actor.may_see_site(kit.site_id)
+    if not visible:
         raise NotFound("No kit with this number is visible to you.")
     return kit
 
@@ -208,7 +219,8 @@ def _change_kit_status(
         owner = session.get_one(Participant, kit.participant_id)
         participant = lock_participant(session, owner.screening_number)
     request = submission.load()
-    assert kit.site_id is not None
+    if kit.site_id is None:
+        raise Conflict(f"Kit {kit_number} is at the depot: an admin ships or quarantines it.")
     lock_site(session, kit.site_id)
     session.refresh(kit)
     previous = kit.status
@@ -274,7 +286,8 @@ def kit_view(session: Session, actor: Actor, kit_number: str) -> dict[str, Any]:
 def site_inventory(
     session: Session, ctx: TrialContext, actor: Actor, site_id: str
 ) -> dict[str, Any]:
-    """Counts of a site's kits by status (every status, zeros too), never by arm."""
+    """Counts of a site's kits by status (every status, zeros too), its available kits by
+    blinded expiry month and its days of supply at the recent rate; never by arm."""
     READ_INVENTORY.check(actor)
     if (
         not SITE_ID.fullmatch(site_id)
@@ -290,5 +303,53 @@ def site_inventory(
     return {
         "site": site_id,
         "counts": {status: counts.get(status, 0) for status in KIT_STATUSES},
+        **shipments.site_supply_figures(session, ctx, site_id),
         "as_of": ctx.clock(),
     }
+
+
+#: The most kits one page of a site's kit list shows.
+KIT_PAGE = 100
+
+
+def site_kits(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    site_id: str,
+    status: str | None = None,
+    page: int = 0,
+) -> list[dict[str, Any]]:
+    """A site's kits (of one status when given), earliest expiry first: number, status, lot,
+    expiry and to whom and at which visit each was given; never an arm.
+
+    The order (expiry, then kit number, both blind) and the page size say nothing of an arm.
+    """
+    site_inventory(session, ctx, actor, site_id)  # the same role and visibility checks
+    query = select(Kit).where(Kit.site_id == site_id)
+    if status is not None:
+        query = query.where(Kit.status == status)
+    kits = session.scalars(
+        query.order_by(Kit.expires_on, Kit.kit_number)
+        .offset(max(page, 0) * KIT_PAGE)
+        .limit(KIT_PAGE)
+    ).all()
+    owners = {
+        participant.id: participant.screening_number
+        for participant in session.scalars(
+            select(Participant).where(
+                Participant.id.in_({kit.participant_id for kit in kits if kit.participant_id})
+            )
+        )
+    }
+    return [
+        {
+            "kit_number": kit.kit_number,
+            "status": kit.status,
+            "lot": kit.lot,
+            "expires_on": kit.expires_on,
+            "participant": owners.get(kit.participant_id) if kit.participant_id else None,
+            "visit": kit.visit,
+        }
+        for kit in kits
+    ]

@@ -29,6 +29,8 @@ from randomizer.errors import IdempotencyKeyReused, Problem, ValidationFailed
 from randomizer.models import IdempotencyRecord
 from randomizer.rendering import render_json
 from randomizer.roles import Actor
+from randomizer.services.context import TrialContext
+from randomizer.services.refusals import Refusal, record_refusal
 
 #: 1 to 255 printable ASCII characters without spaces.
 KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
@@ -115,6 +117,34 @@ def perform_once(
     text = render_json(body)
     _store(session, record, status, text)
     return Outcome(status, text)
+
+
+def perform_once_or_refuse(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    operation: str,
+    key: str | None,
+    key_field: str,
+    digest: str,
+    action: Action,
+    refusal: Refusal | None = None,
+) -> Outcome:
+    """:func:`perform_once` after checking ``key`` (named ``key_field`` in a refusal), for
+    the API's ``Idempotency-Key`` and the web pages' one-time form keys alike.
+
+    For an operation whose refusals are audited, ``refusal`` says how: a key refused here
+    (malformed, 400; reused with another request, 422) is then recorded like every other
+    refusal of the operation, which its service records itself.
+    """
+    try:
+        if key is not None:
+            check_key(key, key_field)
+        return perform_once(session, ctx.clock, actor, operation, key, digest, action)
+    except Problem as problem:
+        if refusal is not None:
+            record_refusal(session, ctx, actor, refusal, problem, site=actor.site)
+        raise
 
 
 def _claim(

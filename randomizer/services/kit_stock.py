@@ -12,9 +12,9 @@ Blinding (R-BLIND-1): nothing here is stored in the database, and nothing runs d
 by arm. Every arm of the trial has its buckets; a changed kit is applied the same way
 whatever its arm (unsealed once, placed in one bucket); a count walks every bucket of the
 arm asked, and the supply check asks every arm; a choice of ``k`` kits draws ``k`` random
-indices (a sparse Fisher-Yates shuffle: ``k`` steps, whatever the number of kits) and
-walks the arm's buckets to each. Kits of one shipment share their lot and expiry across
-arms, so both arms have the same buckets.
+indices (a sparse Fisher-Yates shuffle: ``k`` steps, whatever the number of kits) in the
+arm's buckets, earliest expiry first (R-KIT-3). Kits of one shipment share their lot and
+expiry across arms, so both arms have the same buckets.
 
 The view is only as fresh as the site lock makes it: read and change it only with the
 site's row locked (SQLite: inside a writing transaction). Two threads of one process that
@@ -125,16 +125,34 @@ class SiteStock:
         """How many kits of ``arm`` are available with an expiry after ``cutoff``."""
         return sum(len(bucket) for bucket in self._dispensable(arm, cutoff))
 
+    def by_expiry(self, arm: str, cutoff: date) -> dict[date, int]:
+        """The dispensable kits of ``arm`` counted by blinded expiry."""
+        return {b.expires_on: len(b) for b in self._dispensable(arm, cutoff) if len(b)}
+
+    def holds_expired(self, today: date) -> bool:
+        """True if a kit of any arm available here expired before ``today`` (every arm's
+        buckets are walked, whatever they hold)."""
+        return any(
+            bucket.expires_on < today and len(bucket)
+            for by_expiry in self._buckets.values()
+            for bucket in by_expiry.values()
+        )
+
     def choose(self, arm: str, cutoff: date, count: int, rng: random.Random) -> list[str]:
-        """``count`` distinct kits of ``arm`` expiring after ``cutoff``, at random."""
-        buckets = self._dispensable(arm, cutoff)
-        chosen = []
-        for index in distinct_indices(rng, sum(len(b) for b in buckets), count):
-            for bucket in buckets:
-                if index < len(bucket):
-                    chosen.append(bucket.kits[index])
-                    break
-                index -= len(bucket)
+        """``count`` distinct kits of ``arm`` expiring after ``cutoff``: the earliest blinded
+        expiry first, then at random among the kits of one expiry (R-KIT-3).
+
+        The buckets are few (one per expiry) and sorted; the draw within one takes as many
+        steps as kits it takes, whatever the bucket's size.
+        """
+        chosen: list[str] = []
+        for bucket in sorted(self._dispensable(arm, cutoff), key=lambda b: b.expires_on):
+            if len(chosen) == count:
+                break
+            wanted = min(count - len(chosen), len(bucket))
+            chosen.extend(bucket.kits[i] for i in distinct_indices(rng, len(bucket), wanted))
+        if len(chosen) != count:
+            raise ValueError(f"cannot draw {count} kits of {len(chosen)}")
         return chosen
 
 

@@ -10,9 +10,10 @@ arms. The arms of a site's kits are unsealed once per server process and kept in
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from itertools import chain
 from typing import Any
 
@@ -20,15 +21,19 @@ from sqlalchemy import bindparam, event, select, update
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from keys import SealedArm
-from randomizer.domain.kits import ALLOCATED, AVAILABLE
+from randomizer.domain.kits import ALLOCATED, AVAILABLE, EXPIRED
+from randomizer.domain.supply import dispensable_after, needs_resupply
 from randomizer.errors import InsufficientSupply
 from randomizer.locks import lock_site
 from randomizer.models import Kit, Participant, Site
-from randomizer.roles import Actor
+from randomizer.roles import SYSTEM, Actor
+from randomizer.services import resupply
 from randomizer.services.context import TrialContext
 from randomizer.services.kit_stock import ChangedKit, SiteStock
 
 KIT_SEAL_KIND = "kit"
+#: Kit numbers as :func:`new_kit_number` makes them.
+KIT_NUMBER = re.compile(r"\AK\d{4}-\d{4}\Z")
 
 
 def new_kit_number(taken: set[str]) -> str:
@@ -58,25 +63,8 @@ def stock_site(
     ``lot`` and ``expires_on`` are the blinded lot and the blinded expiry shared by every kit
     of the shipment. Returns the kit numbers created.
     """
-    taken = set(session.scalars(select(Kit.kit_number)))
     arms = [arm.id for arm in ctx.definition.arms for _ in range(kits_per_arm)]
-    # Random creation order: neither row order nor insertion time follows the arm.
-    ctx.rng.shuffle(arms)
-    numbers = []
-    for arm in arms:
-        number = new_kit_number(taken)
-        sealed = ctx.sealer.seal_arm(arm, KIT_SEAL_KIND, number)
-        session.add(
-            Kit(
-                kit_number=number,
-                site_id=site.id,
-                status=AVAILABLE,
-                lot=lot,
-                expires_on=expires_on,
-                sealed_arm=sealed.to_text(),
-            )
-        )
-        numbers.append(number)
+    numbers = create_kits(session, ctx, arms, lot, expires_on, site_id=site.id, status=AVAILABLE)
     session.flush()
     ctx.audit.append(
         session,
@@ -93,6 +81,79 @@ def stock_site(
     )
     return numbers
 
+
+def create_kits(
+    session: Session,
+    ctx: TrialContext,
+    arms: list[str],
+    lot: str,
+    expires_on: date,
+    *,
+    site_id: str | None,
+    status: str,
+) -> list[str]:
+    """Create one kit per entry of ``arms`` (shuffled first), with fresh random numbers.
+
+    Random creation order and random row ids: neither row order, insertion time nor id
+    follows the arm (R-KIT). Returns the kit numbers created, in creation order.
+    """
+    taken = set(session.scalars(select(Kit.kit_number)))
+    arms = list(arms)
+    ctx.rng.shuffle(arms)
+    numbers = []
+    for arm in arms:
+        number = new_kit_number(taken)
+        sealed = ctx.sealer.seal_arm(arm, KIT_SEAL_KIND, number)
+        session.add(
+            Kit(
+                kit_number=number,
+                site_id=site_id,
+                status=status,
+                lot=lot,
+                expires_on=expires_on,
+                sealed_arm=sealed.to_text(),
+            )
+        )
+        numbers.append(number)
+    session.flush()
+    return numbers
+
+
+def mark_expired(session: Session, ctx: TrialContext, site_id: str | None) -> list[str]:
+    """Mark ``expired`` the kits of a site (None: the depot) whose expiry has passed; audited.
+
+    Available, depot and quarantined kits past their blinded expiry leave stock (R-KIT-3);
+    one ``kit.expired`` entry lists them. The same rule and statement whatever the arms.
+    """
+    today = ctx.today()
+    site_clause = Kit.site_id.is_(None) if site_id is None else Kit.site_id == site_id
+    numbers = sorted(
+        session.scalars(
+            update(Kit)
+            .where(
+                site_clause,
+                Kit.status.in_(EXPIRABLE),
+                Kit.expires_on < today,
+            )
+            .values(status=EXPIRED)
+            .returning(Kit.kit_number)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if numbers:
+        ctx.audit.append(
+            session,
+            SYSTEM,
+            "kit.expired",
+            site_id,
+            {"site": site_id, "expired_before": today.isoformat(), "kits": numbers},
+            site=site_id,
+        )
+    return numbers
+
+
+#: The statuses from which a kit past its expiry is marked expired (the state machine's).
+EXPIRABLE = ("in_depot", AVAILABLE, "quarantined")
 
 #: Set on a session once its transaction has written a kit through the ORM.
 _KITS_WRITTEN = "sealroom.kits.written"
@@ -169,7 +230,7 @@ def site_supply(session: Session, ctx: TrialContext, site_id: str) -> SiteSupply
             SealedArm.from_text(kit.sealed_arm), KIT_SEAL_KIND, kit.kit_number
         ),
     )
-    cutoff = ctx.today() + timedelta(days=ctx.definition.do_not_dispense_days)
+    cutoff = dispensable_after(ctx.today(), ctx.definition.do_not_dispense_days)
     return SiteSupply(site_id, arms, cutoff, stock)
 
 
@@ -189,9 +250,13 @@ def check_supply(supply: SiteSupply, needed: int) -> None:
 def reserve_supply(session: Session, ctx: TrialContext, site_id: str, needed: int) -> SiteSupply:
     """Lock the site's kits and check that it holds ``needed`` of EVERY arm (R-BLIND-2).
 
-    Returns the site's supply, for :func:`allocate_kits` in the same transaction.
+    Returns the site's supply, for :func:`allocate_kits` in the same transaction. Kits past
+    their expiry are never counted or chosen (the cutoff); if the site still holds some as
+    available, they are marked expired here too (R-KIT-3), once.
     """
     supply = site_supply(session, ctx, site_id)
+    if supply.stock.holds_expired(ctx.today()):
+        mark_expired(session, ctx, site_id)
     check_supply(supply, needed)
     return supply
 
@@ -248,4 +313,9 @@ def allocate_kits(
         # The view was wrong: the next transaction reads the site afresh.
         ctx.kit_stock.forget(supply.site_id, supply.arms)
         raise RuntimeError("a kit chosen for allocation was no longer available")
+    # Resupply (R-SHIP): the counts the supply check made, less this allocation; the one
+    # accepted exception to "the same work whatever the arm" (README.md's threat model).
+    left = {a: supply.count(a) - (needed if a == arm else 0) for a in supply.arms}
+    if needs_resupply(left, ctx.definition.supply.levels(supply.site_id)):
+        resupply.request_resupply(session, ctx, supply.site_id)
     return sorted(chosen)

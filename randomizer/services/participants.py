@@ -25,6 +25,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from keys import SealedArm
 from randomizer.domain import (
+    Stratum,
     failed_rules,
     kits_for_visit,
     randomisable_until,
@@ -58,11 +59,11 @@ from randomizer.models import (
     Participant,
     Site,
     Slot,
-    Stratum,
     StratumCorrection,
     Unblinding,
 )
-from randomizer.roles import RANDOMIZE, SCREEN, Actor
+from randomizer.models import Stratum as StratumRow
+from randomizer.roles import RANDOMIZE, READ_PARTICIPANT, SCREEN, SITE_ROLES, Actor
 from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
@@ -195,6 +196,66 @@ def find_participant(
     if participant is None or not actor.may_see_site(participant.site_id):
         raise NotFound("No participant with this screening number is visible to you.")
     return participant
+
+
+#: The most participants one listing shows (a search narrows it).
+LISTING_LIMIT = 500
+
+
+def list_participants(
+    session: Session, ctx: TrialContext, actor: Actor, number_prefix: str = ""
+) -> list[dict[str, Any]]:
+    """The participants the actor may see, by site and screening number, with their next
+    visit; those whose screening number begins with ``number_prefix`` when given.
+
+    A site role sees its own site's; the medical monitor and the sponsor every site's. Never
+    an arm; the order (site, number) and the visits say nothing of one.
+    """
+    READ_PARTICIPANT.check(actor)
+    query = select(Participant).order_by(Participant.site_id, Participant.screening_number)
+    if actor.role in SITE_ROLES:
+        query = query.where(Participant.site_id == actor.site)
+    if number_prefix:
+        query = query.where(Participant.screening_number.startswith(number_prefix, autoescape=True))
+    participants = session.scalars(query.limit(LISTING_LIMIT)).all()
+    kits_of: dict[int, list[Kit]] = {}
+    if participants:
+        for kit in session.scalars(
+            select(Kit)
+            .where(Kit.participant_id.in_([p.id for p in participants]))
+            .order_by(Kit.kit_number)
+        ):
+            kits_of.setdefault(kit.participant_id or 0, []).append(kit)
+    listing = []
+    for participant in participants:
+        due = [
+            visit
+            for visit in visit_schedule(ctx, participant, kits_of.get(participant.id, []))
+            if visit["status"] == "due"
+        ]
+        listing.append(
+            {
+                "screening_number": participant.screening_number,
+                "site": participant.site_id,
+                "status": participant.status,
+                "screened_on": participant.screened_on,
+                "randomization_number": participant.randomization_number,
+                "unblinded": participant.unblinded,
+                "next_visit": due[0] if due else None,
+            }
+        )
+    return listing
+
+
+def expected_stratum(ctx: TrialContext, site: Site, participant: Participant) -> Stratum:
+    """The stratum a screened participant will be randomised in: the site's factors and
+    those sent at screening (shown to the site for confirmation before it randomises)."""
+    return ctx.definition.stratum_for({**site.attributes, **participant.screening_strata})
+
+
+def stratum_to_confirm(session: Session, ctx: TrialContext, participant: Participant) -> Stratum:
+    """:func:`expected_stratum` of a participant, its site read here."""
+    return expected_stratum(ctx, session.get_one(Site, participant.site_id), participant)
 
 
 def participant_view(
@@ -380,7 +441,7 @@ def _randomize(
             failed_rules=[{"id": rule.id, "text": rule.text} for rule in failed],
         )
 
-    stratum = definition.stratum_for({**site.attributes, **participant.screening_strata})
+    stratum = expected_stratum(ctx, site, participant)
     stratum_row = lock_stratum(session, stratum.number)
     visit = definition.first_visit()
     needed = kits_for_visit(definition, request.weight_kg, visit)
@@ -473,7 +534,7 @@ _USE_SLOT = (
     .where(_SLOTS.c.id == bindparam("slot"), _SLOTS.c.participant_id.is_(None))
     .values(participant_id=bindparam("participant"), used_at=bindparam("used_at"))
 )
-_STRATA = Stratum.__table__
+_STRATA = StratumRow.__table__
 _ADVANCE_STRATUM = (
     update(_STRATA)
     .where(_STRATA.c.number == bindparam("stratum"))

@@ -136,12 +136,27 @@ class AuthThrottle:
         too). Raises :class:`Unauthorized` (401, perhaps after a delay) or
         :class:`TooManyRequests` (429). A valid token is served whatever the count.
         """
+        now = self.ctx.clock()
+        return self.check(
+            address,
+            lambda session: authenticate(session, token, now) if token is not None else None,
+            MALFORMED_DETAIL if token is None else INVALID_DETAIL,
+        )
+
+    def check(
+        self, address: str | None, credential: Callable[[Session], Actor | None], refusal: str
+    ) -> Actor:
+        """The actor ``credential`` finds (in a read-only session); else count a failure of
+        the client at ``address`` and refuse it: :class:`Unauthorized` with ``refusal`` (perhaps
+        after a delay) or :class:`TooManyRequests`. The web pages' sign-in uses it with a
+        password, so bearer tokens and passwords share one count per client.
+        """
         client = client_key(address)
         now = self.ctx.clock()
         with self.database.reading() as session:
             # The same lookup, whatever the client's count: the refusal below does no work
-            # that depends on the token.
-            actor = authenticate(session, token, now) if token is not None else None
+            # that depends on the credential.
+            actor = credential(session)
             if actor is not None:
                 return actor
             retry_after = self._throttled_for(session.get(AuthFailure, client), now)
@@ -154,7 +169,7 @@ class AuthThrottle:
                 retry_after = self._wait(delay)
         if retry_after is not None:
             raise TooManyRequests(THROTTLED_DETAIL, retry_after)
-        raise Unauthorized(MALFORMED_DETAIL if token is None else INVALID_DETAIL)
+        raise Unauthorized(refusal)
 
     def _throttled_for(self, record: AuthFailure | None, now: datetime) -> int | None:
         """Seconds until ``record``'s window ends if it is beyond the limit, else None."""

@@ -3,7 +3,8 @@
 ``parse_trial`` refuses a definition the service cannot run (and names the key); this goes
 further and asks whether the trial it describes can run as meant: strata against the target
 enrolment, list length against enrolment, kit stock against dosing for the heaviest weight
-a request may state, eligibility rules over undeclared fields, overlapping visit windows.
+a request may state (the stock a site starts with, and the ``[supply]`` resupply levels),
+eligibility rules over undeclared fields, overlapping visit windows.
 
 It reads a file and nothing stored, and changes nothing: no session, no actor, no audit
 entry. Nothing it prints is secret, but it does name block sizes and list lengths, so it is
@@ -212,6 +213,7 @@ def _stock(definition: TrialDefinition, kits_per_arm: int) -> list[Finding]:
                 "dispensed without a resupply in between",
             )
         )
+    findings += _supply_levels(definition, at_randomisation, max(per_visit.values()))
     if not findings and kits_per_arm < course:
         findings.append(
             Finding(
@@ -223,6 +225,51 @@ def _stock(definition: TrialDefinition, kits_per_arm: int) -> list[Finding]:
                 "a resupply: plan resupply to follow enrolment",
             )
         )
+    return findings
+
+
+def _supply_levels(
+    definition: TrialDefinition, at_randomisation: int, largest_visit: int
+) -> list[Finding]:
+    """The resupply levels (``[supply]``, R-SHIP) against the heaviest participant's needs."""
+    heaviest = WEIGHT_KG_MAX
+    plan = definition.supply
+    levels = [("supply", plan.default)] + [(f"supply.sites.{s}", lv) for s, lv in plan.sites]
+    findings = []
+    for path, level in levels:
+        if level.trigger == 0:
+            if path == "supply":
+                findings.append(
+                    Finding(
+                        WARNING,
+                        "supply.trigger",
+                        "no resupply level: no site is resupplied by itself, every shipment "
+                        "is created by hand; declare [supply] trigger and target",
+                    )
+                )
+            continue
+        if level.trigger < at_randomisation:
+            findings.append(
+                Finding(
+                    ERROR,
+                    f"{path}.trigger",
+                    f"resupply is asked only below {level.trigger} kits of an arm, but a "
+                    f"participant of {heaviest} kg needs {at_randomisation} at randomisation: a "
+                    "site can refuse them for lack of supply (R-BLIND-2) with no resupply "
+                    f"asked; raise the trigger to at least {at_randomisation}",
+                )
+            )
+        if level.target - level.trigger < largest_visit:
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"{path}.target",
+                    f"a resupply to {level.target} leaves a site {level.target - level.trigger} "
+                    f"kits of an arm above its trigger ({level.trigger}), less than one visit "
+                    f"of a participant of {heaviest} kg ({largest_visit}): one allocation asks "
+                    "for the next shipment; raise the target",
+                )
+            )
     return findings
 
 

@@ -18,15 +18,16 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from keys import (
-    MasterKeyRing,
     WrappedDataKey,
     create_keys_dir,
+    create_session_secret,
     create_signing_key,
-    load_master_keys,
     load_signing_key,
     new_data_key,
+    session_secret_path,
     signing_key_path,
 )
+from keys.providers import FILE, MasterKeys, load_master_key_provider, provider_name
 from randomizer.db import Database
 from randomizer.domain import (
     TrialDefinition,
@@ -50,16 +51,21 @@ SLOT_SEAL_KIND = "slot"
 class TrialKeys:
     """The keys a new trial is created with: the master keys and the checkpoint signer."""
 
-    ring: MasterKeyRing
+    ring: MasterKeys
     signing_key: Ed25519PrivateKey
 
 
 def ensure_keys(keys_dir: Path) -> None:
-    """Create the master and signing keys unless they exist (never overwrite a key)."""
-    if not (keys_dir / "master").exists():
+    """Create the master and signing keys unless they exist (never overwrite a key).
+
+    With the PKCS#11 provider the master key is the token's: none is created here.
+    """
+    if provider_name() == FILE and not (keys_dir / "master").exists():
         create_keys_dir(keys_dir)
     if not signing_key_path(keys_dir).exists():
         create_signing_key(keys_dir)
+    if not session_secret_path(keys_dir).exists():
+        create_session_secret(keys_dir)
 
 
 def prepare_database(database: Database, keys_dir: Path) -> TrialKeys:
@@ -71,7 +77,7 @@ def prepare_database(database: Database, keys_dir: Path) -> TrialKeys:
         upgrade(connection)
         refuse_second_trial(connection)
     ensure_keys(keys_dir)
-    return TrialKeys(load_master_keys(keys_dir), load_signing_key(keys_dir))
+    return TrialKeys(load_master_key_provider(keys_dir), load_signing_key(keys_dir))
 
 
 def create_trial_with_lists(
@@ -99,7 +105,7 @@ def create_trial(
     session: Session,
     definition: TrialDefinition,
     definition_toml: str,
-    ring: MasterKeyRing,
+    ring: MasterKeys,
 ) -> tuple[Trial, WrappedDataKey]:
     """Store the trial row and a fresh data key wrapped by the active master key.
 

@@ -36,6 +36,7 @@ from randomizer.services.participants import (
     participant_arm,
 )
 from randomizer.services.refusals import Refusal, refusals_audited
+from randomizer.services.users import Signature, signature_record
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,16 @@ def unblind_participant(
     actor: Actor,
     screening_number: str,
     submission: Submission[UnblindRequest],
+    signature: Signature | None = None,
 ) -> UnblindingResult:
-    """Break the blind for one participant; audited whether it succeeds or is refused."""
+    """Break the blind for one participant; audited whether it succeeds or is refused.
+
+    The web pages pass the requester's electronic ``signature`` (their password again and
+    what it means): checked after the input, refused (422) if the password is not theirs,
+    and recorded in the ``participant.unblinded`` entry (21 CFR 11.200).
+    """
     with refusals_audited(session, ctx, actor, unblind_refusal(screening_number), site=actor.site):
-        return _unblind(session, ctx, actor, screening_number, submission)
+        return _unblind(session, ctx, actor, screening_number, submission, signature)
 
 
 def _unblind(
@@ -79,6 +86,7 @@ def _unblind(
     actor: Actor,
     screening_number: str,
     submission: Submission[UnblindRequest],
+    signature: Signature | None,
 ) -> UnblindingResult:
     UNBLIND.check(actor)
     participant = find_participant(session, actor, screening_number, lock=True)
@@ -87,6 +95,7 @@ def _unblind(
             f"Participant {screening_number} was never randomised: there is no arm to reveal."
         )
     request = submission.load()
+    signed = signature_record(session, ctx, actor, signature) if signature is not None else None
     arm_id = participant_arm(ctx, participant)
     arm = ctx.definition.arm(arm_id)
     now = ctx.clock()
@@ -105,6 +114,7 @@ def _unblind(
             "sealed_arm": ctx.sealer.seal_arm(
                 arm_id, PARTICIPANT_SEAL_KIND, screening_number
             ).to_json(),
+            **({"signature": signed} if signed is not None else {}),
         },
         site=participant.site_id,
     )

@@ -1,8 +1,12 @@
-"""Users and bearer tokens (R-ROLE, URS §8 authentication).
+"""Users, bearer tokens and the web pages' passwords (R-ROLE, URS §8 authentication).
 
 Tokens are 256-bit random strings shown once; only their SHA-256 is stored. A plain hash is
 enough here (unlike passwords, a token has full entropy, so it cannot be guessed from its
 hash), and it lets a token be found by an index lookup; the final comparison is constant-time.
+
+Passwords (the web pages, issue 13) are people's choices, so they are stored as Argon2id
+hashes (argon2-cffi's defaults, RFC 9106's second recommended profile), slow to guess from a
+stolen database. Checking one costs the same whether or not the user exists.
 """
 
 from __future__ import annotations
@@ -11,15 +15,19 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from audit.entry import format_time
 from randomizer.config import EMAIL
 from randomizer.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from randomizer.models import ApiToken, Site, User
+from randomizer.models import ApiToken, Site, User, WebSession
 from randomizer.roles import ADMIN, MANAGE_USERS, ROLES, SITE_ROLES, STATISTICIAN, Actor
 from randomizer.services.context import TrialContext, utc_now
 
@@ -40,6 +48,8 @@ def add_user(
     role: str,
     site: str | None,
     email: str | None = None,
+    *,
+    signature: dict[str, str] | None = None,
 ) -> tuple[User, str]:
     """Create a user with one role (and one site for site roles); return it and a token.
 
@@ -78,14 +88,30 @@ def add_user(
         actor,
         "user.created",
         name,
-        {"user": name, "role": role, "site": site, **({"email": email} if email else {})},
+        {
+            "user": name,
+            "role": role,
+            "site": site,
+            **({"email": email} if email else {}),
+            **({"signature": signature} if signature else {}),
+        },
         site=site,
     )
     return user, _new_token(session, ctx, user)
 
 
-def deactivate_user(session: Session, ctx: TrialContext, actor: Actor, name: str) -> User:
-    """Deactivate a user: every token of theirs stops working at once."""
+def deactivate_user(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    name: str,
+    *,
+    signature: dict[str, str] | None = None,
+) -> User:
+    """Deactivate a user: every token and web session of theirs stops working at once.
+
+    ``signature`` (from :func:`signature_record`) is recorded in the audit entry.
+    """
     MANAGE_USERS.check(actor)
     user = _user(session, name)
     if not user.active:
@@ -93,7 +119,15 @@ def deactivate_user(session: Session, ctx: TrialContext, actor: Actor, name: str
     user.active = False
     user.deactivated_at = ctx.clock()
     _revoke_tokens(session, ctx, user)
-    ctx.audit.append(session, actor, "user.deactivated", name, {"user": name}, site=user.site_id)
+    end_sessions_of(session, ctx, user)
+    ctx.audit.append(
+        session,
+        actor,
+        "user.deactivated",
+        name,
+        {"user": name, **({"signature": signature} if signature else {})},
+        site=user.site_id,
+    )
     return user
 
 
@@ -108,6 +142,22 @@ def issue_token(session: Session, ctx: TrialContext, actor: Actor, name: str) ->
     # The token itself never enters the audit (URS §5: secrets never in the audit).
     ctx.audit.append(session, actor, "user.token_issued", name, {"user": name}, site=user.site_id)
     return token
+
+
+def list_users(session: Session, actor: Actor) -> list[dict[str, object]]:
+    """Every user by name: role, site, whether active and whether they have a web password."""
+    MANAGE_USERS.check(actor)
+    return [
+        {
+            "name": user.name,
+            "role": user.role,
+            "site": user.site_id,
+            "active": user.active,
+            "email": user.email,
+            "has_password": user.password_hash is not None,
+        }
+        for user in session.scalars(select(User).order_by(User.name))
+    ]
 
 
 def authenticate(session: Session, token: str, now: datetime | None = None) -> Actor | None:
@@ -165,4 +215,120 @@ def _revoke_tokens(session: Session, ctx: TrialContext, user: User) -> None:
         select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
     ):
         token.revoked_at = ctx.clock()
+    session.flush()
+
+
+# Passwords ---------------------------------------------------------------------------------
+
+#: Long enough to resist guessing online at the throttle's pace; a passphrase fits.
+PASSWORD_MIN, PASSWORD_MAX = 12, 256
+_HASHER = PasswordHasher()
+#: Verified against when the user does not exist, so that the answer takes as long.
+_ABSENT_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+def password_problems(password: str) -> list[str]:
+    """What is wrong with a new password (empty when it may be used)."""
+    problems = []
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        problems.append(f"{PASSWORD_MIN} to {PASSWORD_MAX} characters.")
+    if any(ord(char) < 32 or 0xD800 <= ord(char) <= 0xDFFF for char in password):
+        problems.append("No control characters.")
+    return problems
+
+
+def set_password(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    name: str,
+    password: str,
+    *,
+    signature: dict[str, str] | None = None,
+) -> User:
+    """Set (or reset) a user's web password; only its Argon2id hash is kept.
+
+    An admin may reset a blinded user's password, never a statistician's (the command line
+    can). The user's open web sessions end: whoever knew the old password is signed out.
+    """
+    MANAGE_USERS.check(actor)
+    problems = password_problems(password)
+    if problems:
+        raise ValidationFailed({"password": problems})
+    user = _user(session, name)
+    if user.role == STATISTICIAN and actor.role == ADMIN:
+        raise Forbidden("An admin cannot set a statistician's password; use the command line.")
+    if not user.active:
+        raise Conflict(f"User {name} is deactivated.")
+    user.password_hash = _HASHER.hash(password)
+    user.password_changed_at = ctx.clock()
+    end_sessions_of(session, ctx, user)
+    # Neither the password nor its hash enters the audit (URS §5: secrets never in the audit).
+    ctx.audit.append(
+        session,
+        actor,
+        "user.password_set",
+        name,
+        {"user": name, **({"signature": signature} if signature else {})},
+        site=user.site_id,
+    )
+    return user
+
+
+def check_password(session: Session, name: str, password: str) -> Actor | None:
+    """The actor whose user name and password these are, or None (one answer for a wrong
+    password, an unknown or deactivated user, or one without a password).
+
+    The hash is verified whatever the outcome, so the time taken says nothing about which.
+    """
+    user = None
+    if USER_NAME.fullmatch(name) and len(password) <= PASSWORD_MAX:
+        user = session.scalars(select(User).where(User.name == name)).one_or_none()
+    stored = user.password_hash if user is not None and user.password_hash else _ABSENT_HASH
+    try:
+        matches = _HASHER.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        matches = False
+    if not matches or user is None or not user.active or not user.password_hash:
+        return None
+    return Actor(name=user.name, role=user.role, site=user.site_id, user_id=user.id)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """An electronic signature (21 CFR 11.200, EU Annex 11 §14): the signer re-enters their
+    password, and the record says who signed, what it means and when."""
+
+    meaning: str
+    #: Never in a repr or a log.
+    password: str = field(default="", repr=False)
+
+
+def signature_record(
+    session: Session, ctx: TrialContext, actor: Actor, signature: Signature
+) -> dict[str, str]:
+    """Check the signer's password and return what the audit entry records of the signature.
+
+    Refused (422, naming the ``password`` field) when the password is not the actor's.
+    """
+    if actor.user_id is None or check_password(session, actor.name, signature.password) != actor:
+        raise ValidationFailed(
+            {"password": ["This is not your password: the signature is refused."]},
+            detail="The electronic signature was refused: the password is not the signer's.",
+        )
+    return {
+        "signed_by": actor.name,
+        "role": actor.role,
+        "meaning": signature.meaning,
+        "signed_at": format_time(ctx.clock()),
+    }
+
+
+def end_sessions_of(session: Session, ctx: TrialContext, user: User) -> None:
+    """End every open web session of ``user`` (deactivation, a new password)."""
+    now = ctx.clock()
+    for row in session.scalars(
+        select(WebSession).where(WebSession.user_id == user.id, WebSession.ended_at.is_(None))
+    ):
+        row.ended_at = now
     session.flush()

@@ -41,7 +41,9 @@ def test_it_imports_only_the_standard_library_and_cryptography():
         for alias in node.names
     } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert modules <= set(sys.stdlib_module_names) | {"cryptography"}
-    assert len(SCRIPT.read_text().splitlines()) <= 150
+    # Short enough to read beside URS §7; following signing-key hand-overs (R-KEY-1) added
+    # some 60 lines to the 150 it had.
+    assert len(SCRIPT.read_text().splitlines()) <= 220
 
 
 def test_a_good_export_verifies(tmp_path):

@@ -178,7 +178,7 @@ def test_a_backup_is_a_private_copy_with_a_manifest_of_the_checkpoint_it_covers(
     assert manifest["files"] == {name: sha256(out / name) for name in (data, "checkpoint.txt")}
     # No key is in the backup.
     keys = [p.read_bytes() for p in trial.settings.keys_dir.rglob("*.key")]
-    assert len(keys) == 2  # the master key and the signing key
+    assert len(keys) == 3  # the master key, the signing key and the web session secret
     master = next(trial.settings.keys_dir.glob("master/*.key")).read_text()
     keys.append(base64.b64decode(master))  # its 32 bytes, too
     for path in out.iterdir():

@@ -79,7 +79,8 @@ def test_participant_lock_after_site_lock_raises_before_any_sql(db, screened):
         assert sent == []
         assert str(raised.value) == (
             "the participant lock was requested after the site lock; "
-            "the order is outbox message, participant, stratum, site, auth failure, audit head"
+            "the order is outbox message, participant, stratum, site, depot, auth failure, "
+            "audit head"
         )
         # The recording would have seen a lock's statement had one been sent.
         with statements_sent(db.engine) as sent:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -74,6 +75,11 @@ class Scene:
     kit: str  # a kit of site 101, allocated (to ``randomised``)
     index: int  # an audit entry about site 101
     size: int  # the audit log's size then
+    shipment: int = 0  # a shipment to site 101, in transit
+    shipment_kits: tuple[str, ...] = ()
+    request: int = 0  # a resupply request for site 101
+    stock_kit: str = ""  # a kit available at site 101
+    held_kit: str = ""  # a kit quarantined at site 101
 
     @staticmethod
     def to_screen(role: str) -> str:
@@ -223,6 +229,14 @@ ROWS = (
     ),
     Row(
         "GET",
+        "/api/v1/audit/key-hand-overs",
+        roles.READ_CHECKPOINT,
+        EVERY_ROLE,  # issue 15: a monitor with any user's token follows a signing rotation
+        200,
+        lambda api, user, s: api.get("/audit/key-hand-overs", user),
+    ),
+    Row(
+        "GET",
         "/api/v1/audit/verifier-key",
         None,
         None,
@@ -357,6 +371,81 @@ ROWS = (
     ),
 )
 
+ROWS += (
+    Row(
+        "GET",
+        "/api/v1/shipments",
+        roles.READ_SHIPMENTS,
+        frozenset({PHARMACIST, ADMIN}),  # issue 12: the site's pharmacist, admin
+        200,
+        lambda api, user, s: api.get("/shipments", user),
+    ),
+    Row(
+        "POST",
+        "/api/v1/shipments",
+        roles.MANAGE_SHIPMENTS,
+        frozenset({ADMIN}),  # URS §1: admin manages shipments
+        201,
+        lambda api, user, s: api.post("/shipments", user, json={"site": SITE, "count": 2}),
+    ),
+    Row(
+        "GET",
+        "/api/v1/shipments/<string:shipment_id>",
+        roles.READ_SHIPMENTS,
+        frozenset({PHARMACIST, ADMIN}),
+        200,
+        lambda api, user, s: api.get(f"/shipments/{s.shipment}", user),
+    ),
+    Row(
+        "POST",
+        "/api/v1/shipments/<string:shipment_id>/dispatch",
+        roles.MANAGE_SHIPMENTS,
+        frozenset({ADMIN}),
+        200,
+        lambda api, user, s: api.post(f"/shipments/{s.request}/dispatch", user),
+    ),
+    Row(
+        "POST",
+        "/api/v1/shipments/<string:shipment_id>/receive",
+        roles.RECEIVE_SHIPMENT,
+        frozenset({PHARMACIST}),  # URS §1: the pharmacist receives shipments
+        200,
+        lambda api, user, s: api.post(
+            f"/shipments/{s.shipment}/receive",
+            user,
+            json={"kits": dict.fromkeys(s.shipment_kits, "available")},
+        ),
+    ),
+    Row(
+        "POST",
+        "/api/v1/kits/<string:kit_number>/quarantine",
+        roles.QUARANTINE_KITS,
+        frozenset({ADMIN}),  # issue 12: "an admin quarantines and releases kits"
+        200,
+        lambda api, user, s: api.post(
+            f"/kits/{s.stock_kit}/quarantine", user, json={"reason": "excursion"}
+        ),
+    ),
+    Row(
+        "POST",
+        "/api/v1/kits/<string:kit_number>/release",
+        roles.QUARANTINE_KITS,
+        frozenset({ADMIN}),
+        200,
+        lambda api, user, s: api.post(
+            f"/kits/{s.held_kit}/release", user, json={"reason": "within range"}
+        ),
+    ),
+    Row(
+        "GET",
+        "/api/v1/reports/supply",
+        roles.REPORT_SUPPLY,
+        frozenset({STATISTICIAN}),  # issue 12: "the statistician gets the same by arm"
+        200,
+        lambda api, user, s: api.get("/reports/supply", user),
+    ),
+)
+
 #: URS §8's rows whose endpoints are not built yet: their permissions are held to the
 #: specification already, so the endpoints start out with the right roles.
 UNBUILT: dict[Permission, frozenset[str]] = {}
@@ -387,10 +476,61 @@ def set_scene(api: Any, db: Any) -> Scene:
     for role in CORRECTORS:
         randomise(Scene.to_flag(role))
         randomise(Scene.to_correct(role))
+    depot = _depot_scene(api, db)
     with db.reading() as session:
         index = session.scalar(select(func.max(AuditEntry.seq)).where(AuditEntry.site_id == SITE))
         size = session.scalar(select(func.count()).select_from(AuditEntry))
-    return Scene(participant="101-READ", randomised="101-UNBLIND", kit=kit, index=index, size=size)
+    return Scene(
+        participant="101-READ",
+        randomised="101-UNBLIND",
+        kit=kit,
+        index=index,
+        size=size,
+        **depot,
+    )
+
+
+def _depot_scene(api: Any, db: Any) -> dict[str, Any]:
+    """Depot stock, a shipment to site 101 in transit, a resupply request for it, a kit in
+    stock there and one quarantined."""
+    from randomizer.domain.supply import KitGeneration
+    from randomizer.models import Kit, Shipment
+    from randomizer.roles import SYSTEM
+    from randomizer.services import shipments
+    from randomizer.state import app_state
+
+    with api.client.application.app_context():
+        ctx = app_state().ctx
+    expiry = ctx.today() + timedelta(days=500)
+    with db.transaction() as session:
+        shipments.generate_kits(session, ctx, SYSTEM, KitGeneration("L-ROLES", 40, expiry))
+    shipped = api.post("/shipments", USERS[ADMIN], json={"site": SITE, "count": 2}).get_json()
+    with db.transaction() as session:
+        request = Shipment(
+            site_id=SITE,
+            status="requested",
+            origin="resupply",
+            created_at=ctx.clock(),
+            created_by="system",
+        )
+        session.add(request)
+        session.flush()
+        request_id = request.id
+        stock_kit, held_kit = session.scalars(
+            select(Kit.kit_number)
+            .where(Kit.site_id == SITE, Kit.status == "available")
+            .order_by(Kit.kit_number)
+            .limit(2)
+        )
+    held = api.post(f"/kits/{held_kit}/quarantine", USERS[ADMIN], json={"reason": "excursion"})
+    assert held.status_code == 200, held.get_json()
+    return {
+        "shipment": shipped["id"],
+        "shipment_kits": tuple(shipped["kits"]),
+        "request": request_id,
+        "stock_kit": stock_kit,
+        "held_kit": held_kit,
+    }
 
 
 def problem_detail(response: Any) -> str | None:

@@ -79,6 +79,27 @@ def test_stock_below_the_heaviest_participants_first_kits_is_an_error():
 
 
 @pytest.mark.requirement("R-CFG")
+@pytest.mark.requirement("R-SHIP")
+def test_resupply_levels_below_the_heaviest_participants_needs_are_reported():
+    low_trigger = changed(
+        "[supply]\ntrigger = 60\ntarget = 120", "[supply]\ntrigger = 10\ntarget = 120"
+    )
+    close_target = changed(
+        "[supply]\ntrigger = 60\ntarget = 120", "[supply]\ntrigger = 60\ntarget = 70"
+    )
+    site = changed(
+        "[supply]\ntrigger = 60\ntarget = 120",
+        '[supply]\ntrigger = 60\ntarget = 120\n\n[supply.sites."101"]\ntrigger = 12\ntarget = 120',
+    )
+    none = changed("[supply]\ntrigger = 60\ntarget = 120\n", "")
+
+    assert findings(low_trigger) == [(ERROR, "supply.trigger")]
+    assert findings(close_target) == [(WARNING, "supply.target")]
+    assert findings(site) == [(ERROR, "supply.sites.101.trigger")]
+    assert findings(none) == [(WARNING, "supply.trigger")]
+
+
+@pytest.mark.requirement("R-CFG")
 def test_a_visit_needing_more_than_the_stock_is_an_error():
     text = changed(
         'id = "week5"\nweek = 5\ndispenses_weeks = 4', 'id = "week5"\nweek = 5\ndispenses_weeks = 8'

@@ -1,0 +1,195 @@
+"""What every page shares: the blueprint, the signed-in actor, CSRF, headers, errors, forms."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError, validate_csrf
+from sqlalchemy.orm import Session
+from wtforms import ValidationError
+
+from randomizer.api.parsing import validate_with
+from randomizer.errors import Forbidden, Problem
+from randomizer.roles import Actor, Permission
+from randomizer.services.idempotency import Outcome, perform_once_or_refuse, request_digest
+from randomizer.services.inputs import Submission
+from randomizer.services.refusals import Refusal
+from randomizer.services.web_sessions import SessionPolicy, open_session, touch_session
+from randomizer.state import app_state
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+bp = Blueprint(
+    "web",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    # Not /static: the application's own static route would answer it first (404).
+    static_url_path="/assets",
+)
+
+POLICY = SessionPolicy()
+#: The session cookie's key of the random session id.
+SESSION_ID = "sid"
+#: No script at all, no framing, forms only to this site (R-WEB-2).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+#: The languages the pages are translated into (English is the source).
+LANGUAGES = ("en", "fr")
+
+
+def current_actor() -> Actor | None:
+    """The signed-in actor of this request, or None."""
+    return g.get("actor")
+
+
+def page_language() -> str:
+    """The signed-in user's language, else the browser's best match, else English."""
+    language = g.get("language")
+    if language in LANGUAGES:
+        return language
+    return request.accept_languages.best_match(LANGUAGES) or "en"
+
+
+@bp.before_request
+def _load_session() -> Response | None:
+    """Refuse a POST without a valid CSRF token (the sign-in too); find the session's actor."""
+    if request.method not in ("GET", "HEAD"):
+        try:
+            validate_csrf(request.form.get("csrf_token"))
+        except (ValidationError, CSRFError) as error:
+            return _refused_form(str(error))
+    session_id = session.get(SESSION_ID)
+    if not isinstance(session_id, str):
+        return None
+    state = app_state()
+    now = state.ctx.clock()
+    with state.db.reading() as reading:
+        found = open_session(reading, session_id, now, POLICY)
+    if found is None:
+        session.pop(SESSION_ID, None)
+        return None
+    if found.stale:
+        with state.db.transaction() as writing:
+            touch_session(writing, session_id, now)
+    g.actor, g.language = found.actor, found.language
+    return None
+
+
+def _refused_form(reason: str) -> Response:
+    page = render_template(
+        "error.html",
+        trial=app_state().ctx.definition,
+        actor=None,
+        language=page_language(),
+        title="Form refused",
+        detail="The form has expired or did not come from this site's page "
+        f"({reason.rstrip('.')}). Go back, reload the page and send it again.",
+    )
+    return Response(page, status=400)
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    """Every page: no script, no framing, not sniffed, never cached (participant data)."""
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.errorhandler(Problem)
+def _problem_page(problem: Problem) -> tuple[str, int]:
+    return page("error.html", problem.status, title=problem.title, detail=problem.detail)
+
+
+def signed_in(permission: Permission | None = None) -> Callable[[F], F]:
+    """Require a signed-in user (else the sign-in page), of a role ``permission`` allows (403).
+
+    Services whose refusals are audited check the role themselves: give no permission here
+    for their pages, so a refused role is recorded there too.
+    """
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            actor = current_actor()
+            if actor is None:
+                return redirect(url_for("web.sign_in", next=request.full_path.rstrip("?")))
+            if permission is not None and not permission.allows(actor):
+                raise Forbidden(f"The {actor.role} role may not {permission.does}.")
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def page(template: str, code: int = 200, /, **values: Any) -> tuple[str, int]:
+    """A page, with the trial and the actor every page shows."""
+    state = app_state()
+    return (
+        render_template(
+            template,
+            trial=state.ctx.definition,
+            actor=current_actor(),
+            language=page_language(),
+            **values,
+        ),
+        code,
+    )
+
+
+def form_submission(schema: Any, parsed: Any) -> Submission[Any]:
+    """A form's values as the API's JSON would carry them, validated by the API's schema."""
+    return Submission(parsed=parsed, validate=lambda value: validate_with(schema, value))
+
+
+def new_form_key() -> str:
+    """A one-time key for a form: sending the form twice (a double click) acts once."""
+    return uuid.uuid4().hex
+
+
+def once(
+    operation: str,
+    actor: Actor,
+    action: Callable[[Session], tuple[int, Mapping[str, Any]]],
+    refusal: Refusal | None = None,
+) -> Outcome:
+    """Run a form's ``action`` in one transaction, at most once for the form's one-time key
+    (the API's idempotency service: the first outcome is shown again for a second click)."""
+    state = app_state()
+    key = request.form.get("form_key") or None
+    fields = sorted(
+        (name, value)
+        for name, value in request.form.items(multi=True)
+        if name not in ("csrf_token", "form_key", "password")
+    )
+    digest = request_digest(
+        b"web", request.path.encode("utf-8", "replace"), repr(fields).encode("utf-8", "replace")
+    )
+    with state.db.transaction() as session:
+        return perform_once_or_refuse(
+            session,
+            state.ctx,
+            actor,
+            operation,
+            key,
+            "form_key",
+            digest,
+            lambda: action(session),
+            refusal,
+        )
+
+
+def field_errors(problem: Problem) -> dict[str, list[str]]:
+    """A refusal's messages by form field (the API's dotted paths)."""
+    return dict(problem.extra.get("errors") or {})

@@ -1,0 +1,206 @@
+"""The web pages in a real headless Chromium (issue 13: R-WEB-1, R-WEB-3).
+
+A real ``sealroom serve`` (gunicorn, two workers) in a subprocess; Playwright for Python
+drives Debian's ``chromium`` (no browser is downloaded). Each page a role works on is
+checked with axe-core (axe-playwright-python): a serious or critical violation fails. The
+randomisation and unblinding pages' screenshots go to ``docs/screenshots/`` (README.md shows
+them); the others to the test's own directory.
+
+Without Chromium these tests skip with the reason outside CI and fail in CI (``.ci/run``
+installs it with apt-get).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ELIGIBLE, IN_CI, make_trial_database
+from tests.randomizer.served import Server
+
+CHROMIUM = "/usr/bin/chromium"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.requirement("R-WEB-1"),
+    pytest.mark.requirement("R-WEB-3"),
+]
+
+
+def _browser_missing() -> str | None:
+    if not os.path.exists(CHROMIUM):
+        return f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run does it)"
+    try:
+        import axe_playwright_python  # noqa: F401
+        import playwright  # noqa: F401
+    except ImportError as error:
+        return f"playwright or axe-playwright-python is not installed ({error})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def served(scratch: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    missing = _browser_missing()
+    if missing:
+        if IN_CI:
+            pytest.fail(f"CI needs the browser tests: {missing}")
+        pytest.skip(missing)
+    directory = tmp_path_factory.mktemp("web-browser")
+    trial = make_trial_database(scratch, "sqlite", directory)
+    passwords = {
+        entry["user"]: entry["password"]
+        for entry in json.loads((directory / "tokens.json").read_text())
+    }
+    server = Server(trial, directory, workers=2).start()
+    try:
+        yield server, passwords, directory
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(served: Any) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Visit:
+    """One signed-in browser context, with the page checks every test makes."""
+
+    def __init__(self, browser: Any, served: Any, user: str) -> None:
+        self.server, passwords, self.directory = served
+        # Axe's script is evaluated through the DevTools protocol; the pages' CSP allows no
+        # script, which is the point, so the check bypasses it.
+        self.context = browser.new_context(bypass_csp=True, java_script_enabled=True)
+        self.page = self.context.new_page()
+        self.base = self.server.client.base
+        self.page.goto(f"{self.base}/")
+        self.page.fill("#username", user)
+        self.page.fill("#password", passwords[user])
+        self.page.click("button[type=submit]")
+        assert self.page.locator("#user").inner_text() == user
+
+    def go(self, path: str) -> None:
+        self.page.goto(f"{self.base}{path}")
+
+    def check(self, name: str, docs: bool = False) -> None:
+        """No serious or critical axe-core violation; a screenshot saved."""
+        from axe_playwright_python.sync_playwright import Axe
+
+        results = Axe().run(self.page)
+        bad = [
+            (violation["id"], violation["help"])
+            for violation in results.response["violations"]
+            if violation.get("impact") in ("serious", "critical")
+        ]
+        assert bad == [], f"{name}: {bad}"
+        target = DOCS if docs else self.directory
+        target.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(target / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def answer_checklist(page: Any, weight: str = "72") -> None:
+    for name, value in ELIGIBLE.items():
+        field = f"eligibility.{name}"
+        if isinstance(value, bool):
+            page.check(f"input[name='{field}'][value='{'yes' if value else 'no'}']")
+        else:
+            page.fill(f"input[name='{field}']", str(value))
+    page.fill("#weight_kg", weight)
+    page.check("input[name=confirm_stratum]")
+
+
+def test_coordinator_screens_randomises_and_reads_the_kit_numbers(browser, served):
+    visit = Visit(browser, served, "coordinator-101")
+    visit.check("home-coordinator")
+    visit.go("/participants/new")
+    visit.page.fill("#screening_number", "101-0101")
+    visit.page.check("input[name='strata.prior_ig'][value='no']")
+    visit.check("screen")
+    visit.page.click("main button[type=submit]")
+    assert visit.page.locator("#screening-number").inner_text() == "101-0101"
+    visit.page.click("text=Randomise this participant")
+    answer_checklist(visit.page)
+    visit.check("randomise", docs=True)
+    visit.page.click("main button[type=submit]")
+    number = visit.page.locator("#randomization-number").inner_text()
+    kits = visit.page.locator("#kits").inner_text()
+    assert number and kits.startswith("K")
+    visit.check("randomised", docs=True)
+    visit.close()
+
+
+def test_pharmacist_dispenses_and_marks_a_kit_damaged(browser, served):
+    coordinator = Visit(browser, served, "coordinator-101")
+    coordinator.go("/participants/new")
+    coordinator.page.fill("#screening_number", "101-0102")
+    coordinator.page.check("input[name='strata.prior_ig'][value='yes']")
+    coordinator.page.click("main button[type=submit]")
+    coordinator.page.click("text=Randomise this participant")
+    answer_checklist(coordinator.page)
+    coordinator.page.click("main button[type=submit]")
+    kit = coordinator.page.locator("#kits").inner_text().split(",")[0].strip()
+    coordinator.close()
+
+    visit = Visit(browser, served, "pharmacist-101")
+    visit.go("/inventory")
+    visit.check("inventory")
+    visit.go(f"/kits/{kit}")
+    visit.page.check("input[name=status][value=damaged]")
+    visit.page.fill("#reason", "Vial cracked")
+    visit.check("kit")
+    visit.page.click("main button[type=submit]")
+    assert visit.page.locator("#kit-status").inner_text() == "damaged"
+    assert visit.page.locator("#replacement").inner_text().startswith("K")
+    visit.go("/participants/101-0102")
+    visit.check("participant-pharmacist")
+    visit.close()
+
+
+def test_investigator_unblinds_with_a_signature_and_sees_the_arm_once(browser, served):
+    coordinator = Visit(browser, served, "coordinator-101")
+    coordinator.go("/participants/new")
+    coordinator.page.fill("#screening_number", "101-0103")
+    coordinator.page.check("input[name='strata.prior_ig'][value='no']")
+    coordinator.page.click("main button[type=submit]")
+    coordinator.page.click("text=Randomise this participant")
+    answer_checklist(coordinator.page)
+    coordinator.page.click("main button[type=submit]")
+    coordinator.close()
+
+    visit = Visit(browser, served, "investigator-101")
+    visit.go("/participants/101-0103/unblind")
+    visit.page.select_option("#reason", "serious_adverse_event")
+    visit.page.fill("#event_reference", "SAE-2026-0042")
+    visit.page.check("input[name=confirm]")
+    visit.page.fill("#password", served[1]["investigator-101"])
+    visit.check("unblind", docs=True)
+    visit.page.click("main button[type=submit]")
+    assert visit.page.locator("#arm").inner_text() in ("IgPro20", "Placebo")
+    visit.check("unblinded", docs=True)
+    visit.close()
+
+
+def test_auditor_pages_through_entries(browser, served):
+    visit = Visit(browser, served, "auditor")
+    visit.go("/audit")
+    visit.check("audit")
+    first = visit.page.locator("table.entries tbody tr td").first.inner_text()
+    visit.page.click("#next-page")
+    assert visit.page.locator("table.entries tbody tr td").first.inner_text() != first
+    visit.close()

@@ -42,19 +42,7 @@ from randomizer.config import Settings  # noqa: E402
 from randomizer.db import Database, normalise_url  # noqa: E402
 from randomizer.domain import bundled_trial_path, parse_trial  # noqa: E402
 from randomizer.services.demo import initialise_demo  # noqa: E402
-
-ELIGIBLE = {
-    "age_years": 54,
-    "eular_acr_dm": True,
-    "prednisolone_mg_per_day": 10,
-    "pga_vas_cm": 4.5,
-    "mmt8": 120,
-    "cdasi_activity": 20,
-    "malignancy_within_5_years": False,
-    "cancer_associated_myositis": False,
-    "pgd_vas_cm": 1.0,
-    "improved_since_screening": False,
-}
+from randomizer.simulation import ELIGIBLE  # noqa: E402
 
 
 def minimal_write_app(database: Database) -> Flask:

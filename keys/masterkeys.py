@@ -179,6 +179,23 @@ def _write_new_secret_file(path: Path, data: bytes) -> None:
         raise KeyStoreError(f"cannot write key file {path}: {exc.strerror}") from None
 
 
+def _create_subdir_secret_file(path: Path, data: bytes, what: str) -> None:
+    """Create ``<keys_dir>/<subdir>/<name>`` holding ``data``, both directories 0700; refuse
+    (KeyStoreError) to overwrite ``what`` (a key that is there stays, whatever is asked)."""
+    _ensure_private_dir(path.parent.parent)
+    _ensure_private_dir(path.parent)
+    if path.exists():
+        raise KeyStoreError(f"{path} already exists; refusing to overwrite {what}")
+    _write_new_secret_file(path, data)
+
+
+def _read_subdir_secret_file(path: Path) -> bytes:
+    """Read ``<keys_dir>/<subdir>/<name>`` once both directories are checked to be private."""
+    _check_private_dir(path.parent.parent)
+    _check_private_dir(path.parent)
+    return _read_secret_file(path)
+
+
 def _replace_file(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` (mode 0600) with ``data``: readers see old or new, never half."""
     try:

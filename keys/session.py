@@ -17,13 +17,7 @@ import os
 import secrets
 from pathlib import Path
 
-from keys.masterkeys import (
-    KeyStoreError,
-    _check_private_dir,
-    _ensure_private_dir,
-    _read_secret_file,
-    _write_new_secret_file,
-)
+from keys.masterkeys import KeyStoreError, _create_subdir_secret_file, _read_subdir_secret_file
 
 SESSION_DIR = "web"
 SESSION_KEY_FILE = "session.key"
@@ -39,12 +33,11 @@ def create_session_secret(keys_dir: str | os.PathLike[str]) -> None:
 
     Replacing it would sign everyone out: it is rotated only deliberately (delete, create).
     """
-    path = session_secret_path(keys_dir)
-    _ensure_private_dir(path.parent.parent)
-    _ensure_private_dir(path.parent)
-    if path.exists():
-        raise KeyStoreError(f"{path} already exists; refusing to overwrite the session secret")
-    _write_new_secret_file(path, secrets.token_hex(32).encode("ascii") + b"\n")
+    _create_subdir_secret_file(
+        session_secret_path(keys_dir),
+        secrets.token_hex(32).encode("ascii") + b"\n",
+        "the session secret",
+    )
 
 
 def load_session_secret(keys_dir: str | os.PathLike[str]) -> bytes:
@@ -54,9 +47,7 @@ def load_session_secret(keys_dir: str | os.PathLike[str]) -> bytes:
         raise KeyStoreError(
             f"the web session secret {path} is missing: run `sealroom db upgrade` to create it"
         )
-    _check_private_dir(path.parent.parent)
-    _check_private_dir(path.parent)
-    text = _read_secret_file(path).strip()
+    text = _read_subdir_secret_file(path).strip()
     try:
         secret = bytes.fromhex(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):

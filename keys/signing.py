@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from keys.masterkeys import (
     KeyStoreError,
     _check_private_dir,
-    _ensure_private_dir,
+    _create_subdir_secret_file,
     _read_secret_file,
+    _read_subdir_secret_file,
     _write_new_secret_file,
 )
 
@@ -40,39 +41,26 @@ def create_signing_key(keys_dir: str | os.PathLike[str]) -> Ed25519PrivateKey:
     Replacing the key would orphan every checkpoint signed so far for verifiers holding the
     published verifier key, so an existing key is never replaced here.
     """
-    path = signing_key_path(keys_dir)
-    _ensure_private_dir(path.parent.parent)
-    _ensure_private_dir(path.parent)
-    if path.exists():
-        raise KeyStoreError(f"{path} already exists; refusing to overwrite the signing key")
     private_key = Ed25519PrivateKey.generate()
-    pem = private_key.private_bytes(
+    _create_subdir_secret_file(signing_key_path(keys_dir), _pem(private_key), "the signing key")
+    return private_key
+
+
+def _pem(private_key: Ed25519PrivateKey) -> bytes:
+    """The key as an unencrypted PKCS#8 PEM file's bytes."""
+    return private_key.private_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.PKCS8,
         # Unencrypted: a passphrase would have to sit beside it for unattended signing; the
         # file's 0600 mode and the directory's 0700 are the protection.
         encryption_algorithm=serialization.NoEncryption(),
     )
-    _write_new_secret_file(path, pem)
-    return private_key
 
 
 def load_signing_key(keys_dir: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """Load the signing key; KeyStoreError if it is missing, exposed, malformed or not Ed25519."""
     path = signing_key_path(keys_dir)
-    _check_private_dir(path.parent.parent)
-    _check_private_dir(path.parent)
-    data = _read_secret_file(path)
-    try:
-        private_key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        # The parser's message is not passed on: it may describe the file's contents.
-        raise KeyStoreError(
-            f"signing key file {path} is malformed: expected an unencrypted PKCS#8 PEM key"
-        ) from None
-    if not isinstance(private_key, Ed25519PrivateKey):
-        raise KeyStoreError(f"signing key file {path} does not hold an Ed25519 key")
-    return private_key
+    return _parse_pem(path, _read_subdir_secret_file(path))
 
 
 def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
@@ -107,20 +95,17 @@ def create_incoming_signing_key(keys_dir: str | os.PathLike[str]) -> Ed25519Priv
     """Generate the next signing key and store it beside the current one (mode 0600)."""
     load_signing_key(keys_dir)  # refuse to rotate a key store that does not load
     private_key = Ed25519PrivateKey.generate()
-    pem = private_key.private_bytes(
-        encoding=serialization.Encoding.PEM,
-        format=serialization.PrivateFormat.PKCS8,
-        encryption_algorithm=serialization.NoEncryption(),
-    )
-    _write_new_secret_file(_incoming_path(keys_dir, signing_key_fingerprint(private_key)), pem)
+    path = _incoming_path(keys_dir, signing_key_fingerprint(private_key))
+    _write_new_secret_file(path, _pem(private_key))
     return private_key
 
 
-def _load_pem(path: Path) -> Ed25519PrivateKey:
-    data = _read_secret_file(path)
+def _parse_pem(path: Path, data: bytes) -> Ed25519PrivateKey:
+    """The Ed25519 key in ``data`` (read from ``path``); KeyStoreError if it holds none."""
     try:
         private_key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
+        # The parser's message is not passed on: it may describe the file's contents.
         raise KeyStoreError(
             f"signing key file {path} is malformed: expected an unencrypted PKCS#8 PEM key"
         ) from None
@@ -137,7 +122,7 @@ def load_signing_key_by_fingerprint(
     _check_private_dir(current.parent)
     for path in (_incoming_path(keys_dir, fingerprint), current):
         try:
-            private_key = _load_pem(path)
+            private_key = _parse_pem(path, _read_secret_file(path))
         except KeyStoreError:
             if path.exists():
                 raise

@@ -26,7 +26,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-#: Eligible answers for RECLAIIM (URS §2); the simulation spoils some of them on purpose.
+#: Eligible answers for RECLAIIM (URS §2), the one set the simulation, the benchmarks and the
+#: tests start from; the simulation spoils some of them on purpose.
 ELIGIBLE: dict[str, Any] = {
     "age_years": 54,
     "eular_acr_dm": True,

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from randomizer.config import Settings
 from randomizer.db import Database, normalise_url
+from randomizer.simulation import ELIGIBLE  # the answers meeting every RECLAIIM rule
 
 #: Traceability for validation: the requirement markers and outcomes (make validation).
 pytest_plugins = ["tests.validation.plugin"]
@@ -42,20 +43,6 @@ APPENDIX_A_SEED = bytes(range(32))
 PG_URL = os.environ.get("SEALROOM_TEST_DATABASE_URL")
 IN_CI = bool(os.environ.get("CI"))
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
-
-#: An answer set that meets every RECLAIIM eligibility rule.
-ELIGIBLE = {
-    "age_years": 54,
-    "eular_acr_dm": True,
-    "prednisolone_mg_per_day": 10,
-    "pga_vas_cm": 4.5,
-    "mmt8": 120,
-    "cdasi_activity": 20,
-    "malignancy_within_5_years": False,
-    "cancer_associated_myositis": False,
-    "pgd_vas_cm": 1.0,
-    "improved_since_screening": False,
-}
 
 
 def pytest_configure(config: pytest.Config) -> None:

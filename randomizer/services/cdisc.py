@@ -35,12 +35,7 @@ from sqlalchemy.orm import Session
 from randomizer.errors import ValidationFailed
 from randomizer.roles import EXPORT_DM, Actor
 from randomizer.services.context import TrialContext
-from randomizer.services.refusals import refusals_audited
-from randomizer.services.reports import (
-    EXPORT_REFUSED,
-    allocation_rows,
-    audited_export,
-)
+from randomizer.services.reports import allocation_rows, audited_export, export_refusals_audited
 
 FORMATS: Final = ("csv", "xpt")
 
@@ -148,15 +143,7 @@ def dm_xpt(rows: Sequence[dict[str, Any]]) -> bytes:
 
 def export_dm(session: Session, ctx: TrialContext, actor: Actor, file_format: str) -> DmExport:
     """The DM dataset as ``csv`` or ``xpt``: statistician only, audited, refusals audited."""
-    with refusals_audited(
-        session,
-        ctx,
-        actor,
-        EXPORT_REFUSED,
-        ctx.definition.id,
-        site=actor.site,
-        data={"kind": "sdtm-dm"},
-    ):
+    with export_refusals_audited(session, ctx, actor, "sdtm-dm"):
         EXPORT_DM.check(actor)
         if file_format not in FORMATS:
             raise ValidationFailed({"format": [f"Must be one of: {', '.join(FORMATS)}."]})

@@ -23,8 +23,6 @@ from randomizer.domain.kits import (
     ALLOCATED,
     KIT_STATUSES,
     NEEDS_REPLACEMENT,
-    KitTransitionError,
-    check_transition,
 )
 from randomizer.domain.participants import (
     RANDOMIZED,
@@ -224,10 +222,7 @@ def _change_kit_status(
     lock_site(session, kit.site_id)
     session.refresh(kit)
     previous = kit.status
-    try:
-        check_transition(previous, request.status)
-    except KitTransitionError as error:
-        raise Conflict(f"Kit {kit_number}: {error}.", kit_status=previous) from None
+    shipments.check_kit_transition(kit_number, previous, request.status)
     replacement = None
     if previous == ALLOCATED and request.status in NEEDS_REPLACEMENT:
         assert participant is not None and kit.visit is not None
@@ -242,24 +237,17 @@ def _change_kit_status(
             kit.visit,
             replaces=kit.id,
         )
-    kit.status = request.status
-    session.flush()
-    ctx.audit.append(
+    shipments.record_kit_status(
         session,
+        ctx,
         actor,
-        "kit.status_changed",
-        kit_number,
-        {
-            "kit": kit_number,
-            "site": kit.site_id,
-            "from": previous,
-            "to": request.status,
-            "reason": request.reason,
-            "participant": participant.screening_number if participant else None,
-            "visit": kit.visit,
-            "replacement": replacement,
-        },
-        site=kit.site_id,
+        kit,
+        previous,
+        request.status,
+        request.reason,
+        participant=participant.screening_number if participant else None,
+        visit=kit.visit,
+        replacement=replacement,
     )
     return KitStatusChange(kit_number, previous, request.status, replacement)
 

@@ -153,6 +153,31 @@ def _emails_of(session: Session, role: str, site: str | None = None) -> list[str
     return list(session.scalars(query))
 
 
+def users_to_notify(session: Session, role: str) -> list[str]:
+    """The e-mail addresses of the active users of ``role``, sorted, each once."""
+    return _recipients(_emails_of(session, role))
+
+
+def notify(
+    session: Session,
+    ctx: TrialContext,
+    topic: str,
+    recipients: Iterable[str],
+    subject: str,
+    lines: Iterable[str],
+    about: str,
+) -> None:
+    """Write one message (``lines`` joined) per recipient to the outbox, in the caller's
+    transaction; the sender is woken to deliver them once it commits."""
+    body = "\n".join(lines)
+    enqueue(
+        session,
+        ctx,
+        (Message(topic, address, subject, body, about) for address in recipients),
+        wake=ctx.notices.wake,
+    )
+
+
 def announce_unblinding(
     session: Session, ctx: TrialContext, participant: Participant, unblinding: Unblinding
 ) -> list[str]:
@@ -172,33 +197,22 @@ def announce_unblinding(
         f"[{definition.id}] Emergency unblinding of participant {participant.screening_number} "
         f"at site {participant.site_id}"
     )
-    body = "\n".join(
-        [
-            f"The blind was broken for one participant of {definition.id} "
-            f"({definition.registry_id}).",
-            "",
-            f"Participant:     {participant.screening_number} "
-            f"(randomisation number {participant.randomization_number})",
-            f"Site:            {participant.site_id}",
-            f"Unblinded by:    {unblinding.user_name} ({unblinding.role})",
-            f"At:              {format_time(unblinding.unblinded_at)}",
-            f"Reason:          {unblinding.reason}",
-            f"Event reference: {unblinding.event_reference}",
-            f"Audit entry:     {unblinding.audit_seq}",
-            "",
-            "This message does not contain the treatment arm.",
-            "",
-        ]
-    )
-    enqueue(
-        session,
-        ctx,
-        (
-            Message(UNBLINDED_TOPIC, address, subject, body, participant.screening_number)
-            for address in recipients
-        ),
-        wake=ctx.notices.wake,
-    )
+    lines = [
+        f"The blind was broken for one participant of {definition.id} ({definition.registry_id}).",
+        "",
+        f"Participant:     {participant.screening_number} "
+        f"(randomisation number {participant.randomization_number})",
+        f"Site:            {participant.site_id}",
+        f"Unblinded by:    {unblinding.user_name} ({unblinding.role})",
+        f"At:              {format_time(unblinding.unblinded_at)}",
+        f"Reason:          {unblinding.reason}",
+        f"Event reference: {unblinding.event_reference}",
+        f"Audit entry:     {unblinding.audit_seq}",
+        "",
+        "This message does not contain the treatment arm.",
+        "",
+    ]
+    notify(session, ctx, UNBLINDED_TOPIC, recipients, subject, lines, participant.screening_number)
     if not recipients:
         log.warning("unblinding of %s: nobody to notify", participant.screening_number)
     return recipients
@@ -217,23 +231,16 @@ def alert_stratum_exhausted(session: Session, ctx: TrialContext, stratum_key: st
     )
     if already is not None:
         return []
-    recipients = _recipients(_emails_of(session, STATISTICIAN))
+    recipients = users_to_notify(session, STATISTICIAN)
     definition = ctx.definition
     subject = f"[{definition.id}] Stratum exhausted: {stratum_key}"
-    body = "\n".join(
-        [
-            f"Every slot of stratum {stratum_key} of {definition.id} is used.",
-            "Randomisation in this stratum is refused (409 stratum-exhausted) until the list",
-            "is extended; the service never improvises a slot.",
-            "",
-        ]
-    )
-    enqueue(
-        session,
-        ctx,
-        (Message(STRATUM_EXHAUSTED_TOPIC, a, subject, body, about) for a in recipients),
-        wake=ctx.notices.wake,
-    )
+    lines = [
+        f"Every slot of stratum {stratum_key} of {definition.id} is used.",
+        "Randomisation in this stratum is refused (409 stratum-exhausted) until the list",
+        "is extended; the service never improvises a slot.",
+        "",
+    ]
+    notify(session, ctx, STRATUM_EXHAUSTED_TOPIC, recipients, subject, lines, about)
     if not recipients:
         log.warning("stratum %s is exhausted; no statistician has an e-mail address", stratum_key)
     return recipients

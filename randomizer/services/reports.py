@@ -21,6 +21,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from fractions import Fraction
@@ -366,6 +367,22 @@ def audited_export(
     )
 
 
+def export_refusals_audited(
+    session: Session, ctx: TrialContext, actor: Actor, kind: str
+) -> AbstractContextManager[None]:
+    """The block that makes an export of ``kind``: a refusal from it (a blinded role, a bad
+    format) is audited as ``export.refused`` on the trial."""
+    return refusals_audited(
+        session,
+        ctx,
+        actor,
+        EXPORT_REFUSED,
+        ctx.definition.id,
+        site=actor.site,
+        data={"kind": kind},
+    )
+
+
 def allocation_rows(session: Session, ctx: TrialContext) -> list[dict[str, Any]]:
     """Every randomised participant (URS §8's fields, then corrections and unblindings), in
     randomisation order; unaudited: callers that hand the rows out record the export."""
@@ -395,15 +412,7 @@ def allocation_rows(session: Session, ctx: TrialContext) -> list[dict[str, Any]]
 def export_allocations(session: Session, ctx: TrialContext, actor: Actor) -> list[dict[str, Any]]:
     """URS §8 ``GET /allocations`` (R-REP-2, R-REP-5): audited; refused to every blinded role
     (that refusal audited too)."""
-    with refusals_audited(
-        session,
-        ctx,
-        actor,
-        EXPORT_REFUSED,
-        ctx.definition.id,
-        site=actor.site,
-        data={"kind": "allocations"},
-    ):
+    with export_refusals_audited(session, ctx, actor, "allocations"):
         READ_ALLOCATIONS.check(actor)
         rows = allocation_rows(session, ctx)
         audited_export(session, ctx, actor, "allocations", rows)

@@ -21,10 +21,10 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from randomizer.models import SHIPMENT_OPEN, SHIPMENT_REQUESTED, Shipment, User
+from randomizer.models import SHIPMENT_OPEN, SHIPMENT_REQUESTED, Shipment
 from randomizer.roles import ADMIN, SYSTEM
 from randomizer.services.context import TrialContext
-from randomizer.services.outbox import Message, enqueue
+from randomizer.services.notifications import notify, users_to_notify
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +66,16 @@ def request_resupply(session: Session, ctx: TrialContext, site_id: str) -> Shipm
         str(shipment.id),
         {"shipment": shipment.id, "site": site_id, "origin": RESUPPLY},
     )
-    recipients = sorted(
-        set(
-            session.scalars(
-                select(User.email).where(User.role == ADMIN, User.active, User.email.is_not(None))
-            )
-        )
-    )
+    recipients = users_to_notify(session, ADMIN)
     definition = ctx.definition
     subject = f"[{definition.id}] Resupply of site {site_id}: shipment {shipment.id}"
-    body = "\n".join(
-        [
-            f"Site {site_id} of {definition.id} has fallen below its resupply level.",
-            f"Dispatch shipment {shipment.id}: POST /api/v1/shipments/{shipment.id}/dispatch",
-            f"or `sealroom shipments dispatch {shipment.id}`; the service chooses the kits.",
-            "",
-        ]
-    )
-    enqueue(
-        session,
-        ctx,
-        (Message(RESUPPLY_TOPIC, address, subject, body, site_id) for address in recipients),
-        wake=ctx.notices.wake,
-    )
+    lines = [
+        f"Site {site_id} of {definition.id} has fallen below its resupply level.",
+        f"Dispatch shipment {shipment.id}: POST /api/v1/shipments/{shipment.id}/dispatch",
+        f"or `sealroom shipments dispatch {shipment.id}`; the service chooses the kits.",
+        "",
+    ]
+    notify(session, ctx, RESUPPLY_TOPIC, recipients, subject, lines, site_id)
     if not recipients:
         log.warning("resupply of site %s requested; no admin has an e-mail address", site_id)
     return shipment

@@ -514,6 +514,50 @@ def _kit_for_admin(session: Session, kit_number: str) -> Kit:
     return kit
 
 
+def check_kit_transition(kit_number: str, previous: str, status: str) -> None:
+    """Conflict (naming the kit's status) unless a kit may go from ``previous`` to ``status``."""
+    try:
+        check_transition(previous, status)
+    except KitTransitionError as error:
+        raise Conflict(f"Kit {kit_number}: {error}.", kit_status=previous) from None
+
+
+def record_kit_status(
+    session: Session,
+    ctx: TrialContext,
+    actor: Actor,
+    kit: Kit,
+    previous: str,
+    status: str,
+    reason: str | None,
+    *,
+    participant: str | None = None,
+    visit: str | None = None,
+    replacement: str | None = None,
+) -> None:
+    """Move ``kit`` from ``previous`` to ``status``, audited as ``kit.status_changed`` (its
+    site's entry). Shared by the pharmacist's changes and the admin's quarantine."""
+    kit.status = status
+    session.flush()
+    ctx.audit.append(
+        session,
+        actor,
+        "kit.status_changed",
+        kit.kit_number,
+        {
+            "kit": kit.kit_number,
+            "site": kit.site_id,
+            "from": previous,
+            "to": status,
+            "reason": reason,
+            "participant": participant,
+            "visit": visit,
+            "replacement": replacement,
+        },
+        site=kit.site_id,
+    )
+
+
 def set_quarantine(
     session: Session,
     ctx: TrialContext,
@@ -548,29 +592,8 @@ def set_quarantine(
                 )
         else:
             status = IN_DEPOT if kit.site_id is None else AVAILABLE
-        try:
-            check_transition(previous, status)
-        except KitTransitionError as error:
-            raise Conflict(f"Kit {kit_number}: {error}.", kit_status=previous) from None
-        kit.status = status
-        session.flush()
-        ctx.audit.append(
-            session,
-            actor,
-            "kit.status_changed",
-            kit_number,
-            {
-                "kit": kit_number,
-                "site": kit.site_id,
-                "from": previous,
-                "to": status,
-                "reason": request.reason,
-                "participant": None,
-                "visit": None,
-                "replacement": None,
-            },
-            site=kit.site_id,
-        )
+        check_kit_transition(kit_number, previous, status)
+        record_kit_status(session, ctx, actor, kit, previous, status, request.reason)
         return QuarantineChange(kit_number, kit.site_id, previous, status)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -193,3 +194,25 @@ def once(
 def field_errors(problem: Problem) -> dict[str, list[str]]:
     """A refusal's messages by form field (the API's dotted paths)."""
     return dict(problem.extra.get("errors") or {})
+
+
+def form_with_refusal(template: str, problem: Problem, /, **values: Any) -> tuple[str, int]:
+    """The form's page again with the refusal, its field errors and a new one-time key (the
+    corrected form is a new request)."""
+    return page(
+        template,
+        problem.status,
+        form_key=new_form_key(),
+        errors=field_errors(problem),
+        refusal=problem,
+        **values,
+    )
+
+
+def outcome_page(outcome: Outcome, shown: Callable[[dict[str, Any]], Any]) -> Any:
+    """``shown(answer)`` for a form's outcome that succeeded; else the error page (a second
+    click is shown the refusal the first one got)."""
+    answer = json.loads(outcome.text)
+    if outcome.status >= 400:
+        return page("error.html", outcome.status, title=answer["title"], detail=answer["detail"])
+    return shown(answer)

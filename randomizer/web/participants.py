@@ -4,7 +4,6 @@ search across sites. Never an arm: the pages show what the API's answers hold.""
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -32,8 +31,10 @@ from randomizer.web.base import (
     current_actor,
     field_errors,
     form_submission,
+    form_with_refusal,
     new_form_key,
     once,
+    outcome_page,
     page,
     signed_in,
 )
@@ -124,10 +125,7 @@ def screen() -> Any:
         return page("screen.html", 422, values=values, errors=field_errors(problem))
     except Problem as problem:
         return page("screen.html", problem.status, values=values, errors={}, refusal=problem)
-    answer = json.loads(outcome.text)
-    if outcome.status >= 400:
-        return page("error.html", outcome.status, title=answer["title"], detail=answer["detail"])
-    return page("screened.html", 201, participant=answer)
+    return outcome_page(outcome, lambda answer: page("screened.html", 201, participant=answer))
 
 
 @bp.get("/participants/<screening_number>")
@@ -198,10 +196,7 @@ def randomise(screening_number: str) -> Any:
         return show(422, field_errors(problem), refusal=problem)
     except Problem as problem:
         return show(problem.status, {}, refusal=problem)
-    answer = json.loads(outcome.text)
-    if outcome.status >= 400:
-        return page("error.html", outcome.status, title=answer["title"], detail=answer["detail"])
-    return page("randomised.html", 201, result=answer, p=view)
+    return outcome_page(outcome, lambda answer: page("randomised.html", 201, result=answer, p=view))
 
 
 @bp.post("/participants/<screening_number>/dispense")
@@ -228,15 +223,10 @@ def dispense(screening_number: str) -> Any:
             view = participant_view(
                 session, state.ctx, find_participant(session, actor, screening_number)
             )
-        return page(
-            "participant.html",
-            problem.status,
-            p=view,
-            form_key=new_form_key(),
-            errors=field_errors(problem),
-            refusal=problem,
-        )
-    answer = json.loads(outcome.text)
-    if outcome.status >= 400:
-        return page("error.html", outcome.status, title=answer["title"], detail=answer["detail"])
-    return page("dispensed.html", 201, result=answer, screening_number=screening_number)
+        return form_with_refusal("participant.html", problem, p=view)
+    return outcome_page(
+        outcome,
+        lambda answer: page(
+            "dispensed.html", 201, result=answer, screening_number=screening_number
+        ),
+    )

@@ -3,7 +3,6 @@ status changes (damaged, lost, returned, dispensed) with the replacement it was 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import redirect, request, url_for
@@ -25,10 +24,11 @@ from randomizer.state import app_state
 from randomizer.web.base import (
     bp,
     current_actor,
-    field_errors,
     form_submission,
+    form_with_refusal,
     new_form_key,
     once,
+    outcome_page,
     page,
     signed_in,
 )
@@ -80,20 +80,14 @@ def kit(kit_number: str) -> Any:
     try:
         outcome = once("web.kits.status", actor, act, kit_status_refusal(kit_number))
     except Problem as problem:
-        return page(
-            "kit.html",
-            problem.status,
-            kit=view,
-            form_key=new_form_key(),
-            errors=field_errors(problem),
-            refusal=problem,
-        )
-    answer = json.loads(outcome.text)
-    if outcome.status >= 400:
-        return page("error.html", outcome.status, title=answer["title"], detail=answer["detail"])
-    with state.db.reading() as session:
-        view = kit_view(session, actor, kit_number)
-    return page("kit.html", kit=view, form_key=new_form_key(), errors={}, changed=answer)
+        return form_with_refusal("kit.html", problem, kit=view)
+
+    def changed(answer: dict[str, Any]) -> Any:
+        with state.db.reading() as session:
+            view = kit_view(session, actor, kit_number)
+        return page("kit.html", kit=view, form_key=new_form_key(), errors={}, changed=answer)
+
+    return outcome_page(outcome, changed)
 
 
 @bp.get("/kits")

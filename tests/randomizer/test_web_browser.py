@@ -145,17 +145,24 @@ def test_coordinator_screens_randomises_and_reads_the_kit_numbers(browser, serve
     visit.close()
 
 
-def test_pharmacist_dispenses_and_marks_a_kit_damaged(browser, served):
+def randomised_by_the_coordinator(browser: Any, served: Any, number: str, prior_ig: str) -> str:
+    """``number`` screened and randomised through the pages by coordinator-101 (the test
+    above checks each page); the first of its kits' numbers."""
     coordinator = Visit(browser, served, "coordinator-101")
     coordinator.go("/participants/new")
-    coordinator.page.fill("#screening_number", "101-0102")
-    coordinator.page.check("input[name='strata.prior_ig'][value='yes']")
+    coordinator.page.fill("#screening_number", number)
+    coordinator.page.check(f"input[name='strata.prior_ig'][value='{prior_ig}']")
     coordinator.page.click("main button[type=submit]")
     coordinator.page.click("text=Randomise this participant")
     answer_checklist(coordinator.page)
     coordinator.page.click("main button[type=submit]")
     kit = coordinator.page.locator("#kits").inner_text().split(",")[0].strip()
     coordinator.close()
+    return kit
+
+
+def test_pharmacist_dispenses_and_marks_a_kit_damaged(browser, served):
+    kit = randomised_by_the_coordinator(browser, served, "101-0102", prior_ig="yes")
 
     visit = Visit(browser, served, "pharmacist-101")
     visit.go("/inventory")
@@ -173,15 +180,7 @@ def test_pharmacist_dispenses_and_marks_a_kit_damaged(browser, served):
 
 
 def test_investigator_unblinds_with_a_signature_and_sees_the_arm_once(browser, served):
-    coordinator = Visit(browser, served, "coordinator-101")
-    coordinator.go("/participants/new")
-    coordinator.page.fill("#screening_number", "101-0103")
-    coordinator.page.check("input[name='strata.prior_ig'][value='no']")
-    coordinator.page.click("main button[type=submit]")
-    coordinator.page.click("text=Randomise this participant")
-    answer_checklist(coordinator.page)
-    coordinator.page.click("main button[type=submit]")
-    coordinator.close()
+    randomised_by_the_coordinator(browser, served, "101-0103", prior_ig="no")
 
     visit = Visit(browser, served, "investigator-101")
     visit.go("/participants/101-0103/unblind")

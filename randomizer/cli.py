@@ -737,6 +737,46 @@ def restore(cli: Cli, source: str, force: bool, verifier_key: str | None) -> Non
     )
 
 
+# validate ---------------------------------------------------------------------------------
+
+
+@main.command("validate")
+@click.option(
+    "--trial",
+    "trial_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The trial definition (TOML; default: the bundled RECLAIIM file).",
+)
+@click.option(
+    "--kits-per-arm",
+    type=click.IntRange(min=0),
+    help="Kits of each arm a site holds before resupply (default: what init-demo stocks).",
+)
+def validate(trial_file: str | None, kits_per_arm: int | None) -> None:
+    """Check a trial definition before go-live and print what to fix or review.
+
+    Strata and list length against trial.target_participants, kit stock against dosing for
+    the heaviest weight a request may state, eligibility rules over undeclared fields,
+    overlapping visit windows. Exits 1 when there is an error, 0 with warnings only. Reads
+    no database.
+    """
+    from randomizer.domain import bundled_trial_path
+    from randomizer.services.trial_review import review_trial_definition
+
+    path = Path(trial_file) if trial_file else bundled_trial_path()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        fail(f"{path}: not UTF-8 text")
+    review = review_trial_definition(text, kits_per_arm=kits_per_arm)
+    name = review.definition.id if review.definition else "the definition"
+    click.echo(f"{path}: {name}: {len(review.errors)} errors, {len(review.warnings)} warnings")
+    for finding in review.findings:
+        click.echo(f"{finding.severity}: {finding.key}: {finding.message}")
+    if review.errors:
+        sys.exit(1)
+
+
 # lists ------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ import marshmallow as ma
 from marshmallow import fields, post_load, validate, validates_schema
 
 from audit.entry import format_time
-from randomizer.domain import EligibilityField, TrialDefinition
+from randomizer.domain import WEIGHT_KG_MAX, WEIGHT_KG_MIN, EligibilityField, TrialDefinition
 from randomizer.domain.participants import (
     PARTICIPANT_STATUSES,
     SCREENING_NUMBER,
@@ -615,7 +615,9 @@ def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
             return ScreeningRequest(**data)
 
     class RandomizationRequestSchema(StrictSchema):
-        weight_kg = StrictDecimal(required=True, validate=validate.Range(min=30, max=250))
+        weight_kg = StrictDecimal(
+            required=True, validate=validate.Range(min=WEIGHT_KG_MIN, max=WEIGHT_KG_MAX)
+        )
         eligibility = fields.Nested(eligibility_schema, required=True)
 
         @post_load
@@ -666,7 +668,9 @@ def build_trial_schemas(definition: TrialDefinition) -> TrialSchemas:
         visit = SafeString(
             required=True, validate=validate.OneOf(visit_ids), metadata={"enum": visit_ids}
         )
-        weight_kg = StrictDecimal(required=True, validate=validate.Range(min=30, max=250))
+        weight_kg = StrictDecimal(
+            required=True, validate=validate.Range(min=WEIGHT_KG_MIN, max=WEIGHT_KG_MAX)
+        )
 
         @post_load
         def make_request(self, data: dict[str, Any], **_kwargs: Any) -> DispenseRequest:

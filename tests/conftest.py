@@ -30,6 +30,9 @@ from randomizer.config import Settings
 from randomizer.db import Database, normalise_url
 from randomizer.simulation import ELIGIBLE  # the answers meeting every RECLAIIM rule
 
+#: Traceability for validation: the requirement markers and outcomes (make validation).
+pytest_plugins = ["tests.validation.plugin"]
+
 settings.register_profile("default", deadline=None)
 settings.register_profile(
     "ci", deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow]

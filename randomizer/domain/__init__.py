@@ -4,7 +4,13 @@ Standard library only; no Flask, no SQLAlchemy. Everything here is plain functio
 data, tested without a database.
 """
 
-from randomizer.domain.dosing import kits_for_visit, randomisable_until, visit_window
+from randomizer.domain.dosing import (
+    WEIGHT_KG_MAX,
+    WEIGHT_KG_MIN,
+    kits_for_visit,
+    randomisable_until,
+    visit_window,
+)
 from randomizer.domain.eligibility import (
     FailedRule,
     check_bounds,
@@ -42,6 +48,8 @@ from randomizer.domain.trial import (
 
 __all__ = [
     "LIST_DOMAIN",
+    "WEIGHT_KG_MAX",
+    "WEIGHT_KG_MIN",
     "Arm",
     "Condition",
     "EligibilityField",

@@ -11,6 +11,9 @@ from decimal import Decimal, Inexact, localcontext
 
 from randomizer.domain.trial import TrialDefinition, Visit
 
+#: The weights (kg, inclusive) a randomisation or dispensing request may state (URS §8).
+WEIGHT_KG_MIN, WEIGHT_KG_MAX = 30, 250
+
 
 def kits_for_visit(trial: TrialDefinition, weight_kg: Decimal, visit: Visit) -> int:
     """Kits to dispense at ``visit``: ceil(weight * g/kg/week * weeks / grams per kit).

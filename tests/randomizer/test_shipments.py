@@ -285,7 +285,9 @@ def test_expired_window_and_quarantined_kits_are_never_allocated(api, db, ctx, c
     leave_per_arm(db, ctx, "102", 0)
     dnd = ctx.definition.do_not_dispense_days
     soon = stock_102(db, ctx, api, "L-SOON", 40, ctx.today() + timedelta(days=dnd + 2))
-    good = stock_102(db, ctx, api, "L-GOOD", 20, ctx.today() + timedelta(days=400))
+    # Enough good kits of either arm, whichever arms the quarantine and the randomisations
+    # below take: a refused randomisation would roll back the expiry marks it made.
+    good = stock_102(db, ctx, api, "L-GOOD", 40, ctx.today() + timedelta(days=400))
     # Quarantine 6 good kits (a temperature excursion): never allocated.
     held = good[:6]
     for number in held:
@@ -304,7 +306,8 @@ def test_expired_window_and_quarantined_kits_are_never_allocated(api, db, ctx, c
             given += response.get_json()["kits"]
     assert given and not set(given) & (set(soon) | set(held))
     clock.advance(days=dnd)  # and past its expiry: marked expired at the next allocation
-    screen_and_randomize_102(api, "102-EXP-9", weight=40)
+    last = screen_and_randomize_102(api, "102-EXP-9", weight=40)
+    assert last.status_code == 201, last.get_json()
     assert {k.status for k in kits_where(db, Kit.lot == "L-SOON")} == {"expired"}
     assert entries(db, "kit.expired")[-1]["data"]["site"] == "102"
     released = api.post(f"/kits/{held[0]}/release", "admin", json={"reason": "within range"})

@@ -19,7 +19,7 @@ from randomizer.web.base import bp, current_actor, page, signed_in
 #: The pictures a page shows: each of a report the service checks the role of.
 PICTURES = ("enrollment", "screen-failures", "balance")
 #: A drawing's own policy: its presentation attributes are inline styles; never a script.
-PICTURE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'"
+PICTURE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 
 
 @bp.get("/reports/enrollment")

@@ -265,3 +265,28 @@ def test_admin_sends_a_shipment_and_the_pharmacist_receives_it_with_one_kit_dama
     assert "1 damaged" in visit.page.locator("#received").inner_text()
     visit.check("received")
     visit.close()
+
+
+@pytest.mark.requirement("R-REP-4")
+def test_the_enrollment_report_shows_its_pictures_under_the_pages_policy(browser, served):
+    visit = Visit(browser, served, "sponsor")
+    visit.go("/reports/enrollment")
+    visit.check("report-enrollment")
+    visit.close()
+    # A context that keeps the pages' policy (the axe check bypasses it): the pictures load.
+    server, passwords, _ = served
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(f"{server.client.base}/sign-in")
+        page.fill("#username", "sponsor")
+        page.fill("#password", passwords["sponsor"])
+        page.click("button[type=submit]")
+        page.goto(f"{server.client.base}/reports/enrollment")
+        images = page.locator("main img")
+        assert images.count() == 2
+        for index in range(2):
+            width = images.nth(index).evaluate("image => image.complete && image.naturalWidth")
+            assert width and width > 0
+    finally:
+        context.close()

@@ -21,7 +21,16 @@ def init_app(app: Flask, state: AppState) -> None:
     from flask_wtf.csrf import generate_csrf
 
     from keys import load_session_secret
-    from randomizer.web import admin, audit, auth, participants, pharmacy, unblinding  # noqa: F401
+    from randomizer.web import (  # noqa: F401  (each module adds its pages to the blueprint)
+        admin,
+        audit,
+        auth,
+        participants,
+        pharmacy,
+        reports,
+        shipments,
+        unblinding,
+    )
     from randomizer.web.base import bp, page_language
 
     # Shared by every worker: the cookie and the CSRF tokens verify in any of them.

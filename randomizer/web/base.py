@@ -99,7 +99,8 @@ def _refused_form(reason: str) -> Response:
 @bp.after_request
 def _security_headers(response: Response) -> Response:
     """Every page: no script, no framing, not sniffed, never cached (participant data)."""
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    # A report's SVG picture sets its own (still script-free) policy: randomizer.web.reports.
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"

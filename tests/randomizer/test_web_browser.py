@@ -203,3 +203,89 @@ def test_auditor_pages_through_entries(browser, served):
     visit.page.click("#next-page")
     assert visit.page.locator("table.entries tbody tr td").first.inner_text() != first
     visit.close()
+
+
+@pytest.mark.requirement("R-SHIP")
+def test_admin_sends_a_shipment_and_the_pharmacist_receives_it_with_one_kit_damaged(
+    browser, served
+):
+    import subprocess
+    import sys
+    from datetime import date, timedelta
+
+    server = served[0]
+    expiry = (date.today() + timedelta(days=400)).isoformat()
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "randomizer.cli",
+            "kits",
+            "generate",
+            "--lot",
+            "L-BROWSER",
+            "--count",
+            "4",
+            "--expiry",
+            expiry,
+        ],
+        env={
+            **os.environ,
+            "SEALROOM_DATABASE_URL": server.trial.url,
+            "SEALROOM_INSTANCE_DIR": str(server.directory),
+            "SEALROOM_KEYS_DIR": str(server.trial.settings.keys_dir),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    admin = Visit(browser, served, "admin")
+    admin.go("/shipments")
+    admin.page.fill("#site", "101")
+    admin.page.fill("#lot", "L-BROWSER")
+    admin.check("shipments-admin")
+    admin.page.click("main form.narrow button[type=submit]")
+    created = admin.page.locator("#created a").inner_text()
+    admin.close()
+
+    visit = Visit(browser, served, "pharmacist-101")
+    visit.go("/shipments")
+    visit.check("shipments-pharmacist")
+    visit.page.click(f"a[href='/shipments/{created}']")
+    radios = visit.page.locator("input[type=radio][value=available]")
+    assert radios.count() == 4
+    for index in range(4):
+        radios.nth(index).check()
+    visit.page.locator("input[type=radio][value=damaged]").first.check()
+    visit.check("receive")
+    visit.page.click("main button[type=submit]")
+    assert visit.page.locator("#shipment-status").inner_text() == "received"
+    assert "1 damaged" in visit.page.locator("#received").inner_text()
+    visit.check("received")
+    visit.close()
+
+
+@pytest.mark.requirement("R-REP-4")
+def test_the_enrollment_report_shows_its_pictures_under_the_pages_policy(browser, served):
+    visit = Visit(browser, served, "sponsor")
+    visit.go("/reports/enrollment")
+    visit.check("report-enrollment")
+    visit.close()
+    # A context that keeps the pages' policy (the axe check bypasses it): the pictures load.
+    server, passwords, _ = served
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(f"{server.client.base}/sign-in")
+        page.fill("#username", "sponsor")
+        page.fill("#password", passwords["sponsor"])
+        page.click("button[type=submit]")
+        page.goto(f"{server.client.base}/reports/enrollment")
+        images = page.locator("main img")
+        assert images.count() == 2
+        for index in range(2):
+            width = images.nth(index).evaluate("image => image.complete && image.naturalWidth")
+            assert width and width > 0
+    finally:
+        context.close()

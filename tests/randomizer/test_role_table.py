@@ -502,8 +502,19 @@ def _depot_scene(api: Any, db: Any) -> dict[str, Any]:
     with api.client.application.app_context():
         ctx = app_state().ctx
     expiry = ctx.today() + timedelta(days=500)
-    with db.transaction() as session:
-        shipments.generate_kits(session, ctx, SYSTEM, KitGeneration("L-ROLES", 40, expiry))
+    # The kits to quarantine and release expire long after the site's other stock, so no
+    # randomisation or dispensing of another row ever takes them (earliest expiry first).
+    latest = ctx.today() + timedelta(days=3000)
+    for lot, count, expires_on in (("L-ROLES", 40, expiry), ("L-HOLD", 4, latest)):
+        with db.transaction() as session:
+            shipments.generate_kits(session, ctx, SYSTEM, KitGeneration(lot, count, expires_on))
+    hold = api.post("/shipments", USERS[ADMIN], json={"site": SITE, "lot": "L-HOLD"}).get_json()
+    received = api.post(
+        f"/shipments/{hold['id']}/receive",
+        USERS[PHARMACIST],
+        json={"kits": dict.fromkeys(hold["kits"], "available")},
+    )
+    assert received.status_code == 200, received.get_json()
     shipped = api.post("/shipments", USERS[ADMIN], json={"site": SITE, "count": 2}).get_json()
     with db.transaction() as session:
         request = Shipment(
@@ -518,7 +529,7 @@ def _depot_scene(api: Any, db: Any) -> dict[str, Any]:
         request_id = request.id
         stock_kit, held_kit = session.scalars(
             select(Kit.kit_number)
-            .where(Kit.site_id == SITE, Kit.status == "available")
+            .where(Kit.site_id == SITE, Kit.status == "available", Kit.lot == "L-HOLD")
             .order_by(Kit.kit_number)
             .limit(2)
         )

@@ -70,5 +70,5 @@ clean:
 ## (committed; a test checks that each .mo matches its .po)
 translations: $(VENV)/.installed
 	$(BIN)/pybabel -q extract -F babel.cfg -k N_ --no-location --sort-output -o randomizer/web/translations/messages.pot randomizer/web
-	$(BIN)/pybabel -q update -i randomizer/web/translations/messages.pot -d randomizer/web/translations --no-fuzzy-matching --no-location
+	$(BIN)/pybabel -q update -i randomizer/web/translations/messages.pot -d randomizer/web/translations --no-fuzzy-matching --width 100
 	$(BIN)/pybabel compile --statistics -d randomizer/web/translations

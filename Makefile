@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 # The PostgreSQL server the benchmarks that measure both backends use (a scratch database on it).
 
-.PHONY: run test validation lint bench install install-test clean
+.PHONY: run test validation lint bench install install-test clean translations
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,3 +64,11 @@ bench: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .ruff_cache validation
+
+## make translations: re-extract the web pages' texts, merge them into each catalogue
+## (randomizer/web/translations/*/LC_MESSAGES/messages.po) and compile the .mo files
+## (committed; a test checks that each .mo matches its .po)
+translations: $(VENV)/.installed
+	$(BIN)/pybabel -q extract -F babel.cfg -k N_ --no-location --sort-output -o randomizer/web/translations/messages.pot randomizer/web
+	$(BIN)/pybabel -q update -i randomizer/web/translations/messages.pot -d randomizer/web/translations --no-fuzzy-matching --width 100
+	$(BIN)/pybabel compile --statistics -d randomizer/web/translations

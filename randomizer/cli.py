@@ -407,10 +407,17 @@ def users_group() -> None:
     is_flag=True,
     help="Also set their web password (asked twice, or one line on standard input).",
 )
+@click.option("--language", help="Their web pages' language: en (the default) or fr.")
 @click.argument("name")
 @pass_cli
 def users_add(
-    cli: Cli, role: str, site: str | None, email: str | None, with_password: bool, name: str
+    cli: Cli,
+    role: str,
+    site: str | None,
+    email: str | None,
+    with_password: bool,
+    language: str | None,
+    name: str,
 ) -> None:
     """Add a user and print their first token."""
     from randomizer.roles import SYSTEM
@@ -422,6 +429,8 @@ def users_add(
         _user, token = users.add_user(session, ctx, SYSTEM, name, role, site, email)
         if password is not None:
             users.set_password(session, ctx, SYSTEM, name, password)
+        if language is not None:
+            users.set_language(session, ctx, SYSTEM, name, language)
         return token
 
     click.echo(_run(cli, add))
@@ -456,6 +465,19 @@ def _new_password() -> str:
     if problems:
         fail(f"password: {' '.join(problems)}")
     return password
+
+
+@users_group.command("language")
+@click.argument("name")
+@click.argument("language")
+@pass_cli
+def users_language(cli: Cli, name: str, language: str) -> None:
+    """Set the language of a user's web pages (en or fr)."""
+    from randomizer.roles import SYSTEM
+    from randomizer.services import users
+
+    _run(cli, lambda s, c: users.set_language(s, c, SYSTEM, name, language))
+    click.echo(f"Web pages of {name} in {language}")
 
 
 @users_group.command("deactivate")

@@ -144,6 +144,39 @@ def issue_token(session: Session, ctx: TrialContext, actor: Actor, name: str) ->
     return token
 
 
+#: The web pages' languages (English is the source; ``None`` stored means English).
+LANGUAGES = ("en", "fr")
+
+
+def set_language(
+    session: Session, ctx: TrialContext, actor: Actor, name: str, language: str
+) -> User:
+    """Set the language a user's web pages are shown in (``en`` or ``fr``).
+
+    A user chooses their own; changing another user's needs the right to manage users (an
+    admin, the command line). Audited like every change to a user.
+    """
+    if actor.name != name or actor.user_id is None:
+        MANAGE_USERS.check(actor)
+    if language not in LANGUAGES:
+        raise ValidationFailed({"language": [f"Must be one of: {', '.join(LANGUAGES)}."]})
+    user = _user(session, name)
+    if not user.active:
+        raise Conflict(f"User {name} is deactivated.")
+    previous = user.language or "en"
+    user.language = language
+    session.flush()
+    ctx.audit.append(
+        session,
+        actor,
+        "user.language_set",
+        name,
+        {"user": name, "language": language, "previous": previous},
+        site=user.site_id,
+    )
+    return user
+
+
 def list_users(session: Session, actor: Actor) -> list[dict[str, object]]:
     """Every user by name: role, site, whether active and whether they have a web password."""
     MANAGE_USERS.check(actor)

@@ -10,14 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, redirect, request, session, url_for
+from flask_babel import gettext
 
-from randomizer.errors import TooManyRequests, Unauthorized
-from randomizer.services.users import check_password
+from randomizer.errors import Problem, TooManyRequests, Unauthorized
+from randomizer.services.users import LANGUAGES, check_password, set_language
 from randomizer.services.web_sessions import end_session, start_session
 from randomizer.state import app_state
 from randomizer.web.base import POLICY, SESSION_ID, bp, current_actor, page, signed_in
 
-WRONG = "The user name or the password is wrong (or the account is not active)."
+
+def N_(message: str) -> str:
+    """Mark ``message`` for the catalogue (pybabel -k N_); it is translated where shown."""
+    return message
+
+
+WRONG = N_("The user name or the password is wrong (or the account is not active).")
 
 
 @bp.get("/")
@@ -42,7 +49,7 @@ def sign_in() -> Any:
             request.remote_addr, lambda reading: check_password(reading, username, password), WRONG
         )
     except Unauthorized:
-        return page("sign_in.html", 401, next=target, username=username, error=WRONG)
+        return page("sign_in.html", 401, next=target, username=username, error=gettext(WRONG))
     except TooManyRequests as refused:
         wait = refused.retry_after
         response = Response(
@@ -50,8 +57,11 @@ def sign_in() -> Any:
                 "sign_in.html",
                 next=target,
                 username=username,
-                error=f"Too many failed sign-ins from this computer: wait {wait} seconds, then "
-                "try again. No account is ever locked.",
+                error=gettext(
+                    "Too many failed sign-ins from this computer: wait %(wait)s seconds, then "
+                    "try again. No account is ever locked.",
+                    wait=wait,
+                ),
             )[0],
             status=429,
         )
@@ -75,6 +85,30 @@ def sign_out() -> Any:
         end_session(writing, state.ctx, actor, session[SESSION_ID])
     session.clear()
     return redirect(url_for("web.sign_in"), code=303)
+
+
+@bp.route("/language", methods=["GET", "POST"])
+@signed_in()
+def language() -> Any:
+    """The signed-in user chooses the language of their pages (kept with their account)."""
+    state, actor = app_state(), current_actor()
+    assert actor is not None
+    if request.method == "GET":
+        return page("language.html", languages=LANGUAGES, errors={})
+    chosen = request.form.get("language", "")
+    try:
+        with state.db.transaction() as writing:
+            set_language(writing, state.ctx, actor, actor.name, chosen)
+    except Problem as problem:
+        return page(
+            "language.html",
+            problem.status,
+            languages=LANGUAGES,
+            errors=dict(problem.extra.get("errors") or {}),
+            refusal=problem,
+        )
+    # Another page load shows the new language (the locale is read from the account then).
+    return redirect(url_for("web.home"), code=303)
 
 
 def _safe_next(target: str | None) -> str | None:

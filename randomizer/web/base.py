@@ -19,6 +19,7 @@ from randomizer.roles import Actor, Permission
 from randomizer.services.idempotency import Outcome, perform_once_or_refuse, request_digest
 from randomizer.services.inputs import Submission
 from randomizer.services.refusals import Refusal
+from randomizer.services.users import LANGUAGES
 from randomizer.services.web_sessions import SessionPolicy, open_session, touch_session
 from randomizer.state import app_state
 
@@ -41,8 +42,6 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-#: The languages the pages are translated into (English is the source).
-LANGUAGES = ("en", "fr")
 
 
 def current_actor() -> Actor | None:

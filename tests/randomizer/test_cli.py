@@ -359,6 +359,22 @@ def test_users_deactivate_stops_the_users_token_at_once(demo):
     ]
 
 
+@pytest.mark.requirement("R-CLI")
+def test_users_language_sets_the_web_pages_language_audited_and_refuses_an_unknown_one(demo):
+    added = demo.run(
+        "users", "add", "--role", "pharmacist", "--site", "201", "--language", "fr", "dan"
+    )
+    assert added.exit_code == 0, added.output
+    assert demo.run("users", "language", "dan", "en").exit_code == 0
+    refused = demo.run("users", "language", "dan", "de")
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    changes = [e["data"] for e in demo.entries_about("dan") if e["action"] == "user.language_set"]
+    assert changes == [
+        {"user": "dan", "language": "fr", "previous": "en"},
+        {"user": "dan", "language": "en", "previous": "fr"},
+    ]
+
+
 # audit export and verify -------------------------------------------------------------------
 
 
@@ -699,6 +715,7 @@ NEEDS_KEYS = {
     "users add": ["users", "add", "--role", "auditor", "loose-keys"],
     "users token": ["users", "token", "auditor"],
     "users deactivate": ["users", "deactivate", "auditor"],
+    "users language": ["users", "language", "auditor", "fr"],
     "audit verify": ["audit", "verify"],
     "audit export": ["audit", "export", "--out", "{tmp}/audit.jsonl"],
     "lists export": ["lists", "export", "--seed", SEED, "--out", "{tmp}/lists.csv"],

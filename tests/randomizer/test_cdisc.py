@@ -105,7 +105,9 @@ def test_every_dm_export_is_audited_with_its_row_count(api, db):
         entries = [
             json.loads(text)
             for text in session.scalars(
-                select(AuditEntry.canonical).where(AuditEntry.action == "export.created")
+                select(AuditEntry.canonical)
+                .where(AuditEntry.action == "export.created")
+                .order_by(AuditEntry.seq)
             )
         ]
     assert [entry["data"] for entry in entries] == [

@@ -32,9 +32,14 @@ run: $(VENV)/.installed
 	$(BIN)/sealroom db upgrade
 	$(BIN)/sealroom serve --host $(HOST) --port $(PORT)
 
+# The suite runs in TEST_WORKERS pytest-xdist processes (TEST_WORKERS=0: in this process alone);
+# every worker makes its own scratch databases, so they share nothing but the servers.
+TEST_WORKERS ?= 3
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
+
 ## make test: install with the test extra and run the whole suite (slow and multi-process tests too)
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 ## make validation: the same suite as make test, plus the validation report: each URS
 ## requirement of docs/requirements.toml, its tests and their outcomes, the configuration under
@@ -42,7 +47,7 @@ test: $(VENV)/.installed-test
 ## when a requirement has no passing test and is not deferred (README: Validation).
 validation: $(VENV)/.installed-test
 	rm -rf validation
-	$(BIN)/python -m pytest $(PYTEST_ARGS) --validation-report validation
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS) --validation-report validation
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

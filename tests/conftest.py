@@ -63,12 +63,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 _PG_TESTS_PASSED: list[str] = []
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call" and report.passed and "postgresql" in item.nodeid:
-        _PG_TESTS_PASSED.append(item.nodeid)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # A report hook, not an item hook: under pytest-xdist, reports reach the controller.
+    if report.when == "call" and report.passed and "postgresql" in report.nodeid:
+        _PG_TESTS_PASSED.append(report.nodeid)
 
 
 # Databases --------------------------------------------------------------------------------

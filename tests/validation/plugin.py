@@ -38,7 +38,6 @@ FAILING = ("failed", "no test")
 #: How one backend's tests of a requirement sum up: a failure outweighs everything.
 _BACKEND_RANK = ("failed", "passed", "skipped", "xfailed", "not run")
 
-_EVIDENCE_KEY = pytest.StashKey[dict[str, Any]]()
 _COLLECTOR_KEY = pytest.StashKey["Collector"]()
 
 
@@ -195,13 +194,39 @@ def unknown_ids(requirements: Sequence[Requirement], results: Sequence[Collected
     return sorted({rid for t in results for rid in t.requirements} - known)
 
 
+#: The ``user_properties`` names that carry a test's traceability from where it runs (a
+#: pytest-xdist worker, or this process) to the process that writes the report.
+_REQUIREMENTS_PROPERTY = "sealroom_requirements"
+_BACKEND_PROPERTY = "sealroom_backend"
+_EVIDENCE_PROPERTY = "sealroom_validation_evidence"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Puts each test's requirement ids and backend on the reports it will send.
+
+    Last, so that the items deselected (-m, -k) are gone: they are not part of this run. Under
+    pytest-xdist the workers collect and the controller writes the report: reports carry their
+    ``user_properties`` across, markers do not.
+    """
+    for item in items:
+        ids = tuple(
+            dict.fromkeys(
+                str(arg) for marker in item.iter_markers("requirement") for arg in marker.args
+            )
+        )
+        item.user_properties.append((_REQUIREMENTS_PROPERTY, ids))
+        item.user_properties.append((_BACKEND_PROPERTY, backend_of(item)))
+
+
 class Collector:
-    """Gathers the markers at collection and the outcomes as tests report."""
+    """Gathers each test's requirements and outcome from the reports of its phases."""
 
     def __init__(self, config: pytest.Config, out: Path | None) -> None:
         self.config = config
         self.out = out
         self.results: dict[str, CollectedTest] = {}
+        self.evidence: dict[str, Any] = {}
         self.environment: dict[str, Any] = {}
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -211,21 +236,19 @@ class Collector:
 
             self.environment = environment()
 
-    # Last, so that the items deselected (-m, -k) are gone: they are not part of this run.
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        for item in items:
-            ids = tuple(
-                dict.fromkeys(
-                    str(arg) for marker in item.iter_markers("requirement") for arg in marker.args
-                )
-            )
-            self.results[item.nodeid] = CollectedTest(item.nodeid, ids, backend_of(item))
-
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        properties = dict(report.user_properties)
         result = self.results.get(report.nodeid)
         if result is None:
-            return
+            if _REQUIREMENTS_PROPERTY not in properties:
+                return  # not a test of this session's items (pytester's inner runs)
+            result = self.results[report.nodeid] = CollectedTest(
+                report.nodeid,
+                tuple(properties[_REQUIREMENTS_PROPERTY]),
+                properties.get(_BACKEND_PROPERTY),
+            )
+        if properties.get(_EVIDENCE_PROPERTY):
+            self.evidence[report.nodeid] = properties[_EVIDENCE_PROPERTY]
         result.duration += report.duration
         if report.failed:
             result.outcome = "failed"
@@ -259,7 +282,7 @@ class Collector:
             },
             "unknown_requirement_ids": unknown,
             "requirements": assessed,
-            "evidence": session.config.stash.get(_EVIDENCE_KEY, {}),
+            "evidence": self.evidence,
             "tests_without_requirement": sum(1 for t in results if not t.requirements),
             "tests": len(results),
         }
@@ -292,7 +315,6 @@ def pytest_configure(config: pytest.Config) -> None:
     out = config.getoption("--validation-report")
     collector = Collector(config, Path(out) if out else None)
     config.stash[_COLLECTOR_KEY] = collector
-    config.stash[_EVIDENCE_KEY] = {}
     config.pluginmanager.register(collector, "sealroom-validation")
 
 
@@ -305,5 +327,5 @@ def validation_evidence(request: pytest.FixtureRequest) -> Iterator[dict[str, An
     """
     store: dict[str, Any] = {}
     yield store
-    if store:
-        request.config.stash[_EVIDENCE_KEY][request.node.nodeid] = store
+    if store:  # travels on the teardown report, to the process that writes the report
+        request.node.user_properties.append((_EVIDENCE_PROPERTY, store))

@@ -125,20 +125,31 @@ def test_covers():
 @pytest.mark.requirement("R-NF-1")
 def test_skipped():
     pytest.skip("no PostgreSQL here")
+
+def test_hands_evidence(validation_evidence):
+    validation_evidence["checkpoint"] = 7
 """
 
 
 @pytest.mark.requirement("R-VAL")
-def test_the_plugin_writes_both_files_and_fails_on_a_gap(pytester: pytest.Pytester, monkeypatch):
+@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist"])
+def test_the_plugin_writes_both_files_and_fails_on_a_gap(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: str | None
+):
+    # Under pytest-xdist (make validation) the workers run the tests and the controller, which
+    # collects nothing itself, writes the report from what their reports carry.
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("SEALROOM_TEST_DATABASE_URL", raising=False)
     pytester.makepyfile(test_planted=PLANTED)
     pytester.makeini("[pytest]\nmarkers =\n    requirement(id): URS id\n    slow: slow\n")
     out = pytester.path / "validation"
 
-    result = pytester.runpytest_inprocess(
-        "-p", "tests.validation.plugin", f"--validation-report={out}", "-m", "not slow"
-    )
+    arguments = ["-p", "tests.validation.plugin", f"--validation-report={out}", "-m", "not slow"]
+    if workers is None:
+        result = pytester.runpytest_inprocess(*arguments)
+    else:
+        monkeypatch.setenv("PYTHONPATH", str(REQUIREMENTS_FILE.parents[1]))
+        result = pytester.runpytest_subprocess(*arguments, "-p", "xdist", "-n", workers)
 
     report = json.loads((out / "report.json").read_text())
     by_id = {r["id"]: r for r in report["requirements"]}
@@ -148,7 +159,8 @@ def test_the_plugin_writes_both_files_and_fails_on_a_gap(pytester: pytest.Pytest
     assert by_id["R-NF-1"]["status"] == "not run"
     assert by_id["R-NF-1"]["reasons"] == ["no PostgreSQL here"]
     assert by_id["R-API"]["status"] == "no test"  # its one test was deselected: not run here
-    assert report["tests"] == 2
+    assert report["tests"] == 3
+    assert report["evidence"] == {"test_planted.py::test_hands_evidence": {"checkpoint": 7}}
     assert {r.id for r in load_requirements(REQUIREMENTS_FILE)} == set(by_id)
     assert report["passed"] is False
     assert report["environment"]["python"]

@@ -43,7 +43,10 @@ def trial_view(definition: TrialDefinition, *, blinded: bool) -> dict[str, Any]:
                 }
                 for f in definition.eligibility_fields
             ],
-            "rules": [{"id": r.id, "text": r.text} for r in definition.eligibility_rules],
+            "rules": [
+                {"id": r.id, "text": r.text, "eligible_when": r.describe()}
+                for r in definition.eligibility_rules
+            ],
         },
         "kits": {
             "grams_per_kit": str(definition.grams_per_kit),

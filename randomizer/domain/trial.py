@@ -109,6 +109,11 @@ class Condition:
     op: str
     value: int | Decimal | bool
 
+    def describe(self) -> str:
+        """The condition as the definition file states it: ``age_years >= 18``."""
+        value = str(self.value).lower() if isinstance(self.value, bool) else str(self.value)
+        return f"{self.field} {self.op} {value}"
+
 
 @dataclass(frozen=True)
 class EligibilityRule:
@@ -122,6 +127,12 @@ class EligibilityRule:
     text: str
     combine: str
     conditions: tuple[Condition, ...]
+
+    def describe(self) -> str:
+        """When the rule holds, in the file's terms (``mmt8 <= 142 or cdasi_activity >= 14``),
+        for a reader checking it against the protocol's words."""
+        joiner = {"all": " and ", "any": " or "}[self.combine]
+        return joiner.join(condition.describe() for condition in self.conditions)
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,17 @@ def test_bundled_rule_texts_are_the_protocols_words(trial):
 
 
 @pytest.mark.requirement("R-CFG")
+def test_each_rule_says_when_it_holds_in_the_files_terms(trial):
+    # What GET /trial and the validation report show beside the protocol's words.
+    described = {rule.id: rule.describe() for rule in trial.eligibility_rules}
+
+    assert described["I2"] == "eular_acr_dm == true"
+    assert described["I4"] == "pga_vas_cm >= 2.0"
+    assert described["I5"] == "mmt8 <= 142 or cdasi_activity >= 14"
+    assert described["E3"] == "pgd_vas_cm < 3.0"
+
+
+@pytest.mark.requirement("R-CFG")
 def test_bundled_kits_and_dosing(trial):
     assert trial.kit_types == (
         KitType("igpro20", trial.kit_type("placebo").description, Decimal(40)),

@@ -115,6 +115,9 @@ def test_trial_describes_reclaiim_as_its_definition_file_does(api):
     assert body["screening"] == {"window_days": 21, "number_pattern": "{site}-{n:04d}"}
     rules = [rule["id"] for rule in body["eligibility"]["rules"]]
     assert rules == ["I1", "I2", "I3", "I4", "I5", "E1", "E2", "E3", "E4"]
+    first = body["eligibility"]["rules"][0]
+    assert first["text"].startswith("Male or female participant aged 18 years or older")
+    assert first["eligible_when"] == "age_years >= 18"
     assert body["audit"] == {"origin": "sealroom/RECLAIIM"}
 
 

@@ -167,6 +167,13 @@ def _table(headings: list[str], rows: list[list[Any]]) -> str:
     return f"<table class=tests><tr>{head}</tr>{body}</table>"
 
 
+def _range(field: dict[str, Any]) -> str:
+    low, high = field.get("minimum"), field.get("maximum")
+    if low is None and high is None:
+        return ""
+    return f"{'' if low is None else low} to {'' if high is None else high}"
+
+
 def _demo(record: dict[str, Any]) -> str:
     """One scripted demo run: the configuration it ran on, its steps and where it ended."""
     config = record.get("configuration_under_test", {})
@@ -191,8 +198,45 @@ def _demo(record: dict[str, Any]) -> str:
         ),
         _table(["stratum", "key"], [[st["number"], st["key"]] for st in config.get("strata", [])]),
         _table(
-            ["eligibility rule", "text"],
-            [[r["id"], r["text"]] for r in config.get("eligibility", {}).get("rules", [])],
+            ["eligibility field", "type", "range", "label"],
+            [
+                [f["id"], f["type"], _range(f), f["label"]]
+                for f in config.get("eligibility", {}).get("fields", [])
+            ],
+        ),
+        _table(
+            ["eligibility rule", "in the protocol's words", "eligible when"],
+            [
+                [r["id"], r["text"], r.get("eligible_when", "")]
+                for r in config.get("eligibility", {}).get("rules", [])
+            ],
+        ),
+        _rows(
+            [
+                ("screening window (days)", config.get("screening", {}).get("window_days")),
+                ("grams per kit", config.get("kits", {}).get("grams_per_kit")),
+                (
+                    "kits not dispensed within this many days of expiry",
+                    config.get("kits", {}).get("do_not_dispense_days"),
+                ),
+                ("dose (g/kg/week)", config.get("dosing", {}).get("grams_per_kg_per_week")),
+                ("visit window (days either side)", config.get("visits", {}).get("window_days")),
+                ("unblinding reasons", ", ".join(config.get("unblinding", {}).get("reasons", []))),
+            ]
+        ).join(("<table>", "</table>")),
+        _table(
+            ["kit type of arm", "description", "g IgG"],
+            [
+                [k["arm"], k["description"], k["grams_igg"]]
+                for k in config.get("kits", {}).get("types", [])
+            ],
+        ),
+        _table(
+            ["visit", "week", "dispenses weeks"],
+            [
+                [v["id"], v["week"], v["dispenses_weeks"]]
+                for v in config.get("visits", {}).get("schedule", [])
+            ],
         ),
         "<h4>Scripted demo run</h4>",
         _table(

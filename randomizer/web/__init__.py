@@ -26,6 +26,7 @@ def init_app(app: Flask, state: AppState) -> None:
         admin,
         audit,
         auth,
+        corrections,
         participants,
         pharmacy,
         reports,

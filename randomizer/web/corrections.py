@@ -86,6 +86,7 @@ def flag_error(screening_number: str) -> Any:
     return _correction(
         "flag_error.html",
         screening_number,
+        "web.participants.flag_error",
         lifecycle.FLAG_ERROR.action,
         FLAG_MEANING,
         body,
@@ -121,6 +122,7 @@ def correct_stratum(screening_number: str) -> Any:
     return _correction(
         "correct_stratum.html",
         screening_number,
+        "web.participants.correct_stratum",
         lifecycle.STRATUM_CORRECTED,
         STRATUM_MEANING,
         body,
@@ -132,14 +134,16 @@ def correct_stratum(screening_number: str) -> Any:
 def _correction(
     template: str,
     screening_number: str,
+    operation: str,
     action: str,
     meaning: str,
     body: Callable[[], dict[str, Any]],
     change: Callable[[Session, roles.Actor, dict[str, Any], Signature], Participant],
     **more: Any,
 ) -> Any:
-    """A correction's form (GET), or the signed correction (POST) once per form key, then
-    the participant as corrected; the form again with any refusal."""
+    """A correction's form (GET), or the signed correction (POST) once per form key (for
+    ``operation``; a refusal of the key audited as ``action``'s), then the participant as
+    corrected; the form again with any refusal."""
     state, actor = app_state(), current_actor()
     assert actor is not None
 
@@ -173,7 +177,7 @@ def _correction(
             return 200, lifecycle.correction_view(session, state.ctx, actor, screening_number)
 
         return once(
-            f"web.participants.{action}",
+            operation,
             actor,
             corrected,
             lifecycle.lifecycle_refusal(action, screening_number),

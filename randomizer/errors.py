@@ -98,6 +98,17 @@ class ValidationFailed(Problem):
             self.status = status  # 400 for unparseable JSON, 413 for an oversized body
 
 
+class SignatureRefused(ValidationFailed):
+    """An electronic signature whose password is not the signer's (422, on the ``password``
+    field): a validation failure like any other, which the web pages also count against the
+    client's failed sign-ins (:mod:`randomizer.services.throttling`)."""
+
+    title = "Signature refused"
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__({"password": [message]}, detail=detail)
+
+
 class Ineligible(Problem):
     status, type_name, title = 422, "ineligible", "Not eligible"
 

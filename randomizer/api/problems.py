@@ -4,14 +4,19 @@ Domain errors (:class:`randomizer.errors.Problem`) carry their own status and ty
 werkzeug's HTTP errors (unknown route, wrong method, oversized body) and flask-smorest's
 validation errors are mapped here; anything unexpected becomes a 500 problem whose detail
 reveals nothing (the traceback goes to the log only).
+
+Under ``/api/`` the answer is always ``application/problem+json``. On any other path (the web
+pages) the same problem is shown as an HTML page, by the renderer the pages register
+(:data:`ERROR_PAGE`, :func:`randomizer.web.base.error_page`): the mapping stays here, once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app, has_request_context, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
@@ -91,18 +96,48 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
 
 #: Seconds a client is asked to wait before retrying after a 503.
 RETRY_AFTER_SECONDS = 5
+#: Where ``app.extensions`` keeps the web pages' error page: ``render(body, generic)`` gives
+#: the HTML answer to a problem on a path outside :data:`API_PREFIX` (``generic``: raised by
+#: the framework or the server itself, not by a service, so the page uses its own words).
+ERROR_PAGE = "sealroom.error_page"
+API_PREFIX = "/api/"
+ErrorPage = Callable[[dict[str, Any], bool], Response]
+
+
+def answer_problem(
+    body: dict[str, Any], headers: dict[str, str] | None = None, *, generic: bool = False
+) -> Response:
+    """The answer to a problem: problem details under ``/api/`` (and outside a request), the
+    web pages' HTML error page on their paths (problem details again if that page fails)."""
+    render: ErrorPage | None = (
+        current_app.extensions.get(ERROR_PAGE) if has_request_context() else None
+    )
+    if render is not None and not request.path.startswith(API_PREFIX):
+        try:
+            response = render(body, generic)
+        except Exception:  # the page itself failed: its problem details still answer
+            log.exception("the error page could not be rendered")
+        else:
+            for name, value in (headers or {}).items():
+                response.headers[name] = value
+            return response
+    return problem_response(body, headers)
+
+
+def problem_headers(problem: Problem) -> dict[str, str] | None:
+    """The headers a refusal's answer carries (``WWW-Authenticate``, ``Retry-After``)."""
+    if problem.status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(problem, TooManyRequests):
+        return {"Retry-After": str(problem.retry_after)}
+    if problem.status == 503:
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return None
 
 
 def handle_problem(problem: Problem) -> Response:
     """Render a domain refusal."""
-    headers = None
-    if problem.status == 401:
-        headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(problem, TooManyRequests):
-        headers = {"Retry-After": str(problem.retry_after)}
-    elif problem.status == 503:
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    return problem_response(problem.body(), headers)
+    return answer_problem(problem.body(), problem_headers(problem))
 
 
 def database_unavailable() -> Response:
@@ -111,18 +146,21 @@ def database_unavailable() -> Response:
     Nothing was changed: the transaction that met the error was rolled back before COMMIT
     (a connection lost during COMMIT is :class:`randomizer.errors.CommitOutcomeUnknown`).
     """
-    return handle_problem(
-        ServiceUnavailable(
-            "The database is busy or unavailable; nothing was changed. Try again shortly "
-            "(with the same Idempotency-Key, if you sent one)."
-        )
+    return handle_problem(_unavailable())
+
+
+def _unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The database is busy or unavailable; nothing was changed. Try again shortly "
+        "(with the same Idempotency-Key, if you sent one)."
     )
 
 
 def handle_database_unavailable(error: Exception) -> Response:
     """The database is busy (SQLite's write lock), gone or failing over: 503, try again."""
     log.warning("database unavailable: %s", type(error).__name__)
-    return database_unavailable()
+    problem = _unavailable()
+    return answer_problem(problem.body(), problem_headers(problem), generic=True)
 
 
 def handle_http_exception(error: HTTPException) -> Response:
@@ -144,13 +182,15 @@ def handle_http_exception(error: HTTPException) -> Response:
     headers = {}
     if status == 405 and getattr(error, "valid_methods", None):
         headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
-    return problem_response(body, headers)
+    return answer_problem(body, headers, generic=True)
 
 
 def handle_unexpected(error: BaseException) -> Response:
     """A bug: log it, tell the caller nothing about it."""
     log.exception("unexpected error", exc_info=error)
-    return problem_response(http_problem(500, "Internal Server Error", UNEXPECTED_DETAIL))
+    return answer_problem(
+        http_problem(500, "Internal Server Error", UNEXPECTED_DETAIL), generic=True
+    )
 
 
 class RenderingJSONProvider(DefaultJSONProvider):

@@ -4,12 +4,15 @@ Withdrawal and discontinuation (coordinator or investigator of the site) end dis
 participant randomised in error is flagged by an admin (its slot stays consumed); a wrong
 stratum is corrected beside the original by an admin, and the stratum used at
 randomisation never changes. Nothing is edited in place: each is one audit entry, and so is
-each refusal.
+each refusal. The web pages pass the admin's electronic signature with a correction (their
+password again and what it means): checked last, refused (422) if the password is not theirs,
+and recorded in the correction's entry (21 CFR 11.200).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -27,8 +30,13 @@ from randomizer.models import Participant, Site, StratumCorrection
 from randomizer.roles import CHANGE_PARTICIPANT_STATUS, CORRECT_PARTICIPANT, Actor, Permission
 from randomizer.services.context import TrialContext
 from randomizer.services.inputs import Submission
-from randomizer.services.participants import find_participant, latest_correction
+from randomizer.services.participants import (
+    find_participant,
+    latest_correction,
+    participant_view,
+)
 from randomizer.services.refusals import Refusal, refusals_audited
+from randomizer.services.users import Signature, signature_record
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,12 @@ def change_participant_status(
     screening_number: str,
     step: LifecycleStep,
     submission: Submission[ReasonRequest],
+    signature: Signature | None = None,
 ) -> Participant:
-    """Withdraw, discontinue or flag a participant, if its lifecycle allows it (409 if not)."""
+    """Withdraw, discontinue or flag a participant, if its lifecycle allows it (409 if not).
+
+    With a ``signature``, it is checked after the input and recorded in the entry.
+    """
     with refusals_audited(
         session, ctx, actor, lifecycle_refusal(step.action, screening_number), site=actor.site
     ):
@@ -76,6 +88,7 @@ def change_participant_status(
                 participant_status=previous,
             )
         request = submission.load()
+        signed = _signed(session, ctx, actor, signature)
         participant.status = step.status
         session.flush()
         ctx.audit.append(
@@ -88,6 +101,7 @@ def change_participant_status(
                 "from": previous,
                 "to": step.status,
                 "reason": request.reason,
+                **signed,
             },
             site=participant.site_id,
         )
@@ -100,11 +114,13 @@ def correct_stratum(
     actor: Actor,
     screening_number: str,
     submission: Submission[StratumCorrectionRequest],
+    signature: Signature | None = None,
 ) -> Participant:
     """Record the right screening factors of a randomised participant, beside the original.
 
     The randomisation stands (stratum, slot, kits); the correction says which stratum the
-    participant belonged to, for the analysis. Returns the participant.
+    participant belonged to, for the analysis. With a ``signature``, it is checked after the
+    input and recorded in the entry. Returns the participant.
     """
     action = STRATUM_CORRECTED
     with refusals_audited(
@@ -123,6 +139,7 @@ def correct_stratum(
             raise ValidationFailed(
                 {"strata": [f"The participant is already recorded in stratum {stratum.key}."]}
             )
+        signed = _signed(session, ctx, actor, signature)
         correction = StratumCorrection(
             participant_id=participant.id,
             strata=dict(request.strata),
@@ -144,7 +161,45 @@ def correct_stratum(
                 "corrected_stratum": stratum.key,
                 "strata": dict(request.strata),
                 "reason": request.reason,
+                **signed,
             },
             site=participant.site_id,
         )
         return participant
+
+
+def correction_view(
+    session: Session, ctx: TrialContext, actor: Actor, screening_number: str
+) -> dict[str, Any]:
+    """What an admin sees of a participant of any site before correcting it (never an arm).
+
+    The screening number, site, status, the stratum of the randomisation and the latest
+    corrected one, and ``strata``: the screening factors as recorded now (the latest
+    correction's, else those given at screening). Refused (403) to a role that may not
+    correct; the same 404 for an unknown participant as everywhere.
+    """
+    CORRECT_PARTICIPANT.check(actor)
+    participant = find_participant(session, actor, screening_number)
+    view = participant_view(session, ctx, participant)
+    current = latest_correction(session, participant)
+    strata = dict(participant.screening_strata if current is None else current.strata)
+    shown = (
+        "screening_number",
+        "site",
+        "status",
+        "screened_on",
+        "stratum",
+        "corrected_stratum",
+        "randomization_number",
+        "randomized_at",
+    )
+    return {**{name: view[name] for name in shown}, "strata": strata}
+
+
+def _signed(
+    session: Session, ctx: TrialContext, actor: Actor, signature: Signature | None
+) -> dict[str, Any]:
+    """What the entry records of ``signature`` (nothing without one); refused if wrong."""
+    if signature is None:
+        return {}
+    return {"signature": signature_record(session, ctx, actor, signature)}

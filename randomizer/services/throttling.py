@@ -151,14 +151,28 @@ class AuthThrottle:
         after a delay) or :class:`TooManyRequests`. The web pages' sign-in uses it with a
         password, so bearer tokens and passwords share one count per client.
         """
-        client = client_key(address)
-        now = self.ctx.clock()
         with self.database.reading() as session:
             # The same lookup, whatever the client's count: the refusal below does no work
             # that depends on the credential.
             actor = credential(session)
             if actor is not None:
                 return actor
+        retry_after = self.failed(address)
+        if retry_after is not None:
+            raise TooManyRequests(THROTTLED_DETAIL, retry_after)
+        raise Unauthorized(refusal)
+
+    def failed(self, address: str | None) -> int | None:
+        """Count one failed authentication of the client at ``address`` and wait its delay.
+
+        Returns None, or the seconds until its window ends (``Retry-After``) if the client is
+        beyond the limit (then nothing is written: a flood costs a read). :meth:`check` calls
+        it for a credential that failed; the web pages for a refused electronic signature,
+        so that a password guessed there counts like one guessed at the sign-in.
+        """
+        client = client_key(address)
+        now = self.ctx.clock()
+        with self.database.reading() as session:
             retry_after = self._throttled_for(session.get(AuthFailure, client), now)
         if retry_after is None:
             with self.database.transaction() as session:
@@ -167,9 +181,7 @@ class AuthThrottle:
             delay = self.policy.delay(failures)
             if retry_after is None and delay:
                 retry_after = self._wait(delay)
-        if retry_after is not None:
-            raise TooManyRequests(THROTTLED_DETAIL, retry_after)
-        raise Unauthorized(refusal)
+        return retry_after
 
     def _throttled_for(self, record: AuthFailure | None, now: datetime) -> int | None:
         """Seconds until ``record``'s window ends if it is beyond the limit, else None."""

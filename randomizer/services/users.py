@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from audit.entry import format_time
 from randomizer.config import EMAIL
-from randomizer.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from randomizer.errors import Conflict, Forbidden, NotFound, SignatureRefused, ValidationFailed
 from randomizer.models import ApiToken, Site, User, WebSession
 from randomizer.roles import ADMIN, MANAGE_USERS, ROLES, SITE_ROLES, STATISTICIAN, Actor
 from randomizer.services.context import TrialContext, utc_now
@@ -342,11 +342,12 @@ def signature_record(
 ) -> dict[str, str]:
     """Check the signer's password and return what the audit entry records of the signature.
 
-    Refused (422, naming the ``password`` field) when the password is not the actor's.
+    Refused (:class:`SignatureRefused`, 422 naming the ``password`` field) when the
+    password is not the actor's.
     """
     if actor.user_id is None or check_password(session, actor.name, signature.password) != actor:
-        raise ValidationFailed(
-            {"password": ["This is not your password: the signature is refused."]},
+        raise SignatureRefused(
+            "This is not your password: the signature is refused.",
             detail="The electronic signature was refused: the password is not the signer's.",
         )
     return {

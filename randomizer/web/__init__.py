@@ -21,17 +21,19 @@ def init_app(app: Flask, state: AppState) -> None:
     from flask_wtf.csrf import generate_csrf
 
     from keys import load_session_secret
+    from randomizer.api.problems import ERROR_PAGE
     from randomizer.web import (  # noqa: F401  (each module adds its pages to the blueprint)
         admin,
         audit,
         auth,
+        corrections,
         participants,
         pharmacy,
         reports,
         shipments,
         unblinding,
     )
-    from randomizer.web.base import bp, page_language
+    from randomizer.web.base import bp, error_page, page_language
 
     # Shared by every worker: the cookie and the CSRF tokens verify in any of them.
     app.secret_key = load_session_secret(state.settings.keys_dir)
@@ -48,3 +50,5 @@ def init_app(app: Flask, state: AppState) -> None:
     # Every form carries the token (Flask-WTF's, checked in randomizer.web.base).
     app.jinja_env.globals["csrf_token"] = generate_csrf
     app.register_blueprint(bp)
+    # Errors on the pages' paths (not /api/) are shown as a page: randomizer.api.problems.
+    app.extensions[ERROR_PAGE] = error_page

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import request
+from flask_babel import gettext
 
 from randomizer import roles
 from randomizer.errors import Problem, ValidationFailed
@@ -21,12 +22,13 @@ from randomizer.services.users import (
     signature_record,
 )
 from randomizer.state import app_state
-from randomizer.web.base import bp, current_actor, field_errors, page, signed_in
+from randomizer.web.base import N_, bp, current_actor, field_errors, page, signed, signed_in
 
+#: What each form's signature means, recorded in the audit entry with who and when.
 MEANINGS = {
-    "add": "I create this user with this role.",
-    "deactivate": "I deactivate this user.",
-    "password": "I set this user's new password.",
+    "add": N_("I create this user with this role."),
+    "deactivate": N_("I deactivate this user."),
+    "password": N_("I set this user's new password."),
 }
 
 
@@ -41,10 +43,10 @@ def users() -> Any:
         what = request.form.get("action", "")
         name = request.form.get("name", "").strip()
         meaning = MEANINGS.get(what, "")
-        signature = Signature(meaning=meaning, password=request.form.get("password", ""))
-        try:
+
+        def act(signature: Signature) -> None:
             with state.db.transaction() as session:
-                signed = signature_record(session, state.ctx, actor, signature)
+                record = signature_record(session, state.ctx, actor, signature)
                 if what == "add":
                     add_user(
                         session,
@@ -54,13 +56,13 @@ def users() -> Any:
                         request.form.get("role", ""),
                         request.form.get("site", "").strip() or None,
                         request.form.get("email", "").strip() or None,
-                        signature=signed,
+                        signature=record,
                     )
                     set_password(
                         session, state.ctx, actor, name, request.form.get("new_password", "")
                     )
                 elif what == "deactivate":
-                    deactivate_user(session, state.ctx, actor, name, signature=signed)
+                    deactivate_user(session, state.ctx, actor, name, signature=record)
                 elif what == "password":
                     set_password(
                         session,
@@ -68,11 +70,14 @@ def users() -> Any:
                         actor,
                         name,
                         request.form.get("new_password", ""),
-                        signature=signed,
+                        signature=record,
                     )
                 else:
                     raise Problem("Unknown action.")
-            done = f"{meaning} ({name})"
+
+        try:
+            signed(meaning, act)
+            done = f"{gettext(meaning)} ({name})"
         except Problem as problem:
             errors, refusal = field_errors(problem), problem
     with state.db.reading() as session:

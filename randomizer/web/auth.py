@@ -16,13 +16,7 @@ from randomizer.errors import Problem, TooManyRequests, Unauthorized
 from randomizer.services.users import LANGUAGES, check_password, set_language
 from randomizer.services.web_sessions import end_session, start_session
 from randomizer.state import app_state
-from randomizer.web.base import POLICY, SESSION_ID, bp, current_actor, page, signed_in
-
-
-def N_(message: str) -> str:
-    """Mark ``message`` for the catalogue (pybabel -k N_); it is translated where shown."""
-    return message
-
+from randomizer.web.base import N_, POLICY, SESSION_ID, bp, current_actor, page, signed_in
 
 WRONG = N_("The user name or the password is wrong (or the account is not active).")
 

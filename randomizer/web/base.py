@@ -1,4 +1,5 @@
-"""What every page shares: the blueprint, the signed-in actor, CSRF, headers, errors, forms."""
+"""What every page shares: the blueprint, the signed-in actor, CSRF, headers, error pages,
+forms, one-time form keys and electronic signatures."""
 
 from __future__ import annotations
 
@@ -9,21 +10,31 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
+from flask_babel import gettext
 from flask_wtf.csrf import CSRFError, validate_csrf
 from sqlalchemy.orm import Session
 from wtforms import ValidationError
 
 from randomizer.api.parsing import validate_with
-from randomizer.errors import Forbidden, Problem
+from randomizer.errors import Forbidden, Problem, SignatureRefused, TooManyRequests
 from randomizer.roles import Actor, Permission
 from randomizer.services.idempotency import Outcome, perform_once_or_refuse, request_digest
 from randomizer.services.inputs import Submission
 from randomizer.services.refusals import Refusal
-from randomizer.services.users import LANGUAGES
+from randomizer.services.users import LANGUAGES, Signature
 from randomizer.services.web_sessions import SessionPolicy, open_session, touch_session
 from randomizer.state import app_state
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+#: A page: its HTML, its status and its headers (Flask's view answer).
+Page = tuple[str, int, dict[str, str]]
+
+
+def N_(message: str) -> str:
+    """Mark ``message`` for the catalogue (pybabel -k N_); it is translated where shown."""
+    return message
+
 
 bp = Blueprint(
     "web",
@@ -107,9 +118,56 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
-@bp.errorhandler(Problem)
-def _problem_page(problem: Problem) -> tuple[str, int]:
-    return page("error.html", problem.status, title=problem.title, detail=problem.detail)
+#: The error page's own words for what the framework or the server refuses (no service's
+#: detail to show): an unknown address, a wrong method, a body too large, a failure.
+GENERIC_ERRORS = {
+    404: (
+        N_("Page not found"),
+        N_("There is no page at this address. Check the address, or go back to the start page."),
+    ),
+    405: (
+        N_("Not allowed here"),
+        N_(
+            "This page cannot be used this way (an address only a form's button may send, "
+            "say). Go back and use the page's own links and buttons."
+        ),
+    ),
+    413: (N_("Too large"), N_("What was sent is too large for this page.")),
+    500: (
+        N_("Something went wrong"),
+        N_(
+            "The server could not complete the request; nothing was changed. Try again, and "
+            "tell the trial's administrator if it happens again."
+        ),
+    ),
+    503: (
+        N_("Service unavailable"),
+        N_("The database is busy or unavailable; nothing was changed. Try again in a moment."),
+    ),
+}
+#: For any other refusal of the framework's (its own detail is shown with it).
+REQUEST_REFUSED = N_("Request refused")
+
+
+def error_page(body: dict[str, Any], generic: bool) -> Response:
+    """The HTML page of a problem on a web path (``randomizer.api.problems`` maps every error
+    once and calls this outside ``/api/``): the layout with the trial, in the user's or the
+    browser's language, with every page's security headers.
+
+    ``generic`` problems (an unknown address, a wrong method, a failure of the server's own)
+    are told in the page's own translated words; a service's refusal shows its title and
+    detail. Outside the pages' blueprint (an unknown address) nobody is signed in to show.
+    """
+    status = int(body["status"])
+    title, detail = str(body.get("title", "")), str(body.get("detail", ""))
+    if generic:
+        words = GENERIC_ERRORS.get(status) or (GENERIC_ERRORS[500] if status >= 500 else None)
+        if words is None:
+            title = gettext(REQUEST_REFUSED)
+        else:
+            title, detail = gettext(words[0]), gettext(words[1])
+    text, code, headers = page("error.html", status, title=title, detail=detail)
+    return _security_headers(Response(text, status=code, headers=headers))
 
 
 def signed_in(permission: Permission | None = None) -> Callable[[F], F]:
@@ -134,9 +192,14 @@ def signed_in(permission: Permission | None = None) -> Callable[[F], F]:
     return decorate
 
 
-def page(template: str, code: int = 200, /, **values: Any) -> tuple[str, int]:
-    """A page, with the trial and the actor every page shows."""
+def page(template: str, code: int = 200, /, **values: Any) -> Page:
+    """A page, with the trial and the actor every page shows; a page showing a throttled
+    ``refusal`` (429) says when to try again (``Retry-After``)."""
     state = app_state()
+    refusal = values.get("refusal")
+    headers = (
+        {"Retry-After": str(refusal.retry_after)} if isinstance(refusal, TooManyRequests) else {}
+    )
     return (
         render_template(
             template,
@@ -146,6 +209,7 @@ def page(template: str, code: int = 200, /, **values: Any) -> tuple[str, int]:
             **values,
         ),
         code,
+        headers,
     )
 
 
@@ -196,7 +260,7 @@ def field_errors(problem: Problem) -> dict[str, list[str]]:
     return dict(problem.extra.get("errors") or {})
 
 
-def form_with_refusal(template: str, problem: Problem, /, **values: Any) -> tuple[str, int]:
+def form_with_refusal(template: str, problem: Problem, /, **values: Any) -> Page:
     """The form's page again with the refusal, its field errors and a new one-time key (the
     corrected form is a new request)."""
     return page(
@@ -216,3 +280,31 @@ def outcome_page(outcome: Outcome, shown: Callable[[dict[str, Any]], Any]) -> An
     if outcome.status >= 400:
         return page("error.html", outcome.status, title=answer["title"], detail=answer["detail"])
     return shown(answer)
+
+
+#: A refused signature beyond the throttle's limit (the sign-in's words, for a signature).
+SIGNATURES_THROTTLED = N_(
+    "Too many wrong passwords from this computer: wait %(wait)s seconds, then sign again. "
+    "The right password is always accepted."
+)
+
+
+def signed(meaning: str, act: Callable[[Signature], T]) -> T:
+    """Run ``act`` with the electronic signature the form carries: the signer's password
+    again (the ``password`` field) and what signing means (``meaning``, an English text the
+    audit entry records with who and when; the page shows it translated).
+
+    The service checks the signature and audits its refusal like any other. A refused one
+    also counts as a failed sign-in of this client (:mod:`randomizer.services.throttling`:
+    growing delays, then 429 with ``Retry-After``), so that a password is guessed no faster
+    here than at the sign-in; the right password is always accepted. Every refusal is raised
+    for the page to show again, its field errors by :func:`field_errors`.
+    """
+    signature = Signature(meaning=meaning, password=request.form.get("password", ""))
+    try:
+        return act(signature)
+    except SignatureRefused:
+        wait = app_state().throttle.failed(request.remote_addr)
+        if wait is not None:
+            raise TooManyRequests(gettext(SIGNATURES_THROTTLED, wait=wait), wait) from None
+        raise

@@ -30,6 +30,7 @@ from randomizer.services import shipments
 from randomizer.services.refusals import Refusal
 from randomizer.state import app_state
 from randomizer.web.base import (
+    Page,
     bp,
     current_actor,
     field_errors,
@@ -70,7 +71,7 @@ def _acted(
     return answer
 
 
-def _listing(code: int = 200, /, **values: Any) -> tuple[str, int]:
+def _listing(code: int = 200, /, **values: Any) -> Page:
     """The shipments the user may see (a pharmacist: the site's, once sent), newest first."""
     state, actor = app_state(), _signed_actor()
     with state.db.reading() as session:
@@ -150,7 +151,7 @@ def shipment_dispatch(shipment_id: str) -> Any:
     return _listing(200, dispatched=answer)
 
 
-def _shipment_page(shipment_id: str, code: int = 200, /, **values: Any) -> tuple[str, int]:
+def _shipment_page(shipment_id: str, code: int = 200, /, **values: Any) -> Page:
     state, actor = app_state(), _signed_actor()
     with state.db.reading() as session:
         shown = shipments.get_shipment(session, actor, shipment_id)

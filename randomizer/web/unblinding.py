@@ -12,15 +12,24 @@ from typing import Any
 
 from flask import request
 
-from randomizer.errors import Problem, ValidationFailed
+from randomizer.errors import Problem
 from randomizer.services.participants import find_participant, participant_view
-from randomizer.services.unblinding import unblind_participant
+from randomizer.services.unblinding import UnblindingResult, unblind_participant
 from randomizer.services.users import Signature
 from randomizer.state import app_state
-from randomizer.web.base import bp, current_actor, field_errors, form_submission, page, signed_in
+from randomizer.web.base import (
+    N_,
+    bp,
+    current_actor,
+    field_errors,
+    form_submission,
+    page,
+    signed,
+    signed_in,
+)
 
 #: What the signature means, recorded in the audit entry with who and when.
-MEANING = "I request the emergency unblinding of this participant for the reason given."
+MEANING = N_("I request the emergency unblinding of this participant for the reason given.")
 
 
 @bp.route("/participants/<screening_number>/unblind", methods=["GET", "POST"])
@@ -58,16 +67,17 @@ def unblind(screening_number: str) -> Any:
         "event_reference": request.form.get("event_reference", "").strip(),
         "detail": request.form.get("detail", "").strip() or None,
     }
-    signature = Signature(meaning=MEANING, password=request.form.get("password", ""))
     submission = form_submission(state.schemas.unblinding(), body)
-    try:
+
+    def act(signature: Signature) -> UnblindingResult:
         with state.db.transaction() as session:
-            result = unblind_participant(
+            return unblind_participant(
                 session, state.ctx, actor, screening_number, submission, signature
             )
-    except ValidationFailed as problem:
-        return show(422, field_errors(problem), refusal=problem)
+
+    try:
+        result = signed(MEANING, act)
     except Problem as problem:
-        return show(problem.status, {}, refusal=problem)
+        return show(problem.status, field_errors(problem), refusal=problem)
     # Committed: the record exists, the arm may be shown.
     return page("unblinded.html", result=result, p=view)

@@ -195,6 +195,29 @@ def test_investigator_unblinds_with_a_signature_and_sees_the_arm_once(browser, s
     visit.close()
 
 
+@pytest.mark.requirement("R-FIX")
+def test_admin_finds_a_participant_and_corrects_its_stratum_with_a_signature(browser, served):
+    randomised_by_the_coordinator(browser, served, "101-0104", prior_ig="no")
+
+    visit = Visit(browser, served, "admin")
+    visit.go("/corrections?screening_number=101-0104")
+    visit.check("corrections")
+    visit.page.click("#correct-stratum")
+    visit.page.check("input[name='strata.prior_ig'][value='yes']")
+    visit.page.fill("#reason", "Prior IVIG found in the hospital record")
+    visit.page.check("input[name=confirm]")
+    visit.page.fill("#password", served[1]["admin"])
+    visit.check("correct-stratum")
+    visit.page.click("main form.narrow button[type=submit]")
+    assert visit.page.locator("#done").is_visible()
+    assert visit.page.locator("#corrected-stratum").inner_text() not in ("", "–")
+    visit.check("corrected")
+    visit.go("/no-such-page")
+    assert visit.page.locator("h1").inner_text() == "Page not found"
+    visit.check("not-found")
+    visit.close()
+
+
 def test_auditor_pages_through_entries(browser, served):
     visit = Visit(browser, served, "auditor")
     visit.go("/audit")

@@ -210,7 +210,7 @@ def test_admin_finds_a_participant_and_corrects_its_stratum_with_a_signature(bro
     visit.check("correct-stratum")
     visit.page.click("main form.narrow button[type=submit]")
     assert visit.page.locator("#done").is_visible()
-    assert visit.page.locator("#corrected-stratum").inner_text() not in ("", "–")
+    assert visit.page.locator("#corrected-stratum").inner_text() not in ("", "\N{EN DASH}")
     visit.check("corrected")
     visit.go("/no-such-page")
     assert visit.page.locator("h1").inner_text() == "Page not found"

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from sqlalchemy import delete
 from sqlalchemy.exc import SQLAlchemyError
@@ -107,6 +108,12 @@ class ThrottlePolicy:
         return min(self.first_delay * 2 ** (failures - self.free_failures - 1), self.longest_delay)
 
 
+class TokenRefused(Exception):
+    """A bearer token looked up in a request's own transaction is not valid (not a
+    :class:`~randomizer.errors.Problem`: the transaction rolls back, then
+    :meth:`AuthThrottle.refuse` counts the failure and refuses it)."""
+
+
 class AuthThrottle:
     """Authenticates bearer tokens, counting each client's failures; one per server process.
 
@@ -160,6 +167,32 @@ class AuthThrottle:
             if actor is not None:
                 return actor
             retry_after = self._throttled_for(session.get(AuthFailure, client), now)
+        self._refuse(client, now, retry_after, refusal)
+
+    def actor_in(self, session: Session, token: str) -> Actor:
+        """The actor of ``token``, looked up in ``session``: the request's own writing
+        transaction, so that a request needs one transaction and one connection, not two.
+
+        Raises :class:`TokenRefused` for a token that is not valid: the caller lets it roll
+        that transaction back, then calls :meth:`refuse`.
+        """
+        actor = authenticate(session, token, self.ctx.clock())
+        if actor is None:
+            raise TokenRefused
+        return actor
+
+    def refuse(self, address: str | None, refusal: str) -> NoReturn:
+        """Count a failed authentication of the client at ``address`` (a token that
+        :meth:`actor_in` refused) and refuse it as :meth:`check` does."""
+        client = client_key(address)
+        now = self.ctx.clock()
+        with self.database.reading() as session:
+            retry_after = self._throttled_for(session.get(AuthFailure, client), now)
+        self._refuse(client, now, retry_after, refusal)
+
+    def _refuse(
+        self, client: str, now: datetime, retry_after: int | None, refusal: str
+    ) -> NoReturn:
         if retry_after is None:
             with self.database.transaction() as session:
                 failures, retry_after = self._count_failure(session, client, now)

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from flask import g, request
+from sqlalchemy.orm import Session
 
 from randomizer.errors import Unauthorized
 from randomizer.roles import Actor, Permission
-from randomizer.services.throttling import MALFORMED_DETAIL
+from randomizer.services.throttling import INVALID_DETAIL, MALFORMED_DETAIL, TokenRefused
 from randomizer.services.users import authenticate
 from randomizer.state import app_state
 
@@ -47,6 +49,41 @@ def _authenticate_request() -> Actor:
     )
     g.actor = actor
     return actor
+
+
+def bearer_token() -> str:
+    """The request's bearer token, as sent: 401 without one, and for a credential that is
+    not a well-formed bearer token (counted as a failure, as :func:`authenticated` does).
+
+    Nothing here says whether the token is valid: :func:`authenticated_transaction` does."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise Unauthorized(MALFORMED_DETAIL)
+    match = _BEARER.fullmatch(header)
+    if match is None:
+        app_state().throttle.refuse(request.remote_addr, MALFORMED_DETAIL)
+    return match.group(1)
+
+
+@contextmanager
+def authenticated_transaction(token: str) -> Iterator[tuple[Session, Actor]]:
+    """The request's writing transaction and the actor of ``token`` (:func:`bearer_token`),
+    looked up in it.
+
+    For the randomisation, the busiest request: one transaction on one connection instead
+    of a read-only one for the token and then the writing one (on PostgreSQL four round
+    trips fewer). The lookup is the same as :func:`authenticated`'s and reads the token's
+    and its user's rows as they are at that moment, so a revocation or a deactivation takes
+    effect at once. A token that is not valid rolls the transaction back, before anything
+    else has run in it, and is then refused and counted as :func:`authenticated` does it.
+    """
+    state = app_state()
+    try:
+        with state.db.transaction() as session:
+            g.actor = actor = state.throttle.actor_in(session, token)
+            yield session, actor
+    except TokenRefused:
+        state.throttle.refuse(request.remote_addr, INVALID_DETAIL)
 
 
 def optional_actor() -> Actor | None:

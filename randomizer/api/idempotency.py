@@ -57,22 +57,40 @@ def run_idempotent(
     (malformed, 400; reused with another body, 422) is then recorded like every other
     refusal of the operation, which its service records itself.
     """
-    key = request.headers.get(HEADER)
-    state = app_state()
-    digest = _request_digest() if key is not None else ""
-    with state.db.transaction() as session:
-        outcome = perform_once_or_refuse(
-            session,
-            state.ctx,
-            actor,
-            operation,
-            key,
-            HEADER,
-            digest,
-            lambda: action(session),
-            refusal,
-        )
+    digest = request_digest_if_keyed()
+    with app_state().db.transaction() as session:
+        outcome = perform_in(session, operation, actor, action, refusal, digest)
     return render(outcome)
+
+
+def request_digest_if_keyed() -> str:
+    """The request's digest if it sends an Idempotency-Key ("" otherwise): computed before
+    the transaction, for :func:`perform_in`."""
+    return _request_digest() if request.headers.get(HEADER) is not None else ""
+
+
+def perform_in(
+    session: Session,
+    operation: str,
+    actor: Actor,
+    action: Action,
+    refusal: Refusal | None,
+    digest: str,
+) -> Outcome:
+    """What :func:`run_idempotent` does in its transaction, in one the caller opened
+    (:func:`randomizer.api.auth.authenticated_transaction`); ``digest`` from
+    :func:`request_digest_if_keyed`. Render the outcome once the transaction has ended."""
+    return perform_once_or_refuse(
+        session,
+        app_state().ctx,
+        actor,
+        operation,
+        request.headers.get(HEADER),
+        HEADER,
+        digest,
+        lambda: action(session),
+        refusal,
+    )
 
 
 def render(outcome: Outcome) -> Response:

@@ -10,8 +10,15 @@ from flask_smorest import Blueprint
 from sqlalchemy.orm import Session
 
 from randomizer import roles
-from randomizer.api.auth import authenticated, current_actor, requires
-from randomizer.api.idempotency import IDEMPOTENCY_HEADER, body_doc, run_idempotent
+from randomizer.api.auth import authenticated_transaction, bearer_token, current_actor, requires
+from randomizer.api.idempotency import (
+    IDEMPOTENCY_HEADER,
+    body_doc,
+    perform_in,
+    render,
+    request_digest_if_keyed,
+    run_idempotent,
+)
 from randomizer.api.parsing import StrictBlueprint, submission
 from randomizer.domain.participants import ScreeningRequest
 from randomizer.schemas import ParticipantSchema, ProblemSchema, RandomizationSchema, TrialSchemas
@@ -73,7 +80,6 @@ def blueprint(schemas: TrialSchemas) -> Blueprint:
     class Randomize(MethodView):
         refusal_of = staticmethod(lambda args: randomization_refusal(args["screening_number"]))
 
-        @authenticated
         @blp.doc(**body_doc(schemas.randomization))
         @blp.response(201, RandomizationSchema)
         @blp.alt_response(403, schema=ProblemSchema, description="Role may not randomise")
@@ -94,17 +100,27 @@ def blueprint(schemas: TrialSchemas) -> Blueprint:
             Checked in this order: token, role, visibility, state, input, screening window
             and eligibility, supply and list. Every refusal is audited.
             """
-            state, actor = app_state(), current_actor()
+            state, token = app_state(), bearer_token()
             # Validated now, before the transaction (the service still refuses invalid input
             # only when URS §8's order comes to it): less work under the locks.
             body = submission(randomization_request, request).validated_now()
+            digest = request_digest_if_keyed()
 
             def act(session: Session) -> tuple[int, dict[str, Any]]:
                 result = randomize_participant(session, state.ctx, actor, screening_number, body)
                 return 201, randomization_answer.dump(result)
 
-            return run_idempotent(
-                "participants.randomize", actor, act, self.refusal_of(request.view_args)
-            )
+            # The token is looked up in the randomisation's own transaction: one transaction
+            # a request, not two (the busiest request; the same checks as @authenticated).
+            with authenticated_transaction(token) as (session, actor):
+                result = perform_in(
+                    session,
+                    "participants.randomize",
+                    actor,
+                    act,
+                    self.refusal_of(request.view_args),
+                    digest,
+                )
+            return render(result)
 
     return blp

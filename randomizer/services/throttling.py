@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from sqlalchemy import delete
 from sqlalchemy.exc import SQLAlchemyError
@@ -107,6 +108,12 @@ class ThrottlePolicy:
         return min(self.first_delay * 2 ** (failures - self.free_failures - 1), self.longest_delay)
 
 
+class TokenRefused(Exception):
+    """A bearer token looked up in a request's own transaction is not valid (not a
+    :class:`~randomizer.errors.Problem`: the transaction rolls back, then
+    :meth:`AuthThrottle.refuse` counts the failure and refuses it)."""
+
+
 class AuthThrottle:
     """Authenticates bearer tokens, counting each client's failures; one per server process.
 
@@ -157,10 +164,7 @@ class AuthThrottle:
             actor = credential(session)
             if actor is not None:
                 return actor
-        retry_after = self.failed(address)
-        if retry_after is not None:
-            raise TooManyRequests(THROTTLED_DETAIL, retry_after)
-        raise Unauthorized(refusal)
+        self.refuse(address, refusal)
 
     def failed(self, address: str | None) -> int | None:
         """Count one failed authentication of the client at ``address`` and wait its delay.
@@ -182,6 +186,27 @@ class AuthThrottle:
             if retry_after is None and delay:
                 retry_after = self._wait(delay)
         return retry_after
+
+    def actor_in(self, session: Session, token: str) -> Actor:
+        """The actor of ``token``, looked up in ``session``: the request's own writing
+        transaction, so that a request needs one transaction and one connection, not two.
+
+        Raises :class:`TokenRefused` for a token that is not valid: the caller lets it roll
+        that transaction back, then calls :meth:`refuse`.
+        """
+        actor = authenticate(session, token, self.ctx.clock())
+        if actor is None:
+            raise TokenRefused
+        return actor
+
+    def refuse(self, address: str | None, refusal: str) -> NoReturn:
+        """Count a failed authentication of the client at ``address`` (a credential that
+        :meth:`check` or :meth:`actor_in` refused) and refuse it: :class:`Unauthorized` with
+        ``refusal`` (perhaps after a delay) or :class:`TooManyRequests`."""
+        retry_after = self.failed(address)
+        if retry_after is not None:
+            raise TooManyRequests(THROTTLED_DETAIL, retry_after)
+        raise Unauthorized(refusal)
 
     def _throttled_for(self, record: AuthFailure | None, now: datetime) -> int | None:
         """Seconds until ``record``'s window ends if it is beyond the limit, else None."""

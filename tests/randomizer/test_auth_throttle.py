@@ -26,8 +26,10 @@ from sqlalchemy import select
 
 from randomizer import create_app
 from randomizer.config import ConfigError, Settings
-from randomizer.models import AuditEntry, AuthFailure
+from randomizer.models import AuditEntry, AuthFailure, Participant
+from randomizer.roles import SYSTEM
 from randomizer.services.throttling import client_key
+from randomizer.services.users import deactivate_user
 from tests.conftest import ELIGIBLE, ApiClient, Clock
 from tests.randomizer.test_api_errors import assert_problem
 
@@ -103,6 +105,11 @@ def throttled_entries(db: Any) -> list[dict[str, Any]]:
             .order_by(AuditEntry.seq)
         )
         return [json.loads(row) for row in rows]
+
+
+def audit_size(db: Any) -> int:
+    with db.reading() as session:
+        return len(session.scalars(select(AuditEntry.seq)).all())
 
 
 def failures_of(db: Any, address: str) -> int | None:
@@ -364,3 +371,42 @@ def test_every_authenticated_operation_answers_429_as_its_document_says(api):
         checked += 1
     assert sorted(public) == ["GET /api/v1/audit/verifier-key", "GET /api/v1/health"]
     assert checked >= 19
+
+
+@pytest.mark.requirement("R-API")
+@pytest.mark.requirement("R-ROLE")
+def test_a_randomisation_whose_token_fails_in_its_own_transaction_is_counted_and_changes_nothing(
+    api, db, ctx
+):
+    # The randomisation looks its token up in its own writing transaction: a token that is
+    # not valid there (deactivated a moment ago) rolls it back, is counted and refused like
+    # any other, and a valid one from the same client is still served.
+    assert api.screen("101-0001").status_code == 201
+    token = api.tokens["coordinator-101"]
+    with db.transaction() as session:
+        deactivate_user(session, ctx, SYSTEM, "coordinator-101")
+    entries = audit_size(db)
+
+    refused = [
+        api.post(
+            "/participants/101-0001/randomize",
+            headers=headers,
+            json={"weight_kg": 70, "eligibility": dict(ELIGIBLE)},
+            environ_base={"REMOTE_ADDR": ATTACKER},
+        )
+        for headers in ({"Authorization": f"Bearer {token}"}, INVALID, {"Authorization": "Bearer"})
+    ]
+
+    assert [answer.status_code for answer in refused] == [401, 401, 401]
+    assert refused[0].get_data() == refused[1].get_data()
+    assert failures_of(db, ATTACKER) == 3
+    assert audit_size(db) == entries
+    with db.reading() as session:
+        participant = session.scalars(
+            select(Participant).where(Participant.screening_number == "101-0001")
+        ).one()
+        assert participant.status == "screened"
+    served = api.randomize(
+        "101-0001", user="investigator-101", environ_base={"REMOTE_ADDR": ATTACKER}
+    )
+    assert served.status_code == 201, served.get_json()

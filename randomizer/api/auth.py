@@ -39,14 +39,7 @@ def current_actor() -> Actor:
 def _authenticate_request() -> Actor:
     """The actor of the request's bearer token (401 without one; 429 for a client that sent
     too many invalid ones: :mod:`randomizer.services.throttling`)."""
-    header = request.headers.get("Authorization")
-    if header is None:
-        # Nothing presented is no guess: refused without counting (or any database work).
-        raise Unauthorized(MALFORMED_DETAIL)
-    match = _BEARER.fullmatch(header)
-    actor = app_state().throttle.authenticate(
-        request.remote_addr, match.group(1) if match else None
-    )
+    actor = app_state().throttle.authenticate(request.remote_addr, bearer_token())
     g.actor = actor
     return actor
 
@@ -58,6 +51,7 @@ def bearer_token() -> str:
     Nothing here says whether the token is valid: :func:`authenticated_transaction` does."""
     header = request.headers.get("Authorization")
     if header is None:
+        # Nothing presented is no guess: refused without counting (or any database work).
         raise Unauthorized(MALFORMED_DETAIL)
     match = _BEARER.fullmatch(header)
     if match is None:

@@ -14,6 +14,7 @@ The whole server SIGKILLed mid-load is in ``test_serve.py``; here:
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import queue
@@ -56,7 +57,7 @@ def test_a_worker_killed_mid_request_leaves_no_half_change_and_is_replaced(
     def randomize_once(number: str) -> None:
         try:
             answer = randomize_with_key(client, number)
-        except OSError:  # the worker died under this request
+        except (OSError, http.client.HTTPException):  # the worker died under this request
             with lock:
                 failed.append(number)
             return

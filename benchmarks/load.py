@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/load.py [--database-url URL] [--seconds S] [--rounds R]
                                         [--workers W] [--threads T] [--clients 1,8,32]
+                                        [--no-sqlite]
 
 On SQLite (a file in a temporary directory) and, with --database-url, on a new database of
 that PostgreSQL server (dropped afterwards): builds the demo trial, screens every
@@ -14,7 +15,10 @@ sending its next request when the last is answered) drive each server for S seco
 interleaved rounds (minimal, randomise, minimal, randomise, ... at every client count), so
 a loaded machine weighs on both alike: read the ratios. Each randomisation is of a new
 participant, at one of the three demo sites in turn, by that site's coordinator.
-Prints throughput and p50/p95/p99 latency of each, and the ratios. Not part of CI.
+Prints throughput and p50/p95/p99 latency of each, and the ratios, and the CPU time a
+request cost the server's processes and PostgreSQL's (read from /proc over each round): on
+two shared cores the throughput follows the CPU a request costs, and that figure moves far
+less than the rates when the machine is busy with other work. Not part of CI.
 """
 
 from __future__ import annotations
@@ -157,6 +161,56 @@ def drive(
     return latencies, failures
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (a gunicorn master and its workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def postgres_processes() -> list[int]:
+    """Every PostgreSQL server process on this machine (its backends do the queries)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def cpu_times(pids: list[int]) -> dict[int, float]:
+    """The user and system CPU time each of these processes has used, in seconds."""
+    times = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        times[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return times
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two readings: a process started between them counts from
+    zero; one that ended between them is missed (PostgreSQL's backends live as long as
+    the workers' pooled connections)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
 def problem_type(answer: bytes) -> str:
     """The last part of a problem detail's ``type`` (``stratum-exhausted``, ...), or ``?``."""
     try:
@@ -254,10 +308,23 @@ def run_backend(args: argparse.Namespace, url: str, root: Path) -> dict[str, Any
                     ("minimal", minimal_port, write),
                     ("randomise", service_port, randomisation),
                 ):
+                    server = servers[0 if name == "randomise" else 1].pid
+
+                    def database() -> list[int]:
+                        return postgres_processes() if backend == "postgresql" else []
+
+                    before = cpu_times(process_tree(server)), cpu_times(database())
                     latencies, failures = drive(port, clients, args.seconds, request_for)
-                    result = results.setdefault(
-                        (name, clients), {"latencies": [], "failures": {}, "seconds": 0.0}
+                    cpu = (
+                        cpu_used(before[0], cpu_times(process_tree(server))),
+                        cpu_used(before[1], cpu_times(database())),
                     )
+                    result = results.setdefault(
+                        (name, clients),
+                        {"latencies": [], "failures": {}, "seconds": 0.0, "cpu": [0.0, 0.0]},
+                    )
+                    result["cpu"][0] += cpu[0]
+                    result["cpu"][1] += cpu[1]
                     result["latencies"].extend(latencies)
                     for outcome, count in failures.items():
                         result["failures"][outcome] = result["failures"].get(outcome, 0) + count
@@ -287,7 +354,7 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
     )
     print(
         f"{'clients':>7}  {'endpoint':<10} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8}  failed (by status)"
+        f"{'p99 ms':>8}  {'CPU ms/req':>15}  failed (by status)"
     )
     for clients in args.clients:
         row = {}
@@ -299,14 +366,17 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
             row[name] = (rate, p99)
             failures = sorted(result["failures"].items())
             failed = ", ".join(f"{n} x {status}" for status, n in failures)
+            served, database = (1e3 * seconds / max(1, len(ordered)) for seconds in result["cpu"])
+            row[name] += (served + database,)
             print(
                 f"{clients:>7}  {name:<10} {rate:7.1f} {p50:8.1f} {p95:8.1f} {p99:8.1f}  "
-                f"{failed or 'none'}"
+                f"{served:6.2f} + {database:5.2f} db  {failed or 'none'}"
             )
-        (minimal_rate, minimal_p99), (rate, p99) = row["minimal"], row["randomise"]
+        (minimal_rate, minimal_p99, minimal_cpu) = row["minimal"]
+        (rate, p99, cpu) = row["randomise"]
         print(
             f"{'':>7}  ratio: randomise throughput x{rate / minimal_rate:.2f} the one-INSERT "
-            f"endpoint's, p99 x{p99 / minimal_p99:.1f}"
+            f"endpoint's, p99 x{p99 / minimal_p99:.1f}, CPU a request x{cpu / minimal_cpu:.1f}"
         )
 
 
@@ -318,6 +388,9 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="also a PostgreSQL server URL")
+    parser.add_argument(
+        "--no-sqlite", action="store_true", help="only the PostgreSQL server's figures"
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=4)
@@ -330,7 +403,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     runs = []
-    servers = [None] + ([args.database_url] if args.database_url else [])
+    servers = ([] if args.no_sqlite else [None]) + (
+        [args.database_url] if args.database_url else []
+    )
     for server in servers:
         with tempfile.TemporaryDirectory() as directory:
             root = Path(directory)

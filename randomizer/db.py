@@ -252,6 +252,33 @@ def after_commit(session: Session, name: str, callback: Callable[[], None]) -> N
     session.info.setdefault(_AFTER_COMMIT, {})[name] = callback
 
 
+def refresh_statistics_after_commit(session: Session, *tables: str) -> None:
+    """After a bulk load into ``tables``: on PostgreSQL, ANALYZE them once it has committed.
+
+    The driver prepares the busiest statements after a few runs, and PostgreSQL then keeps a
+    generic plan chosen from the tables' statistics. Tables loaded in bulk and not analysed
+    yet (autovacuum may be minutes away, or off) looked nearly empty to it: the kit
+    allocation filtered every kit of the site, the slot update every free slot of the
+    stratum, and a randomisation's cost grew with the stock (x2.4 at 60,000 kits). SQLite's
+    planner needs no statistics for these lookups (its unique indexes win outright).
+    The ANALYZE waits at most a few seconds for a lock (a schema change holding the table);
+    a failed one is logged, and the load stands.
+    """
+    engine = session.get_bind().engine
+    if engine.dialect.name != "postgresql":
+        return
+    preparer = engine.dialect.identifier_preparer
+    statement = "ANALYZE " + ", ".join(preparer.quote(table) for table in sorted(tables))
+
+    def analyze() -> None:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            connection.exec_driver_sql(statement)
+            connection.commit()
+
+    after_commit(session, statement, analyze)
+
+
 @contextmanager
 def savepoint(session: Session) -> Iterator[None]:
     """Work that an exception rolls back alone, with the after-commit callbacks it registered.

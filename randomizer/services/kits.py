@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, event, select, update
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from keys import SealedArm
+from randomizer.db import refresh_statistics_after_commit
 from randomizer.domain.kits import ALLOCATED, AVAILABLE, EXPIRED
 from randomizer.domain.supply import dispensable_after, needs_resupply
 from randomizer.errors import InsufficientSupply
@@ -116,6 +117,7 @@ def create_kits(
         )
         numbers.append(number)
     session.flush()
+    refresh_statistics_after_commit(session, "kit", "site")
     return numbers
 
 

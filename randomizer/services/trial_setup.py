@@ -28,7 +28,7 @@ from keys import (
     signing_key_path,
 )
 from keys.providers import FILE, MasterKeys, load_master_key_provider, provider_name
-from randomizer.db import Database
+from randomizer.db import Database, refresh_statistics_after_commit
 from randomizer.domain import (
     TrialDefinition,
     definition_commitment,
@@ -163,6 +163,7 @@ def store_lists(session: Session, ctx: TrialContext, actor: Actor, seed: bytes) 
             )
         total += len(arms)
     session.flush()
+    refresh_statistics_after_commit(session, "stratum", "slot")
     ctx.audit.append(
         session,
         actor,

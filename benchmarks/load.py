@@ -295,6 +295,10 @@ def run_backend(args: argparse.Namespace, url: str, root: Path) -> dict[str, Any
         ),
     ]
     results: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def database() -> list[int]:
+        return postgres_processes() if backend == "postgresql" else []
+
     try:
         wait_until_up(service_port, "/api/v1/health")
         wait_until_up(minimal_port, "/write", "POST")
@@ -309,10 +313,6 @@ def run_backend(args: argparse.Namespace, url: str, root: Path) -> dict[str, Any
                     ("randomise", service_port, randomisation),
                 ):
                     server = servers[0 if name == "randomise" else 1].pid
-
-                    def database() -> list[int]:
-                        return postgres_processes() if backend == "postgresql" else []
-
                     before = cpu_times(process_tree(server)), cpu_times(database())
                     latencies, failures = drive(port, clients, args.seconds, request_for)
                     cpu = (
@@ -363,11 +363,10 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
             ordered = sorted(result["latencies"])
             rate = len(ordered) / result["seconds"]
             p50, p95, p99 = (percentile(ordered, f) * 1e3 for f in (0.5, 0.95, 0.99))
-            row[name] = (rate, p99)
             failures = sorted(result["failures"].items())
             failed = ", ".join(f"{n} x {status}" for status, n in failures)
             served, database = (1e3 * seconds / max(1, len(ordered)) for seconds in result["cpu"])
-            row[name] += (served + database,)
+            row[name] = (rate, p99, served + database)
             print(
                 f"{clients:>7}  {name:<10} {rate:7.1f} {p50:8.1f} {p95:8.1f} {p99:8.1f}  "
                 f"{served:6.2f} + {database:5.2f} db  {failed or 'none'}"

@@ -21,6 +21,7 @@ from sqlalchemy import event, select
 from randomizer.models import AuditHead, Site
 from randomizer.roles import SYSTEM
 from randomizer.services import kits as kit_service
+from randomizer.services import participants
 from tests.randomizer.test_kit_stock import count_kit_unseals
 
 SITE = "101"
@@ -103,34 +104,31 @@ def test_a_randomisation_runs_the_same_statements_on_a_log_a_thousand_entries_lo
     assert 0 < max(map(node_terms, long_log)) <= size.bit_length()
 
 
-def _plan(connection: Any, backend: str, statement: str, parameters: dict[str, Any]) -> str:
-    """The plan the database would run ``statement`` with, as one string.
+def _plan(connection: Any, statement: Any, **values: Any) -> str:
+    """The plan the database would run the service's ``statement`` with, as one string.
 
     On PostgreSQL the generic plan: the one it keeps once the driver has prepared the
     statement, chosen from the tables' statistics alone, never from the values sent.
     """
-    if backend == "postgresql":
-        connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
-        names = list(parameters)
-        body = statement
-        for i, name in enumerate(names, start=1):
-            body = body.replace(f":{name}", f"${i}")
-        connection.exec_driver_sql(f"PREPARE planned AS {body}")
-        values = ", ".join(f"'{parameters[name]}'" for name in names)
-        rows = connection.exec_driver_sql(f"EXPLAIN EXECUTE planned({values})").all()
-        connection.exec_driver_sql("DEALLOCATE planned")
-        return "\n".join(row[0] for row in rows)
-    rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
-    return "\n".join(str(row[-1]) for row in rows)
-
-
-#: The allocation's and the slot's updates, as :mod:`randomizer.services.kits` and
-#: :mod:`randomizer.services.participants` run them (by kit number, by slot id).
-_ALLOCATION = (
-    "UPDATE kit SET status = 'allocated' WHERE kit_number IN (:first, :second)"
-    " AND site_id = :site AND status = :status"
-)
-_USE_SLOT = "UPDATE slot SET used_at = NULL WHERE id = :slot AND participant_id IS NULL"
+    state = statement.compile(dialect=connection.dialect).construct_expanded_state(values)
+    if connection.dialect.name == "sqlite":
+        rows = connection.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN {state.statement}", tuple(state.positional_parameters)
+        ).all()
+        return "\n".join(str(row[-1]) for row in rows)
+    names = re.findall(r"%\((\w+)\)s", state.statement)
+    body = state.statement
+    for i, name in enumerate(names, start=1):
+        body = body.replace(f"%({name})s", f"${i}", 1)
+    literals = ", ".join(
+        "NULL" if state.parameters[name] is None else f"'{state.parameters[name]}'"
+        for name in names
+    )
+    connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+    connection.exec_driver_sql(f"PREPARE planned AS {body}")
+    rows = connection.exec_driver_sql(f"EXPLAIN EXECUTE planned({literals})").all()
+    connection.exec_driver_sql("DEALLOCATE planned")
+    return "\n".join(row[0] for row in rows)
 
 
 @pytest.mark.requirement("R-NF-8")
@@ -138,10 +136,10 @@ def test_a_freshly_loaded_trial_finds_kits_by_number_and_slots_by_id_not_by_scan
     scratch, backend, tmp_path
 ):
     """Right after the demo's bulk load (no autovacuum has run: it is off on CI's server),
-    the plans of the allocation and of the slot update use the kit-number and the slot-id
-    indexes. Before the load refreshed the tables' statistics, PostgreSQL's generic plans
-    filtered every kit of the site and every free slot of the stratum: a randomisation cost
-    2.4 times more at 60,000 kits than at 600 (``benchmarks/stock.py``)."""
+    the plans of the service's own allocation and slot updates use the kit-number and the
+    slot-id indexes. Before the load refreshed the tables' statistics, PostgreSQL's generic
+    plans filtered every kit of the site and every free slot of the stratum: a randomisation
+    cost 2.4 times more at 60,000 kits than at 600 (``benchmarks/stock.py``)."""
     from tests.conftest import make_trial_database
 
     trial = make_trial_database(scratch, backend, tmp_path, kits_per_arm=400)
@@ -150,11 +148,15 @@ def test_a_freshly_loaded_trial_finds_kits_by_number_and_slots_by_id_not_by_scan
         with engine.connect() as connection:
             kits = _plan(
                 connection,
-                backend,
-                _ALLOCATION,
-                {"first": "K0000-0000", "second": "K0000-0001", "site": SITE, "status": "available"},
+                kit_service._ALLOCATE,
+                kit_numbers=["K0000-0000", "K0000-0001"],
+                site=SITE,
+                participant="p",
+                visit="week-1",
+                allocated_at=None,
+                replaces=None,
             )
-            slots = _plan(connection, backend, _USE_SLOT, {"slot": "1"})
+            slots = _plan(connection, participants._USE_SLOT, slot=1, participant="p", used_at=None)
             connection.rollback()
     finally:
         engine.dispose()

@@ -25,9 +25,9 @@ write lock from ``BEGIN IMMEDIATE`` on, and these row locks are no-ops.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -80,12 +80,39 @@ def _enter(session: Session, rank: int) -> None:
 _LOCK_PARTICIPANT = (
     select(Participant).where(Participant.screening_number == bindparam("number")).with_for_update()
 )
-_LOCK_STRATUM = select(Stratum).where(Stratum.number == bindparam("number")).with_for_update()
 _LOCK_SITE = (
     select(Site)
     .where(Site.id == bindparam("site"))
     .with_for_update()
     .execution_options(populate_existing=True)
+)
+
+
+_PARTICIPANTS, _SITES, _STRATA = Participant.__table__, Site.__table__, Stratum.__table__
+#: Core, built once: a randomisation's participant lock, with its site's row read (not
+#: locked: the site's lock has its own, later rank) in the same statement.
+_LOCK_PARTICIPANT_AT_SITE = (
+    select(
+        _PARTICIPANTS.c.id,
+        _PARTICIPANTS.c.screening_number,
+        _PARTICIPANTS.c.site_id,
+        _PARTICIPANTS.c.status,
+        _PARTICIPANTS.c.screened_on,
+        _PARTICIPANTS.c.screening_strata,
+        _PARTICIPANTS.c.randomization_number,
+        _SITES.c.status.label("site_status"),
+        _SITES.c.attributes.label("site_attributes"),
+    )
+    .join(_SITES, _SITES.c.id == _PARTICIPANTS.c.site_id)
+    .where(_PARTICIPANTS.c.screening_number == bindparam("number"))
+    .with_for_update(of=_PARTICIPANTS)
+)
+#: Locks the stratum's row by moving its cursor on, and says which position was taken.
+_TAKE_STRATUM_POSITION = (
+    update(_STRATA)
+    .where(_STRATA.c.number == bindparam("stratum"))
+    .values(next_position=_STRATA.c.next_position + 1)
+    .returning((_STRATA.c.next_position - 1).label("position"), _STRATA.c.size)
 )
 
 
@@ -95,10 +122,28 @@ def lock_participant(session: Session, screening_number: str) -> Participant | N
     return session.execute(_LOCK_PARTICIPANT, {"number": screening_number}).scalar_one_or_none()
 
 
-def lock_stratum(session: Session, number: int) -> Stratum:
-    """Lock and return the stratum's row (its cursor)."""
+def lock_participant_at_site(session: Session, screening_number: str) -> Row[Any] | None:
+    """Lock the participant with this screening number (None if there is none), as a row:
+    its ``id``, ``screening_number``, ``site_id``, ``status``, ``screened_on``,
+    ``screening_strata`` and ``randomization_number``, with its site's ``site_status`` and
+    ``site_attributes`` read in the same statement (the site is not locked by it)."""
+    _enter(session, PARTICIPANT)
+    return (
+        session.connection()
+        .execute(_LOCK_PARTICIPANT_AT_SITE, {"number": screening_number})
+        .one_or_none()
+    )
+
+
+def take_stratum_position(session: Session, number: int) -> Row[tuple[int, int]]:
+    """Lock the stratum's row by taking the position its cursor points at, and moving the
+    cursor on: returns that ``position`` and the stratum's ``size``.
+
+    A position beyond the size is no slot: the stratum is exhausted, and the caller must
+    refuse, which rolls the move back with the rest of its work.
+    """
     _enter(session, STRATUM)
-    return session.execute(_LOCK_STRATUM, {"number": number}).scalar_one()
+    return session.connection().execute(_TAKE_STRATUM_POSITION, {"stratum": number}).one()
 
 
 def lock_site(session: Session, site_id: str) -> Site:

@@ -32,11 +32,10 @@ from audit.checkpoint import (
 from audit.entry import canonical_bytes, entry_hash, make_entry
 from audit.merkle import (
     CompactRange,
-    MissingNodeError,
-    compact_range,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
+    root_coords,
     verify_consistency,
 )
 from keys.signing import signing_key_fingerprint
@@ -126,29 +125,53 @@ class SessionNodeStore:
 
     def get_nodes(self, coords: Iterable[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
         """Fetch the hashes of the given (level, index) perfect subtrees."""
+        return self._read(coords, with_latest_checkpoint=False)[0]
+
+    def get_nodes_and_latest_checkpoint(
+        self, coords: Iterable[tuple[int, int]]
+    ) -> tuple[Mapping[tuple[int, int], bytes], str | None]:
+        """The hashes of the given subtrees and the newest signed checkpoint note (None for
+        none), read in one statement: the check of every appending transaction needs both."""
+        return self._read(coords, with_latest_checkpoint=True)
+
+    def _read(
+        self, coords: Iterable[tuple[int, int]], *, with_latest_checkpoint: bool
+    ) -> tuple[dict[tuple[int, int], bytes], str | None]:
         by_level: dict[int, list[int]] = {}
         for level, index in dict.fromkeys(coords):
             by_level.setdefault(level, []).append(index)
         if not by_level:
-            return {}
+            latest = AuditLog.latest_checkpoint(self.session) if with_latest_checkpoint else None
+            return {}, latest
         shape = tuple(len(indexes) for indexes in by_level.values())
         parameters: dict[str, int] = {}
         for i, (level, indexes) in enumerate(by_level.items()):
             parameters[f"l{i}"] = level
             parameters.update({f"i{i}_{j}": index for j, index in enumerate(indexes)})
-        rows = self.session.connection().execute(_nodes_query(shape), parameters)
-        return {(level, index): bytes(digest) for level, index, digest in rows}
+        rows = (
+            self.session.connection()
+            .execute(_nodes_query(shape, with_latest_checkpoint), parameters)
+            .all()
+        )
+        nodes = {(row[0], row[1]): bytes(row[2]) for row in rows}
+        if not with_latest_checkpoint:
+            return nodes, None
+        # Every row carries the note; with no node found, it is read on its own.
+        latest = rows[0][3] if rows else AuditLog.latest_checkpoint(self.session)
+        return nodes, latest
 
 
 @functools.lru_cache(maxsize=512)
-def _nodes_query(shape: tuple[int, ...]) -> Select[tuple[int, int, bytes]]:
+def _nodes_query(shape: tuple[int, ...], with_latest_checkpoint: bool) -> Select[Any]:
     """The query of ``shape[i]`` node indexes at each of ``len(shape)`` levels, built once
     (with bound parameters ``l<i>`` and ``i<i>_<j>``): building it cost more than running it.
+    With ``with_latest_checkpoint``, each row also carries the newest checkpoint's note (an
+    uncorrelated subquery, run once).
 
     One index search per level: SQLite answers a row-value IN list by scanning the whole
     table, which made every append linear in the log's size.
     """
-    return select(_NODES.c.level, _NODES.c.node_index, _NODES.c.hash).where(
+    query = select(_NODES.c.level, _NODES.c.node_index, _NODES.c.hash).where(
         or_(
             *(
                 and_(
@@ -159,6 +182,9 @@ def _nodes_query(shape: tuple[int, ...]) -> Select[tuple[int, int, bytes]]:
             )
         )
     )
+    if with_latest_checkpoint:
+        query = query.add_columns(_LATEST_CHECKPOINT.scalar_subquery().label("latest"))
+    return query
 
 
 class AuditLog:
@@ -360,16 +386,14 @@ class AuditLog:
         from must hold that same frontier.
         """
         store = SessionNodeStore(session)
-        try:
-            stored = compact_range(tree.size, store).frontier
-        except MissingNodeError:
-            stored = None
-        if stored != tree.frontier:
+        coords = root_coords(tree.size)
+        nodes, latest = store.get_nodes_and_latest_checkpoint(coords)
+        if [nodes.get(coord) for coord in coords] != tree.frontier:
             raise AuditIntegrityError(
                 f"the stored audit tree of size {tree.size} does not match the audit head:"
                 f" refusing to sign; {_RUN}"
             )
-        previous = self._latest_signed(session)
+        previous = self._signed(latest)
         if previous is None or previous.size == 0:
             return
         if previous.size == tree.size:
@@ -388,9 +412,9 @@ class AuditLog:
                 f" size {previous.size}: refusing to sign; {_RUN}"
             )
 
-    def _latest_signed(self, session: Session) -> Checkpoint | None:
-        """The newest stored checkpoint, its signature checked (once per process and note)."""
-        note = self.latest_checkpoint(session)
+    def _signed(self, note: str | None) -> Checkpoint | None:
+        """The checkpoint of a stored ``note`` (the newest), its signature checked (once per
+        process and note)."""
         if note is None:
             return None
         trusted = self._trusted

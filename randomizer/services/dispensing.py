@@ -137,7 +137,7 @@ def _dispense(
     needed = kits_for_visit(definition, request.weight_kg, visit)
     supply = kit_service.reserve_supply(session, ctx, participant.site_id, needed)
     numbers = kit_service.allocate_kits(
-        session, ctx, supply, participant_arm(ctx, participant), needed, participant, visit.id
+        session, ctx, supply, participant_arm(ctx, participant), needed, participant.id, visit.id
     )
     ctx.audit.append(
         session,
@@ -233,7 +233,7 @@ def _change_kit_status(
             supply,
             participant_arm(ctx, participant),
             1,
-            participant,
+            participant.id,
             kit.visit,
             replaces=kit.id,
         )

@@ -26,7 +26,7 @@ from randomizer.domain.kits import ALLOCATED, AVAILABLE, EXPIRED
 from randomizer.domain.supply import dispensable_after, needs_resupply
 from randomizer.errors import InsufficientSupply
 from randomizer.locks import lock_site
-from randomizer.models import Kit, Participant, Site
+from randomizer.models import Kit, Site
 from randomizer.roles import SYSTEM, Actor
 from randomizer.services import resupply
 from randomizer.services.context import TrialContext
@@ -287,7 +287,7 @@ def allocate_kits(
     supply: SiteSupply,
     arm: str,
     needed: int,
-    participant: Participant,
+    participant_id: str,
     visit: str,
     *,
     replaces: str | None = None,
@@ -305,7 +305,7 @@ def allocate_kits(
         {
             "kit_numbers": chosen,
             "site": supply.site_id,
-            "participant": participant.id,
+            "participant": participant_id,
             "visit": visit,
             "allocated_at": ctx.clock(),
             "replaces": replaces,

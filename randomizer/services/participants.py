@@ -16,12 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from keys import SealedArm
 from randomizer.domain import (
@@ -53,7 +52,12 @@ from randomizer.errors import (
     StratumExhausted,
     ValidationFailed,
 )
-from randomizer.locks import lock_participant, lock_site, lock_stratum
+from randomizer.locks import (
+    lock_participant,
+    lock_participant_at_site,
+    lock_site,
+    take_stratum_position,
+)
 from randomizer.models import (
     Kit,
     Participant,
@@ -62,7 +66,6 @@ from randomizer.models import (
     StratumCorrection,
     Unblinding,
 )
-from randomizer.models import Stratum as StratumRow
 from randomizer.roles import RANDOMIZE, READ_PARTICIPANT, SCREEN, SITE_ROLES, Actor
 from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
@@ -193,6 +196,15 @@ def find_participant(
                 select(Participant).where(Participant.screening_number == screening_number)
             ).scalar_one_or_none()
         )
+    return _visible(actor, participant)
+
+
+_P = TypeVar("_P", Participant, Row[Any])
+
+
+def _visible(actor: Actor, participant: _P | None) -> _P:
+    """``participant`` (an object or a row), if the actor may see it; the same 404 whether
+    it is absent or at another site."""
     if participant is None or not actor.may_see_site(participant.site_id):
         raise NotFound("No participant with this screening number is visible to you.")
     return participant
@@ -250,7 +262,13 @@ def list_participants(
 def expected_stratum(ctx: TrialContext, site: Site, participant: Participant) -> Stratum:
     """The stratum a screened participant will be randomised in: the site's factors and
     those sent at screening (shown to the site for confirmation before it randomises)."""
-    return ctx.definition.stratum_for({**site.attributes, **participant.screening_strata})
+    return _stratum_of(ctx, site.attributes, participant.screening_strata)
+
+
+def _stratum_of(
+    ctx: TrialContext, site_attributes: dict[str, Any], screening_strata: dict[str, Any]
+) -> Stratum:
+    return ctx.definition.stratum_for({**site_attributes, **screening_strata})
 
 
 def stratum_to_confirm(session: Session, ctx: TrialContext, participant: Participant) -> Stratum:
@@ -412,7 +430,14 @@ def _randomize(
 ) -> Randomization:
     definition = ctx.definition
     RANDOMIZE.check(actor)
-    participant = find_participant(session, actor, screening_number, lock=True)
+    # The participant, locked, and its site read in the same statement (the lookup and the
+    # visibility rule are find_participant's).
+    participant = _visible(
+        actor,
+        lock_participant_at_site(session, screening_number)
+        if SCREENING_NUMBER.fullmatch(screening_number)
+        else None,
+    )
     if participant.status != SCREENED:
         if participant.randomization_number is not None:
             raise AlreadyRandomized(
@@ -421,9 +446,9 @@ def _randomize(
                 randomization_number=participant.randomization_number,
             )
         raise Conflict(f"Participant {screening_number} is {participant.status}.")
-    site = session.connection().execute(_SITE, {"site": participant.site_id}).one()
-    if site.status == SITE_CLOSED:
-        raise Conflict(f"Site {site.id} is closed: it randomises no one.")
+    site_id = participant.site_id
+    if participant.site_status == SITE_CLOSED:
+        raise Conflict(f"Site {site_id} is closed: it randomises no one.")
     request = submission.load()
     until = randomisable_until(participant.screened_on, definition.screening_window_days)
     if ctx.today() > until:
@@ -441,12 +466,13 @@ def _randomize(
             failed_rules=[{"id": rule.id, "text": rule.text} for rule in failed],
         )
 
-    stratum = expected_stratum(ctx, site, participant)
-    stratum_row = lock_stratum(session, stratum.number)
+    stratum = _stratum_of(ctx, participant.site_attributes, participant.screening_strata)
+    # Locks the stratum: its cursor moves on now, and a refusal below moves it back.
+    position, size = take_stratum_position(session, stratum.number)
     visit = definition.first_visit()
     needed = kits_for_visit(definition, request.weight_kg, visit)
-    supply = kit_service.reserve_supply(session, ctx, site.id, needed)
-    if stratum_row.next_position > stratum_row.size:
+    supply = kit_service.reserve_supply(session, ctx, site_id, needed)
+    if position > size:
         log.warning("stratum %s is exhausted: the statistician is alerted", stratum.key)
         raise StratumExhausted(
             f"Every slot of stratum {stratum.key} is used; the statistician has been alerted. "
@@ -455,40 +481,36 @@ def _randomize(
         )
 
     connection = session.connection()
+    now = ctx.clock()
     slot = connection.execute(
-        _NEXT_SLOT, {"stratum": stratum.number, "position": stratum_row.next_position}
-    ).one()
+        _TAKE_SLOT,
+        {
+            "stratum": stratum.number,
+            "at": position,
+            "participant": participant.id,
+            "used_at": now,
+        },
+    ).one_or_none()
+    if slot is None:  # the stratum lock makes this impossible; never give a slot twice
+        raise RuntimeError(f"slot {position} of stratum {stratum.key} is already used")
     arm = ctx.sealer.unseal_arm(
         SealedArm.from_text(slot.sealed_arm), SLOT_SEAL_KIND, slot.randomization_number
     )
     kit_numbers = kit_service.allocate_kits(
-        session, ctx, supply, arm, needed, participant, visit.id
-    )
-    now = ctx.clock()
-    used = connection.execute(
-        _USE_SLOT, {"slot": slot.id, "participant": participant.id, "used_at": now}
-    )
-    if used.rowcount != 1:  # the stratum lock makes this impossible; never give a slot twice
-        raise RuntimeError(f"slot {slot.randomization_number} is already used")
-    _write(
-        session,
-        stratum_row,
-        _ADVANCE_STRATUM,
-        {"stratum": stratum.number},
-        next_position=stratum_row.next_position + 1,
+        session, ctx, supply, arm, needed, participant.id, visit.id
     )
     sealed = ctx.sealer.seal_arm(arm, PARTICIPANT_SEAL_KIND, participant.screening_number)
-    _write(
-        session,
-        participant,
+    connection.execute(
         _RANDOMIZE_PARTICIPANT,
-        {"participant": participant.id},
-        status=RANDOMIZED,
-        stratum_number=stratum.number,
-        randomization_number=slot.randomization_number,
-        randomized_at=now,
-        weight_kg=str(request.weight_kg),
-        sealed_arm=sealed.to_text(),
+        {
+            "participant": participant.id,
+            "new_status": RANDOMIZED,
+            "new_stratum_number": stratum.number,
+            "new_randomization_number": slot.randomization_number,
+            "new_randomized_at": now,
+            "new_weight_kg": str(request.weight_kg),
+            "new_sealed_arm": sealed.to_text(),
+        },
     )
 
     entry = ctx.audit.append(
@@ -497,7 +519,7 @@ def _randomize(
         "participant.randomized",
         participant.screening_number,
         {
-            "site": site.id,
+            "site": site_id,
             "randomization_number": slot.randomization_number,
             "stratum": stratum.key,
             "visit": visit.id,
@@ -506,7 +528,7 @@ def _randomize(
             "eligibility": {key: _json_value(value) for key, value in request.eligibility.items()},
             "sealed_arm": sealed.to_json(),
         },
-        site=site.id,
+        site=site_id,
     )
     receipt = ctx.audit.receipt(session, entry)
     return Randomization(
@@ -521,24 +543,17 @@ def _randomize(
 
 # A randomisation's own writes, built once, in Core: under the stratum and site locks (on
 # SQLite under the write lock) the ORM's unit of work cost more than the statements.
-_SITES = Site.__table__
-_SITE = select(_SITES.c.id, _SITES.c.status, _SITES.c.attributes).where(
-    _SITES.c.id == bindparam("site")
-)
 _SLOTS = Slot.__table__
-_NEXT_SLOT = select(_SLOTS.c.id, _SLOTS.c.randomization_number, _SLOTS.c.sealed_arm).where(
-    _SLOTS.c.stratum_number == bindparam("stratum"), _SLOTS.c.position == bindparam("position")
-)
-_USE_SLOT = (
+#: Takes the slot at the stratum's position, and reads it, in one statement.
+_TAKE_SLOT = (
     update(_SLOTS)
-    .where(_SLOTS.c.id == bindparam("slot"), _SLOTS.c.participant_id.is_(None))
+    .where(
+        _SLOTS.c.stratum_number == bindparam("stratum"),
+        _SLOTS.c.position == bindparam("at"),
+        _SLOTS.c.participant_id.is_(None),
+    )
     .values(participant_id=bindparam("participant"), used_at=bindparam("used_at"))
-)
-_STRATA = StratumRow.__table__
-_ADVANCE_STRATUM = (
-    update(_STRATA)
-    .where(_STRATA.c.number == bindparam("stratum"))
-    .values(next_position=bindparam("new_next_position"))
+    .returning(_SLOTS.c.randomization_number, _SLOTS.c.sealed_arm)
 )
 _PARTICIPANTS = Participant.__table__
 _RANDOMIZE_PARTICIPANT = (
@@ -558,16 +573,6 @@ _RANDOMIZE_PARTICIPANT = (
         }
     )
 )
-
-
-def _write(session: Session, row: Any, statement: Any, keys: dict[str, Any], **values: Any) -> None:
-    """Run ``statement`` (an update of ``row``'s table setting ``new_<column>``), then tell
-    the session's object the values written, as if it had loaded them."""
-    session.connection().execute(
-        statement, {**keys, **{f"new_{column}": value for column, value in values.items()}}
-    )
-    for column, value in values.items():
-        set_committed_value(row, column, value)
 
 
 def _json_value(value: int | Decimal | bool) -> int | str | bool:

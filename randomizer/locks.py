@@ -80,12 +80,6 @@ def _enter(session: Session, rank: int) -> None:
 _LOCK_PARTICIPANT = (
     select(Participant).where(Participant.screening_number == bindparam("number")).with_for_update()
 )
-_LOCK_SITE = (
-    select(Site)
-    .where(Site.id == bindparam("site"))
-    .with_for_update()
-    .execution_options(populate_existing=True)
-)
 
 
 _PARTICIPANTS, _SITES, _STRATA = Participant.__table__, Site.__table__, Stratum.__table__
@@ -106,6 +100,12 @@ _LOCK_PARTICIPANT_AT_SITE = (
     .join(_SITES, _SITES.c.id == _PARTICIPANTS.c.site_id)
     .where(_PARTICIPANTS.c.screening_number == bindparam("number"))
     .with_for_update(of=_PARTICIPANTS)
+)
+#: Core, built once: every randomisation and dispensing runs it.
+_LOCK_SITE = (
+    select(_SITES.c.id, _SITES.c.status, _SITES.c.kit_version)
+    .where(_SITES.c.id == bindparam("site"))
+    .with_for_update()
 )
 #: Locks the stratum's row by moving its cursor on, and says which position was taken.
 _TAKE_STRATUM_POSITION = (
@@ -146,14 +146,12 @@ def take_stratum_position(session: Session, number: int) -> Row[tuple[int, int]]
     return session.connection().execute(_TAKE_STRATUM_POSITION, {"stratum": number}).one()
 
 
-def lock_site(session: Session, site_id: str) -> Site:
-    """Lock and return the site's row: the lock on the site's kits.
-
-    The row is read afresh even if the session had loaded it before the lock: its
-    ``kit_version`` must be the one the lock guards.
-    """
+def lock_site(session: Session, site_id: str) -> Row[tuple[str, str, int]]:
+    """Lock the site's row, the lock on the site's kits, and return its ``id``, ``status``
+    and ``kit_version`` as the lock sees them (a row, not the session's object: an object
+    the session loaded before the lock may be older)."""
     _enter(session, SITE)
-    return session.execute(_LOCK_SITE, {"site": site_id}).scalar_one()
+    return session.connection().execute(_LOCK_SITE, {"site": site_id}).one()
 
 
 def lock_depot(session: Session) -> Trial:

@@ -213,6 +213,7 @@ def site_supply(session: Session, ctx: TrialContext, site_id: str) -> SiteSupply
     of its own: the shared view must only ever hold what others committed.
     """
     arms = tuple(arm.id for arm in ctx.definition.arms)
+    session.flush()  # kits this transaction added through the ORM: the read below sees them
     site = lock_site(session, site_id)
     if session.info.get(_KITS_WRITTEN):
         stock = SiteStock(arms)

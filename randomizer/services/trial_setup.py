@@ -231,9 +231,9 @@ def close_site(session: Session, ctx: TrialContext, actor: Actor, site_id: str) 
     MANAGE_SITES.check(actor)
     if not SITE_ID.fullmatch(site_id) or session.get(Site, site_id) is None:
         raise NotFound(f"No site {site_id}.")
-    site = lock_site(session, site_id)
-    if site.status == SITE_CLOSED:
+    if lock_site(session, site_id).status == SITE_CLOSED:
         raise Conflict(f"Site {site_id} is already closed.")
+    site = session.get_one(Site, site_id, populate_existing=True)
     site.status = SITE_CLOSED
     site.closed_at = ctx.clock()
     session.flush()

@@ -10,6 +10,7 @@ arms. The arms of a site's kits are unsealed once per server process and kept in
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import date
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import bindparam, event, select, update
+from sqlalchemy import Update, bindparam, event, select, update
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from keys import SealedArm
@@ -186,6 +187,8 @@ class SiteSupply:
     arms: tuple[str, ...]
     cutoff: date
     stock: SiteStock
+    #: The site's status under its lock (a site closed meanwhile randomises no one).
+    site_status: str
 
     def count(self, arm: str) -> int:
         """Dispensable kits of ``arm``."""
@@ -234,7 +237,7 @@ def site_supply(session: Session, ctx: TrialContext, site_id: str) -> SiteSupply
         ),
     )
     cutoff = dispensable_after(ctx.today(), ctx.definition.do_not_dispense_days)
-    return SiteSupply(site_id, arms, cutoff, stock)
+    return SiteSupply(site_id, arms, cutoff, stock, site.status)
 
 
 def check_supply(supply: SiteSupply, needed: int) -> None:
@@ -264,22 +267,26 @@ def reserve_supply(session: Session, ctx: TrialContext, site_id: str, needed: in
     return supply
 
 
-#: Built once (Core: the ORM's bulk update cost more than the statement).
-_ALLOCATE = (
-    update(_KITS)
-    .where(
-        _KITS.c.kit_number.in_(bindparam("kit_numbers", expanding=True)),
-        _KITS.c.site_id == bindparam("site"),
-        _KITS.c.status == AVAILABLE,
+@functools.lru_cache(maxsize=64)
+def allocation_statement(count: int) -> Update:
+    """The allocation of ``count`` kits (bound ``k0`` ... and the values), built once per
+    count, in Core: the ORM's bulk update, and an expanding IN list rendered anew at every
+    execution, cost more than the statement itself."""
+    return (
+        update(_KITS)
+        .where(
+            _KITS.c.kit_number.in_([bindparam(f"k{i}") for i in range(count)]),
+            _KITS.c.site_id == bindparam("site"),
+            _KITS.c.status == AVAILABLE,
+        )
+        .values(
+            status=ALLOCATED,
+            participant_id=bindparam("participant"),
+            visit=bindparam("visit"),
+            allocated_at=bindparam("allocated_at"),
+            replaces_kit_id=bindparam("replaces"),
+        )
     )
-    .values(
-        status=ALLOCATED,
-        participant_id=bindparam("participant"),
-        visit=bindparam("visit"),
-        allocated_at=bindparam("allocated_at"),
-        replaces_kit_id=bindparam("replaces"),
-    )
-)
 
 
 def allocate_kits(
@@ -302,9 +309,9 @@ def allocate_kits(
     chosen = supply.stock.choose(arm, supply.cutoff, needed, ctx.rng)
     session.info[_KITS_WRITTEN] = True
     result = session.connection().execute(
-        _ALLOCATE,
+        allocation_statement(len(chosen)),
         {
-            "kit_numbers": chosen,
+            **{f"k{i}": number for i, number in enumerate(chosen)},
             "site": supply.site_id,
             "participant": participant_id,
             "visit": visit,

@@ -447,8 +447,7 @@ def _randomize(
             )
         raise Conflict(f"Participant {screening_number} is {participant.status}.")
     site_id = participant.site_id
-    if participant.site_status == SITE_CLOSED:
-        raise Conflict(f"Site {site_id} is closed: it randomises no one.")
+    _refuse_at_a_closed_site(site_id, participant.site_status)
     request = submission.load()
     until = randomisable_until(participant.screened_on, definition.screening_window_days)
     if ctx.today() > until:
@@ -472,6 +471,8 @@ def _randomize(
     visit = definition.first_visit()
     needed = kits_for_visit(definition, request.weight_kg, visit)
     supply = kit_service.reserve_supply(session, ctx, site_id, needed)
+    # Again under the site's lock: the site may have closed while this request waited.
+    _refuse_at_a_closed_site(site_id, supply.site_status)
     if position > size:
         log.warning("stratum %s is exhausted: the statistician is alerted", stratum.key)
         raise StratumExhausted(
@@ -573,6 +574,11 @@ _RANDOMIZE_PARTICIPANT = (
         }
     )
 )
+
+
+def _refuse_at_a_closed_site(site_id: str, status: str) -> None:
+    if status == SITE_CLOSED:
+        raise Conflict(f"Site {site_id} is closed: it randomises no one.")
 
 
 def _json_value(value: int | Decimal | bool) -> int | str | bool:

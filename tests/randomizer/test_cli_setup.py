@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from randomizer import create_app, roles
 from randomizer.config import Settings
-from randomizer.db import make_engine
+from randomizer.db import Database, make_engine
 from randomizer.domain import bundled_trial_path, definition_commitment, parse_trial
 from randomizer.migrations import head_revision
 from randomizer.models import (
@@ -35,8 +35,10 @@ from randomizer.models import (
     Trial,
     User,
 )
+from randomizer.services import kits as kit_service
 from randomizer.services.trial_setup import close_site
-from tests.conftest import BACKENDS
+from randomizer.simulation import ELIGIBLE
+from tests.conftest import BACKENDS, make_trial_database
 from tests.randomizer.test_cli import (
     APPENDIX_A,
     HEX_64,
@@ -451,6 +453,63 @@ def test_a_participant_screened_before_the_close_cannot_be_randomised_and_the_re
     read = api.get("/participants/102-CL-0001", "coordinator-102")
     assert read.status_code == 200 and read.get_json()["status"] == "screened"
     assert api.screen_and_randomize("101-CL-0003").status_code == 201
+
+
+@pytest.mark.requirement("R-API")
+def test_a_site_closed_while_a_randomisation_waits_for_its_locks_randomises_no_one(
+    scratch, backend, tmp_path, monkeypatch
+):
+    """PostgreSQL: another request closes the site (and commits) after the randomisation
+    has read it open, with the participant's lock, but before it takes the site's lock: the
+    status read under the site's lock refuses it, and nothing but the refusal is written."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: no close can come in between")
+    from randomizer.services.context import load_trial_context
+
+    trial = make_trial_database(scratch, backend, tmp_path, kits_per_arm=4)
+    database, other = Database(trial.url), Database(trial.url)
+    try:
+        client = create_app({"settings": trial.settings, "database": database}).test_client()
+        headers = {"Authorization": f"Bearer {trial.tokens['coordinator-102']}"}
+        screened = client.post(
+            "/api/v1/participants",
+            headers=headers,
+            json={
+                "screening_number": "102-CL-0001",
+                "site": "102",
+                "screened_on": datetime.now(UTC).date().isoformat(),
+                "strata": {"prior_ig": "no"},
+            },
+        )
+        assert screened.status_code == 201, screened.get_json()
+        with other.reading() as session:
+            other_ctx = load_trial_context(session, trial.settings.keys_dir, {})
+        size, before = len(audit_entries(other)), state_of(other, "102-CL-0001")
+        reserve_supply = kit_service.reserve_supply
+
+        def close_then_reserve(session: Session, *args: Any, **kwargs: Any) -> Any:
+            with other.transaction() as closing:  # another request, committed first
+                close_site(closing, other_ctx, roles.SYSTEM, "102")
+            return reserve_supply(session, *args, **kwargs)
+
+        monkeypatch.setattr(kit_service, "reserve_supply", close_then_reserve)
+
+        response = client.post(
+            "/api/v1/participants/102-CL-0001/randomize",
+            headers=headers,
+            json={"weight_kg": 30, "eligibility": ELIGIBLE},
+        )
+
+        assert response.status_code == 409, response.get_json()
+        assert response.get_json()["detail"] == "Site 102 is closed: it randomises no one."
+        assert state_of(other, "102-CL-0001") == before
+        assert [entry["action"] for entry in audit_entries(other)[size:]] == [
+            "site.closed",
+            "participant.randomization_refused",
+        ]
+    finally:
+        database.dispose()
+        other.dispose()
 
 
 # init-demo --keep-existing -----------------------------------------------------------------

@@ -148,8 +148,9 @@ def test_a_freshly_loaded_trial_finds_kits_by_number_and_slots_by_position_not_b
         with engine.connect() as connection:
             kits = _plan(
                 connection,
-                kit_service._ALLOCATE,
-                kit_numbers=["K0000-0000", "K0000-0001"],
+                kit_service.allocation_statement(2),
+                k0="K0000-0000",
+                k1="K0000-0001",
                 site=SITE,
                 participant="p",
                 visit="week-1",

@@ -279,6 +279,51 @@ def refresh_statistics_after_commit(session: Session, *tables: str) -> None:
     after_commit(session, statement, analyze)
 
 
+#: In a connection's ``info``: how many DML statements (Core or ORM, flushes included) it has
+#: run, counted by the listener below for every engine.
+_DML_STATEMENTS = "sealroom.dml_statements"
+
+
+@event.listens_for(Engine, "before_execute")
+def _count_dml(connection: Connection, clause: Any, *_args: Any) -> None:
+    if getattr(clause, "is_dml", False):
+        connection.info[_DML_STATEMENTS] = connection.info.get(_DML_STATEMENTS, 0) + 1
+
+
+class RefusedAfterWriting(RuntimeError):
+    """A block run under :func:`refusing_before_writing` raised a refusal after it had
+    written: a programming error. The whole transaction rolls back."""
+
+
+@contextmanager
+def refusing_before_writing(session: Session) -> Iterator[None]:
+    """Work that raises a :class:`~randomizer.errors.Problem` only before its first write,
+    so that a refusal needs no savepoint to undo anything (a savepoint and its release cost
+    two statements a request).
+
+    A refusal is passed on as it is when the block has run no DML statement; after one, it
+    becomes :class:`RefusedAfterWriting`, which rolls the whole transaction back (no
+    half-written change is ever committed beside a refusal). After-commit callbacks the
+    block registered are dropped with the refusal, as :func:`savepoint` drops them.
+    """
+    connection = session.connection()
+    before = dict(session.info.get(_AFTER_COMMIT, {}))
+    written = connection.info.get(_DML_STATEMENTS, 0)
+    try:
+        yield
+    except Problem as problem:
+        session.info[_AFTER_COMMIT] = before
+        if connection.info.get(_DML_STATEMENTS, 0) != written:
+            raise RefusedAfterWriting(
+                f"refused ({problem.type_name}) after writing: the refusals of this work must"
+                " all come before its first write"
+            ) from problem
+        raise
+    except BaseException:
+        session.info[_AFTER_COMMIT] = before
+        raise
+
+
 @contextmanager
 def savepoint(session: Session) -> Iterator[None]:
     """Work that an exception rolls back alone, with the after-commit callbacks it registered.

@@ -27,7 +27,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -107,12 +107,11 @@ _LOCK_SITE = (
     .where(_SITES.c.id == bindparam("site"))
     .with_for_update()
 )
-#: Locks the stratum's row by moving its cursor on, and says which position was taken.
-_TAKE_STRATUM_POSITION = (
-    update(_STRATA)
+#: Core, built once: the stratum's cursor, locked.
+_LOCK_STRATUM = (
+    select(_STRATA.c.next_position, _STRATA.c.size)
     .where(_STRATA.c.number == bindparam("stratum"))
-    .values(next_position=_STRATA.c.next_position + 1)
-    .returning((_STRATA.c.next_position - 1).label("position"), _STRATA.c.size)
+    .with_for_update()
 )
 
 
@@ -135,15 +134,10 @@ def lock_participant_at_site(session: Session, screening_number: str) -> Row[Any
     )
 
 
-def take_stratum_position(session: Session, number: int) -> Row[tuple[int, int]]:
-    """Lock the stratum's row by taking the position its cursor points at, and moving the
-    cursor on: returns that ``position`` and the stratum's ``size``.
-
-    A position beyond the size is no slot: the stratum is exhausted, and the caller must
-    refuse, which rolls the move back with the rest of its work.
-    """
+def lock_stratum(session: Session, number: int) -> Row[tuple[int, int]]:
+    """Lock the stratum's row (its cursor) and return its ``next_position`` and ``size``."""
     _enter(session, STRATUM)
-    return session.connection().execute(_TAKE_STRATUM_POSITION, {"stratum": number}).one()
+    return session.connection().execute(_LOCK_STRATUM, {"stratum": number}).one()
 
 
 def lock_site(session: Session, site_id: str) -> Row[tuple[str, str, int]]:

@@ -258,13 +258,21 @@ def reserve_supply(session: Session, ctx: TrialContext, site_id: str, needed: in
 
     Returns the site's supply, for :func:`allocate_kits` in the same transaction. Kits past
     their expiry are never counted or chosen (the cutoff); if the site still holds some as
-    available, they are marked expired here too (R-KIT-3), once.
+    available, they are then marked expired (:func:`expire_past`).
     """
     supply = site_supply(session, ctx, site_id)
-    if supply.stock.holds_expired(ctx.today()):
-        mark_expired(session, ctx, site_id)
     check_supply(supply, needed)
+    expire_past(session, ctx, supply)
     return supply
+
+
+def expire_past(session: Session, ctx: TrialContext, supply: SiteSupply) -> None:
+    """Mark expired, once, the available kits the supply saw past their expiry (R-KIT-3).
+
+    A write (and an audit entry): a caller that may still refuse does this after its checks.
+    """
+    if supply.stock.holds_expired(ctx.today()):
+        mark_expired(session, ctx, supply.site_id)
 
 
 @functools.lru_cache(maxsize=64)

@@ -56,7 +56,7 @@ from randomizer.locks import (
     lock_participant,
     lock_participant_at_site,
     lock_site,
-    take_stratum_position,
+    lock_stratum,
 )
 from randomizer.models import (
     Kit,
@@ -66,6 +66,7 @@ from randomizer.models import (
     StratumCorrection,
     Unblinding,
 )
+from randomizer.models import Stratum as StratumRow
 from randomizer.roles import RANDOMIZE, READ_PARTICIPANT, SCREEN, SITE_ROLES, Actor
 from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
@@ -412,6 +413,7 @@ def randomize_participant(
         randomization_refusal(screening_number),
         site=actor.site,
         on_refusal=lambda refusal: _alert(session, ctx, refusal),
+        refuses_before_writing=True,
     ):
         return _randomize(session, ctx, actor, screening_number, submission)
 
@@ -466,14 +468,14 @@ def _randomize(
         )
 
     stratum = _stratum_of(ctx, participant.site_attributes, participant.screening_strata)
-    # Locks the stratum: its cursor moves on now, and a refusal below moves it back.
-    position, size = take_stratum_position(session, stratum.number)
+    cursor = lock_stratum(session, stratum.number)
     visit = definition.first_visit()
     needed = kits_for_visit(definition, request.weight_kg, visit)
-    supply = kit_service.reserve_supply(session, ctx, site_id, needed)
+    supply = kit_service.site_supply(session, ctx, site_id)
     # Again under the site's lock: the site may have closed while this request waited.
     _refuse_at_a_closed_site(site_id, supply.site_status)
-    if position > size:
+    kit_service.check_supply(supply, needed)
+    if cursor.next_position > cursor.size:
         log.warning("stratum %s is exhausted: the statistician is alerted", stratum.key)
         raise StratumExhausted(
             f"Every slot of stratum {stratum.key} is used; the statistician has been alerted. "
@@ -481,19 +483,26 @@ def _randomize(
             stratum=stratum.key,
         )
 
+    # Every check is made: nothing below refuses, and only from here on is anything written
+    # (refusals_audited(refuses_before_writing=True) holds the block to that).
+    kit_service.expire_past(session, ctx, supply)
     connection = session.connection()
     now = ctx.clock()
     slot = connection.execute(
         _TAKE_SLOT,
         {
             "stratum": stratum.number,
-            "at": position,
+            "at": cursor.next_position,
             "participant": participant.id,
             "used_at": now,
         },
     ).one_or_none()
     if slot is None:  # the stratum lock makes this impossible; never give a slot twice
-        raise RuntimeError(f"slot {position} of stratum {stratum.key} is already used")
+        raise RuntimeError(f"slot {cursor.next_position} of stratum {stratum.key} is already used")
+    connection.execute(
+        _ADVANCE_STRATUM,
+        {"stratum": stratum.number, "new_next_position": cursor.next_position + 1},
+    )
     arm = ctx.sealer.unseal_arm(
         SealedArm.from_text(slot.sealed_arm), SLOT_SEAL_KIND, slot.randomization_number
     )
@@ -555,6 +564,12 @@ _TAKE_SLOT = (
     )
     .values(participant_id=bindparam("participant"), used_at=bindparam("used_at"))
     .returning(_SLOTS.c.randomization_number, _SLOTS.c.sealed_arm)
+)
+_STRATA = StratumRow.__table__
+_ADVANCE_STRATUM = (
+    update(_STRATA)
+    .where(_STRATA.c.number == bindparam("stratum"))
+    .values(next_position=bindparam("new_next_position"))
 )
 _PARTICIPANTS = Participant.__table__
 _RANDOMIZE_PARTICIPANT = (

@@ -2,9 +2,10 @@
 
 Randomisation, dispensing, kit status changes and unblinding run their work inside
 :func:`refusals_audited`. A refusal (a :class:`~randomizer.errors.Problem`) rolls the work
-back to a savepoint, appends one refusal entry in its place and marks the problem
-``recorded``; :meth:`randomizer.db.Database.transaction` then commits that entry, and
-nothing else, before the refusal reaches the caller. Any other exception rolls back
+back to a savepoint (randomisation, which refuses only before it writes, needs none),
+appends one refusal entry in its place and marks the problem ``recorded``;
+:meth:`randomizer.db.Database.transaction` then commits that entry, and nothing else, before
+the refusal reaches the caller. Any other exception rolls back
 everything, the refusal entry included.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from randomizer.db import savepoint
+from randomizer.db import refusing_before_writing, savepoint
 from randomizer.errors import Problem
 from randomizer.roles import Actor
 from randomizer.services.context import TrialContext
@@ -108,8 +109,13 @@ def refusals_audited(
     record_as_sent: bool = False,
     data: Mapping[str, Any] | None = None,
     on_refusal: Callable[[Problem], None] | None = None,
+    refuses_before_writing: bool = False,
 ) -> Iterator[None]:
     """Run the block in a savepoint; audit a refusal from it as ``action`` on ``subject``.
+
+    With ``refuses_before_writing``, the block makes every check that can refuse before its
+    first write, and runs without a savepoint (:func:`randomizer.db.refusing_before_writing`:
+    a refusal after a write rolls everything back instead of being recorded).
 
     ``action`` is a :class:`Refusal`, or its action name with the ``subject``, ``pattern``,
     ``field`` and ``record_as_sent`` it would hold. ``data`` is added to what the refusal
@@ -130,7 +136,7 @@ def refusals_audited(
         return
     session.info[_AUDITING] = True
     try:
-        with savepoint(session):
+        with refusing_before_writing(session) if refuses_before_writing else savepoint(session):
             yield
     except Problem as problem:
         _append(session, ctx, actor, refusal, problem, site=site, data=data)

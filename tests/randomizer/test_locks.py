@@ -29,14 +29,14 @@ from randomizer.locks import (
     lock_participant,
     lock_participant_at_site,
     lock_site,
-    take_stratum_position,
+    lock_stratum,
 )
 from randomizer.services.audit_log import AuditLog
 
 #: The locks in their documented order, each as (name, take).
 LOCKS: list[tuple[str, Callable[[Session], Any]]] = [
     ("participant", lambda session: lock_participant(session, "101-0001")),
-    ("stratum", lambda session: take_stratum_position(session, 1)),
+    ("stratum", lambda session: lock_stratum(session, 1)),
     ("site", lambda session: lock_site(session, "101")),
     ("auth failure", lambda session: lock_auth_failure(session, "192.0.2.1", datetime.now(UTC))),
     ("audit head", lock_audit_head),
@@ -112,14 +112,14 @@ def test_every_lock_of_an_earlier_rank_after_a_later_one_raises_before_any_sql(
 def test_the_locks_in_their_documented_order_succeed(db, screened):
     with db.transaction() as session:
         participant = lock_participant(session, screened)
-        stratum = take_stratum_position(session, 1)
+        stratum = lock_stratum(session, 1)
         site = lock_site(session, "101")
         failures = lock_auth_failure(session, "192.0.2.1", datetime.now(UTC))
         head = lock_audit_head(session)
 
         assert (
             participant.screening_number,
-            stratum.position,
+            stratum.next_position,
             site.id,
             failures.client,
             head.size,
@@ -132,7 +132,7 @@ def test_the_randomisations_participant_lock_is_the_participant_rank_and_reads_i
     db, screened
 ):
     with db.transaction() as session:
-        take_stratum_position(session, 1)
+        lock_stratum(session, 1)
         with statements_sent(db.engine) as sent, pytest.raises(LockOrderError):
             lock_participant_at_site(session, screened)
         assert sent == []
@@ -148,18 +148,6 @@ def test_the_randomisations_participant_lock_is_the_participant_rank_and_reads_i
         assert isinstance(row.site_attributes, dict)
         assert lock_participant_at_site(session, "101-9999") is None
         assert held_rank(session) == PARTICIPANT
-
-
-@pytest.mark.requirement("R-LIST-2")
-def test_taking_a_stratum_position_moves_its_cursor_in_the_transaction_only(db, screened):
-    with db.transaction() as session:
-        first = take_stratum_position(session, 1)
-        second = take_stratum_position(session, 1)
-        assert second.position == first.position + 1
-        assert second.size == first.size
-        session.rollback()
-    with db.transaction() as session:
-        assert take_stratum_position(session, 1).position == first.position
 
 
 @pytest.mark.requirement("R-NF-1")
@@ -178,9 +166,7 @@ def test_the_same_lock_twice_is_fine(db, screened, name, take):
         first = take(session)
         again = take(session)
 
-        if name == "stratum":  # each take moves the cursor on
-            assert (again.position, again.size) == (first.position + 1, first.size)
-        elif name in ("site", "audit head"):  # read as plain rows: the same
+        if name in ("stratum", "site", "audit head"):  # read as plain rows: the same
             assert again == first
         else:  # the session's one row object
             assert again is first

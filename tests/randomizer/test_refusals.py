@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from audit.entry import entry_hash
 from audit.verify import verify_log
-from randomizer.db import Database
+from randomizer.db import Database, RefusedAfterWriting
 from randomizer.errors import (
     AlreadyRandomized,
     Conflict,
@@ -193,6 +193,58 @@ def test_work_that_succeeds_inside_the_block_commits_without_a_refusal_entry(db,
 
     assert [entry["action"] for entry in entries_from(db, before)] == ["test.work"]
     assert outbox_count(db) == 1
+
+
+# Work that refuses before it writes (no savepoint) ------------------------------------------
+
+
+def statements_of(db: Database) -> Any:
+    from tests.randomizer.test_locks import statements_sent
+
+    return statements_sent(db.engine)
+
+
+def test_work_that_refuses_before_writing_is_recorded_without_a_savepoint(db, ctx):
+    before = audit_size(db)
+    count = select(func.count()).select_from(AuditEntry)
+
+    with pytest.raises(Conflict) as raised, db.transaction() as session:
+        session.scalar(count)  # the transaction has begun (the tests' own is a savepoint)
+        with (
+            statements_of(db) as sent,
+            refusals_audited(
+                session, ctx, ACTOR, ACTION, "101-0001", site="101", refuses_before_writing=True
+            ),
+        ):
+            session.scalar(count)  # reads only
+            raise Conflict("refused before writing")
+
+    assert raised.value.recorded
+    assert [entry["action"] for entry in entries_from(db, before)] == [ACTION]
+    assert sent and not [statement for statement in sent if "SAVEPOINT" in statement.upper()]
+
+
+@pytest.mark.parametrize("write", ["core", "orm"])
+def test_a_refusal_after_a_write_in_work_that_must_refuse_first_rolls_back_everything(
+    db, ctx, write
+):
+    before, messages = audit_size(db), outbox_count(db)
+
+    with (
+        pytest.raises(RefusedAfterWriting),
+        db.transaction() as session,
+        refusals_audited(
+            session, ctx, ACTOR, ACTION, "101-0001", site="101", refuses_before_writing=True
+        ),
+    ):
+        if write == "core":  # the audit log appends with Core statements
+            ctx.audit.append(session, ACTOR, "test.work", "101-0001", {}, site="101")
+        else:  # the outbox's rows are flushed by the ORM
+            enqueue(session, ctx, [Message("test", "someone@example.org", "work", "done")])
+        raise Conflict("refused after writing")
+
+    assert audit_size(db) == before
+    assert outbox_count(db) == messages
 
 
 # What the entry says ---------------------------------------------------------------------

@@ -104,6 +104,26 @@ def test_a_randomisation_runs_the_same_statements_on_a_log_a_thousand_entries_lo
     assert 0 < max(map(node_terms, long_log)) <= size.bit_length()
 
 
+@pytest.mark.requirement("R-AUD")
+def test_a_randomisation_and_its_refusal_take_no_savepoint_of_their_own(api, db):
+    """Every check that can refuse a randomisation comes before its first write, so neither
+    the randomisation nor its audited refusal needs a savepoint (two statements fewer)."""
+    assert api.screen("101-SP-1").status_code == 201
+    randomized(api, "101-SP-1")
+
+    def savepoints(action: Callable[[], Any]) -> list[str]:
+        return [s for s in statements_during(db, action) if s.upper().startswith("SAVEPOINT")]
+
+    statuses: list[int] = []
+    again = savepoints(lambda: statuses.append(api.randomize("101-SP-1", weight_kg=70).status_code))
+    assert statuses == [409]  # already randomised: refused, and the refusal audited
+    assert api.screen("101-SP-2").status_code == 201
+    fresh = savepoints(lambda: randomized(api, "101-SP-2"))
+
+    # The tests' transactions are themselves savepoints of one (tests.conftest.db): one each.
+    assert again == fresh == ["SAVEPOINT sa_savepoint_N"]
+
+
 def _plan(connection: Any, statement: Any, **values: Any) -> str:
     """The plan the database would run the service's ``statement`` with, as one string.
 

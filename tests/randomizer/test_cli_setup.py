@@ -485,14 +485,14 @@ def test_a_site_closed_while_a_randomisation_waits_for_its_locks_randomises_no_o
         with other.reading() as session:
             other_ctx = load_trial_context(session, trial.settings.keys_dir, {})
         size, before = len(audit_entries(other)), state_of(other, "102-CL-0001")
-        reserve_supply = kit_service.reserve_supply
+        site_supply = kit_service.site_supply
 
-        def close_then_reserve(session: Session, *args: Any, **kwargs: Any) -> Any:
+        def close_then_lock(session: Session, *args: Any, **kwargs: Any) -> Any:
             with other.transaction() as closing:  # another request, committed first
                 close_site(closing, other_ctx, roles.SYSTEM, "102")
-            return reserve_supply(session, *args, **kwargs)
+            return site_supply(session, *args, **kwargs)  # the site's lock and stock
 
-        monkeypatch.setattr(kit_service, "reserve_supply", close_then_reserve)
+        monkeypatch.setattr(kit_service, "site_supply", close_then_lock)
 
         response = client.post(
             "/api/v1/participants/102-CL-0001/randomize",

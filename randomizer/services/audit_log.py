@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Insert, Select, and_, bindparam, event, insert, or_, select, update
+from sqlalchemy import Select, and_, bindparam, event, insert, or_, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from audit.checkpoint import (
@@ -57,6 +57,7 @@ _NODES = AuditNode.__table__
 _CHECKPOINTS = AuditCheckpoint.__table__
 _HEADS = AuditHead.__table__
 _INSERT_ENTRY = insert(_ENTRIES)
+_INSERT_NODES = insert(_NODES)
 _INSERT_CHECKPOINT = insert(_CHECKPOINTS)
 _UPDATE_HEAD = (
     update(_HEADS)
@@ -160,22 +161,6 @@ class SessionNodeStore:
         return nodes, latest
 
 
-@functools.lru_cache(maxsize=64)
-def _nodes_insert(count: int) -> Insert:
-    """One INSERT of ``count`` nodes (bound ``l<i>``, ``i<i>``, ``h<i>``), built once per
-    count: one statement, not the driver's batch of ``count``."""
-    return insert(_NODES).values(
-        [
-            {
-                "level": bindparam(f"l{i}", type_=_NODES.c.level.type),
-                "node_index": bindparam(f"i{i}", type_=_NODES.c.node_index.type),
-                "hash": bindparam(f"h{i}", type_=_NODES.c.hash.type),
-            }
-            for i in range(count)
-        ]
-    )
-
-
 @functools.lru_cache(maxsize=512)
 def _nodes_query(shape: tuple[int, ...], with_latest_checkpoint: bool) -> Select[Any]:
     """The query of ``shape[i]`` node indexes at each of ``len(shape)`` levels, built once
@@ -277,14 +262,12 @@ class AuditLog:
                 "site_id": site,
             },
         )
-        nodes = tree.append(leaf_hash(canonical))
         connection.execute(
-            _nodes_insert(len(nodes)),
-            {
-                f"{name}{i}": value
-                for i, node in enumerate(nodes)
-                for name, value in zip(("l", "i", "h"), node, strict=True)
-            },
+            _INSERT_NODES,
+            [
+                {"level": level, "node_index": index, "hash": digest}
+                for level, index, digest in tree.append(leaf_hash(canonical))
+            ],
         )
         head = _Head(tree.size, entry_hash(canonical), tree.to_bytes())
         connection.execute(

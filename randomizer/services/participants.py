@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -188,24 +188,24 @@ def find_participant(
     session: Session, actor: Actor, screening_number: str, *, lock: bool = False
 ) -> Participant:
     """The participant, if the actor may see it; the same 404 whether absent or elsewhere."""
-    participant = None
-    if SCREENING_NUMBER.fullmatch(screening_number):
-        participant = (
-            lock_participant(session, screening_number)
-            if lock
-            else session.execute(
-                select(Participant).where(Participant.screening_number == screening_number)
-            ).scalar_one_or_none()
-        )
-    return _visible(actor, participant)
+    if lock:
+        return _find(actor, screening_number, lambda number: lock_participant(session, number))
+    return _find(
+        actor,
+        screening_number,
+        lambda number: session.execute(
+            select(Participant).where(Participant.screening_number == number)
+        ).scalar_one_or_none(),
+    )
 
 
 _P = TypeVar("_P", Participant, Row[Any])
 
 
-def _visible(actor: Actor, participant: _P | None) -> _P:
-    """``participant`` (an object or a row), if the actor may see it; the same 404 whether
-    it is absent or at another site."""
+def _find(actor: Actor, screening_number: str, lookup: Callable[[str], _P | None]) -> _P:
+    """What ``lookup`` finds of a well-formed ``screening_number`` (an object or a row), if
+    the actor may see it; the same 404 whether it is absent, malformed or at another site."""
+    participant = lookup(screening_number) if SCREENING_NUMBER.fullmatch(screening_number) else None
     if participant is None or not actor.may_see_site(participant.site_id):
         raise NotFound("No participant with this screening number is visible to you.")
     return participant
@@ -434,11 +434,8 @@ def _randomize(
     RANDOMIZE.check(actor)
     # The participant, locked, and its site read in the same statement (the lookup and the
     # visibility rule are find_participant's).
-    participant = _visible(
-        actor,
-        lock_participant_at_site(session, screening_number)
-        if SCREENING_NUMBER.fullmatch(screening_number)
-        else None,
+    participant = _find(
+        actor, screening_number, lambda number: lock_participant_at_site(session, number)
     )
     if participant.status != SCREENED:
         if participant.randomization_number is not None:

@@ -7,10 +7,11 @@ state change and its audit entry can never part (a test checks that ``commit(`` 
 
 When a failed request commits: only when its refusal was *recorded*, that is when the
 service ran its work under :func:`randomizer.services.refusals.refusals_audited`, which rolls
-the work back to a savepoint and appends the refusal's own audit entry. The transaction then
-commits that entry (and the idempotency record that stores the refusal for replay) and
-nothing else. Every other exception, a refusal that was not recorded included, rolls the
-whole transaction back.
+the work back to a savepoint (or, for work that refuses only before it writes, checks that
+it wrote nothing: :func:`refusing_before_writing`) and appends the refusal's own audit
+entry. The transaction then commits that entry (and the idempotency record that stores the
+refusal for replay) and nothing else. Every other exception, a refusal that was not
+recorded included, rolls the whole transaction back.
 
 Callbacks registered with :func:`before_commit` (the audit log's checkpoint) run inside the
 transaction, just before it commits. Callbacks registered with :func:`after_commit` run once

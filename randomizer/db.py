@@ -308,21 +308,17 @@ def refusing_before_writing(session: Session) -> Iterator[None]:
     block registered are dropped with the refusal, as :func:`savepoint` drops them.
     """
     connection = session.connection()
-    before = dict(session.info.get(_AFTER_COMMIT, {}))
     written = connection.info.get(_DML_STATEMENTS, 0)
-    try:
-        yield
-    except Problem as problem:
-        session.info[_AFTER_COMMIT] = before
-        if connection.info.get(_DML_STATEMENTS, 0) != written:
-            raise RefusedAfterWriting(
-                f"refused ({problem.type_name}) after writing: the refusals of this work must"
-                " all come before its first write"
-            ) from problem
-        raise
-    except BaseException:
-        session.info[_AFTER_COMMIT] = before
-        raise
+    with _after_commit_dropped_on_error(session):
+        try:
+            yield
+        except Problem as problem:
+            if connection.info.get(_DML_STATEMENTS, 0) != written:
+                raise RefusedAfterWriting(
+                    f"refused ({problem.type_name}) after writing: the refusals of this work"
+                    " must all come before its first write"
+                ) from problem
+            raise
 
 
 @contextmanager
@@ -331,10 +327,16 @@ def savepoint(session: Session) -> Iterator[None]:
 
     The transaction goes on; only what the block did is undone.
     """
+    with _after_commit_dropped_on_error(session), session.begin_nested():
+        yield
+
+
+@contextmanager
+def _after_commit_dropped_on_error(session: Session) -> Iterator[None]:
+    """The after-commit callbacks the block registers are dropped if it raises."""
     before = dict(session.info.get(_AFTER_COMMIT, {}))
     try:
-        with session.begin_nested():
-            yield
+        yield
     except BaseException:
         session.info[_AFTER_COMMIT] = before
         raise

@@ -80,8 +80,6 @@ def _enter(session: Session, rank: int) -> None:
 _LOCK_PARTICIPANT = (
     select(Participant).where(Participant.screening_number == bindparam("number")).with_for_update()
 )
-
-
 _PARTICIPANTS, _SITES, _STRATA = Participant.__table__, Site.__table__, Stratum.__table__
 #: Core, built once: a randomisation's participant lock, with its site's row read (not
 #: locked: the site's lock has its own, later rank) in the same statement.

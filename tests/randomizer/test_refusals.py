@@ -32,6 +32,7 @@ from randomizer.roles import Actor
 from randomizer.services.outbox import Message, enqueue
 from randomizer.services.refusals import MAX_FIELDS, refusal_data, refusals_audited
 from tests.conftest import ELIGIBLE
+from tests.randomizer.test_locks import statements_sent
 
 pytestmark = pytest.mark.requirement("R-AUD")
 
@@ -198,12 +199,6 @@ def test_work_that_succeeds_inside_the_block_commits_without_a_refusal_entry(db,
 # Work that refuses before it writes (no savepoint) ------------------------------------------
 
 
-def statements_of(db: Database) -> Any:
-    from tests.randomizer.test_locks import statements_sent
-
-    return statements_sent(db.engine)
-
-
 def test_work_that_refuses_before_writing_is_recorded_without_a_savepoint(db, ctx):
     before = audit_size(db)
     count = select(func.count()).select_from(AuditEntry)
@@ -211,7 +206,7 @@ def test_work_that_refuses_before_writing_is_recorded_without_a_savepoint(db, ct
     with pytest.raises(Conflict) as raised, db.transaction() as session:
         session.scalar(count)  # the transaction has begun (the tests' own is a savepoint)
         with (
-            statements_of(db) as sent,
+            statements_sent(db.engine) as sent,
             refusals_audited(
                 session, ctx, ACTOR, ACTION, "101-0001", site="101", refuses_before_writing=True
             ),

@@ -161,13 +161,18 @@ def drive(
     return latencies, failures
 
 
+def stat_fields(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, parent, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_tree(root: int) -> list[int]:
     """``root`` and its descendants (a gunicorn master and its workers), from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parent = int(stat_fields(entry.name)[1])
             except (OSError, ValueError, IndexError):
                 continue
             children.setdefault(parent, []).append(int(entry.name))
@@ -197,7 +202,7 @@ def cpu_times(pids: list[int]) -> dict[int, float]:
     times = {}
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = stat_fields(pid)
         except OSError:
             continue
         times[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -361,6 +366,8 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
         for name in ("minimal", "randomise"):
             result = run["results"][(name, clients)]
             ordered = sorted(result["latencies"])
+            if not ordered:  # the warm-up or an earlier round used every participant
+                raise SystemExit(f"no {name} answer at {clients} clients: raise --participants")
             rate = len(ordered) / result["seconds"]
             p50, p95, p99 = (percentile(ordered, f) * 1e3 for f in (0.5, 0.95, 0.99))
             failures = sorted(result["failures"].items())

@@ -281,7 +281,8 @@ def refresh_statistics_after_commit(session: Session, *tables: str) -> None:
 
 
 #: In a connection's ``info``: how many DML statements (Core or ORM, flushes included) it has
-#: run, counted by the listener below for every engine.
+#: run, counted by the listener below for every engine, less those that changed no row
+#: (:func:`changed_no_row`).
 _DML_STATEMENTS = "sealroom.dml_statements"
 
 
@@ -289,6 +290,17 @@ _DML_STATEMENTS = "sealroom.dml_statements"
 def _count_dml(connection: Connection, clause: Any, *_args: Any) -> None:
     if getattr(clause, "is_dml", False):
         connection.info[_DML_STATEMENTS] = connection.info.get(_DML_STATEMENTS, 0) + 1
+
+
+def changed_no_row(session: Session) -> None:
+    """The DML statement just run changed no row (its caller knows: an ``UPDATE ...
+    RETURNING`` returned none), so it is no write to :func:`refusing_before_writing`.
+
+    Only the caller can tell: SQLite's driver reports no row count for a statement with
+    ``RETURNING`` until its rows are read.
+    """
+    connection = session.connection()
+    connection.info[_DML_STATEMENTS] = connection.info.get(_DML_STATEMENTS, 0) - 1
 
 
 class RefusedAfterWriting(RuntimeError):
@@ -302,7 +314,8 @@ def refusing_before_writing(session: Session) -> Iterator[None]:
     so that a refusal needs no savepoint to undo anything (a savepoint and its release cost
     two statements a request).
 
-    A refusal is passed on as it is when the block has run no DML statement; after one, it
+    A refusal is passed on as it is when the block has run no DML statement (or only ones
+    that changed no row, :func:`changed_no_row`); after one, it
     becomes :class:`RefusedAfterWriting`, which rolls the whole transaction back (no
     half-written change is ever committed beside a refusal). After-commit callbacks the
     block registered are dropped with the refusal, as :func:`savepoint` drops them.

@@ -6,9 +6,12 @@ each other in a cycle:
 
 0. an outbox message (a delivery round claims it, then appends its audit entry);
 1. the participant row: two requests for one participant act one after the other;
-2. the stratum row: its cursor gives slot n to the n-th randomisation (R-LIST-2);
-3. the site row: it stands for the site's kits, so the supply check and the allocation see
+2. the site row: it stands for the site's kits, so the supply check and the allocation see
    the same stock (R-BLIND-2) and no kit is given twice;
+3. the stratum row: its cursor gives slot n to the n-th randomisation (R-LIST-2). Taken
+   after the site's, just before the slot: strata are shared by sites, and the fewer
+   statements a transaction runs while it holds a stratum, the less the stratum's other
+   randomisations wait;
 4. the depot (the trial's row): two shipments never choose the same depot kit; taken after
    the destination site's lock, never before;
 5. a client's authentication failures: concurrent failures of one client, in any worker,
@@ -27,10 +30,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from randomizer.db import changed_no_row
 from randomizer.models import (
     AuditHead,
     AuthFailure,
@@ -43,16 +47,16 @@ from randomizer.models import (
 
 OUTBOX_MESSAGE: Final = 1
 PARTICIPANT: Final = 2
-STRATUM: Final = 3
-SITE: Final = 4
+SITE: Final = 3
+STRATUM: Final = 4
 DEPOT: Final = 5
 AUTH_FAILURE: Final = 6
 AUDIT_HEAD: Final = 7
 _NAMES: Final = {
     OUTBOX_MESSAGE: "outbox message",
     PARTICIPANT: "participant",
-    STRATUM: "stratum",
     SITE: "site",
+    STRATUM: "stratum",
     DEPOT: "depot",
     AUTH_FAILURE: "auth failure",
     AUDIT_HEAD: "audit head",
@@ -105,11 +109,13 @@ _LOCK_SITE = (
     .where(_SITES.c.id == bindparam("site"))
     .with_for_update()
 )
-#: Core, built once: the stratum's cursor, locked.
-_LOCK_STRATUM = (
-    select(_STRATA.c.next_position, _STRATA.c.size)
-    .where(_STRATA.c.number == bindparam("stratum"))
-    .with_for_update()
+#: Core, built once: locks the stratum's row and moves its cursor on, in one statement. A
+#: used-up stratum's row is neither changed nor locked: its cursor only ever moves forward.
+_TAKE_STRATUM_POSITION = (
+    update(_STRATA)
+    .where(_STRATA.c.number == bindparam("stratum"), _STRATA.c.next_position <= _STRATA.c.size)
+    .values(next_position=_STRATA.c.next_position + 1)
+    .returning((_STRATA.c.next_position - 1).label("position"))
 )
 
 
@@ -132,10 +138,23 @@ def lock_participant_at_site(session: Session, screening_number: str) -> Row[Any
     )
 
 
-def lock_stratum(session: Session, number: int) -> Row[tuple[int, int]]:
-    """Lock the stratum's row (its cursor) and return its ``next_position`` and ``size``."""
+def take_stratum_position(session: Session, number: int) -> int | None:
+    """Lock the stratum's row and move its cursor on by one: the position taken, or None
+    when every slot of the stratum is used (then nothing is written).
+
+    The lock and the write are one ``UPDATE``: the first write of a randomisation, after
+    every check that can refuse it but this one: when it refuses, it changed no row, and
+    :func:`randomizer.db.refusing_before_writing` is told so.
+    """
     _enter(session, STRATUM)
-    return session.connection().execute(_LOCK_STRATUM, {"stratum": number}).one()
+    taken = (
+        session.connection()
+        .execute(_TAKE_STRATUM_POSITION, {"stratum": number})
+        .scalar_one_or_none()
+    )
+    if taken is None:
+        changed_no_row(session)
+    return taken
 
 
 def lock_site(session: Session, site_id: str) -> Row[tuple[str, str, int]]:

@@ -1,7 +1,7 @@
 """Screening and randomising participants (URS §2, §3, §4, §8; R-LIST-2, R-BLIND).
 
-Locks are taken through :mod:`randomizer.locks`, in its one order (participant, stratum,
-site, audit head).
+Locks are taken through :mod:`randomizer.locks`, in its one order (participant, site,
+stratum, audit head).
 
 A randomisation does its checks in URS §8's order (role, visibility, state, input,
 screening window and eligibility, supply and list). A refusal is audited by
@@ -56,7 +56,7 @@ from randomizer.locks import (
     lock_participant,
     lock_participant_at_site,
     lock_site,
-    lock_stratum,
+    take_stratum_position,
 )
 from randomizer.models import (
     Kit,
@@ -66,7 +66,6 @@ from randomizer.models import (
     StratumCorrection,
     Unblinding,
 )
-from randomizer.models import Stratum as StratumRow
 from randomizer.roles import RANDOMIZE, READ_PARTICIPANT, SCREEN, SITE_ROLES, Actor
 from randomizer.services import kits as kit_service
 from randomizer.services.context import TrialContext
@@ -465,14 +464,16 @@ def _randomize(
         )
 
     stratum = _stratum_of(ctx, participant.site_attributes, participant.screening_strata)
-    cursor = lock_stratum(session, stratum.number)
     visit = definition.first_visit()
     needed = kits_for_visit(definition, request.weight_kg, visit)
     supply = kit_service.site_supply(session, ctx, site_id)
     # Again under the site's lock: the site may have closed while this request waited.
     _refuse_at_a_closed_site(site_id, supply.site_status)
     kit_service.check_supply(supply, needed)
-    if cursor.next_position > cursor.size:
+    # The stratum last, just before its slot: nothing is written before this statement, and
+    # it writes nothing when it refuses.
+    position = take_stratum_position(session, stratum.number)
+    if position is None:
         log.warning("stratum %s is exhausted: the statistician is alerted", stratum.key)
         raise StratumExhausted(
             f"Every slot of stratum {stratum.key} is used; the statistician has been alerted. "
@@ -480,8 +481,8 @@ def _randomize(
             stratum=stratum.key,
         )
 
-    # Every check is made: nothing below refuses, and only from here on is anything written
-    # (refusals_audited(refuses_before_writing=True) holds the block to that).
+    # Every check is made: nothing below refuses (refusals_audited(refuses_before_writing=True)
+    # holds the block to that).
     kit_service.expire_past(session, ctx, supply)
     connection = session.connection()
     now = ctx.clock()
@@ -489,17 +490,13 @@ def _randomize(
         _TAKE_SLOT,
         {
             "stratum": stratum.number,
-            "at": cursor.next_position,
+            "at": position,
             "participant": participant.id,
             "used_at": now,
         },
     ).one_or_none()
     if slot is None:  # the stratum lock makes this impossible; never give a slot twice
-        raise RuntimeError(f"slot {cursor.next_position} of stratum {stratum.key} is already used")
-    connection.execute(
-        _ADVANCE_STRATUM,
-        {"stratum": stratum.number, "new_next_position": cursor.next_position + 1},
-    )
+        raise RuntimeError(f"slot {position} of stratum {stratum.key} is already used")
     arm = ctx.sealer.unseal_arm(
         SealedArm.from_text(slot.sealed_arm), SLOT_SEAL_KIND, slot.randomization_number
     )
@@ -548,7 +545,7 @@ def _randomize(
     )
 
 
-# A randomisation's own writes, built once, in Core: under the stratum and site locks (on
+# A randomisation's own writes, built once, in Core: under the site and stratum locks (on
 # SQLite under the write lock) the ORM's unit of work cost more than the statements.
 _SLOTS = Slot.__table__
 #: Takes the slot at the stratum's position, and reads it, in one statement.
@@ -561,12 +558,6 @@ _TAKE_SLOT = (
     )
     .values(participant_id=bindparam("participant"), used_at=bindparam("used_at"))
     .returning(_SLOTS.c.randomization_number, _SLOTS.c.sealed_arm)
-)
-_STRATA = StratumRow.__table__
-_ADVANCE_STRATUM = (
-    update(_STRATA)
-    .where(_STRATA.c.number == bindparam("stratum"))
-    .values(next_position=bindparam("new_next_position"))
 )
 _PARTICIPANTS = Participant.__table__
 _RANDOMIZE_PARTICIPANT = (

@@ -1,4 +1,4 @@
-"""The row locks' one order: participant, stratum, site, auth failure, audit head
+"""The row locks' one order: participant, site, stratum, auth failure, audit head
 (``randomizer.locks``).
 
 A lock of an earlier rank asked for after one of a later rank is a programming error: it
@@ -29,15 +29,15 @@ from randomizer.locks import (
     lock_participant,
     lock_participant_at_site,
     lock_site,
-    lock_stratum,
+    take_stratum_position,
 )
 from randomizer.services.audit_log import AuditLog
 
 #: The locks in their documented order, each as (name, take).
 LOCKS: list[tuple[str, Callable[[Session], Any]]] = [
     ("participant", lambda session: lock_participant(session, "101-0001")),
-    ("stratum", lambda session: lock_stratum(session, 1)),
     ("site", lambda session: lock_site(session, "101")),
+    ("stratum", lambda session: take_stratum_position(session, 1)),
     ("auth failure", lambda session: lock_auth_failure(session, "192.0.2.1", datetime.now(UTC))),
     ("audit head", lock_audit_head),
 ]
@@ -81,7 +81,7 @@ def test_participant_lock_after_site_lock_raises_before_any_sql(db, screened):
         assert sent == []
         assert str(raised.value) == (
             "the participant lock was requested after the site lock; "
-            "the order is outbox message, participant, stratum, site, depot, auth failure, "
+            "the order is outbox message, participant, site, stratum, depot, auth failure, "
             "audit head"
         )
         # The recording would have seen a lock's statement had one been sent.
@@ -112,18 +112,18 @@ def test_every_lock_of_an_earlier_rank_after_a_later_one_raises_before_any_sql(
 def test_the_locks_in_their_documented_order_succeed(db, screened):
     with db.transaction() as session:
         participant = lock_participant(session, screened)
-        stratum = lock_stratum(session, 1)
         site = lock_site(session, "101")
+        position = take_stratum_position(session, 1)
         failures = lock_auth_failure(session, "192.0.2.1", datetime.now(UTC))
         head = lock_audit_head(session)
 
         assert (
             participant.screening_number,
-            stratum.next_position,
             site.id,
+            position,
             failures.client,
             head.size,
-        ) == (screened, 1, "101", "192.0.2.1", AuditLog.size(session))
+        ) == (screened, "101", 1, "192.0.2.1", AuditLog.size(session))
         assert held_rank(session) == AUDIT_HEAD
 
 
@@ -132,7 +132,7 @@ def test_the_randomisations_participant_lock_is_the_participant_rank_and_reads_i
     db, screened
 ):
     with db.transaction() as session:
-        lock_stratum(session, 1)
+        take_stratum_position(session, 1)
         with statements_sent(db.engine) as sent, pytest.raises(LockOrderError):
             lock_participant_at_site(session, screened)
         assert sent == []
@@ -166,7 +166,9 @@ def test_the_same_lock_twice_is_fine(db, screened, name, take):
         first = take(session)
         again = take(session)
 
-        if name in ("stratum", "site", "audit head"):  # read as plain rows: the same
+        if name == "stratum":  # each take moves the cursor on
+            assert again == first + 1
+        elif name in ("site", "audit head"):  # read as plain rows: the same
             assert again == first
         else:  # the session's one row object
             assert again is first

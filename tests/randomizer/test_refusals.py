@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from audit.entry import entry_hash
 from audit.verify import verify_log
@@ -27,7 +27,8 @@ from randomizer.errors import (
     StratumExhausted,
     ValidationFailed,
 )
-from randomizer.models import AuditCheckpoint, AuditEntry, AuditHead, OutboxMessage
+from randomizer.locks import take_stratum_position
+from randomizer.models import AuditCheckpoint, AuditEntry, AuditHead, OutboxMessage, Stratum
 from randomizer.roles import Actor
 from randomizer.services.outbox import Message, enqueue
 from randomizer.services.refusals import MAX_FIELDS, refusal_data, refusals_audited
@@ -240,6 +241,54 @@ def test_a_refusal_after_a_write_in_work_that_must_refuse_first_rolls_back_every
 
     assert audit_size(db) == before
     assert outbox_count(db) == messages
+
+
+@pytest.mark.requirement("R-LIST-2")
+def test_a_used_up_strata_take_changed_no_row_so_its_refusal_is_recorded_without_a_savepoint(
+    db, ctx
+):
+    """The stratum's one statement is the randomisation's first write: when every slot is
+    used it changes no row, and the refusal after it is recorded, not rolled back."""
+    with db.transaction() as session:
+        session.execute(
+            update(Stratum).where(Stratum.number == 1).values(next_position=Stratum.size + 1)
+        )
+    before = audit_size(db)
+
+    with pytest.raises(StratumExhausted) as raised, db.transaction() as session:
+        session.scalar(select(func.count()).select_from(AuditEntry))  # the transaction has begun
+        with (
+            statements_sent(db.engine) as sent,
+            refusals_audited(
+                session, ctx, ACTOR, ACTION, "101-0001", site="101", refuses_before_writing=True
+            ),
+        ):
+            assert take_stratum_position(session, 1) is None
+            raise StratumExhausted("No slot.", stratum="region=north_america|prior_ig=yes")
+
+    assert raised.value.recorded
+    assert [entry["action"] for entry in entries_from(db, before)] == [ACTION]
+    assert not [statement for statement in sent if "SAVEPOINT" in statement.upper()]
+
+
+def test_a_refusal_after_a_stratum_position_was_taken_rolls_back_everything(db, ctx):
+    with db.reading() as session:
+        cursor = session.scalar(select(Stratum.next_position).where(Stratum.number == 1))
+    before = audit_size(db)
+
+    with (
+        pytest.raises(RefusedAfterWriting),
+        db.transaction() as session,
+        refusals_audited(
+            session, ctx, ACTOR, ACTION, "101-0001", site="101", refuses_before_writing=True
+        ),
+    ):
+        assert take_stratum_position(session, 1) == cursor
+        raise Conflict("refused after writing")
+
+    assert audit_size(db) == before
+    with db.reading() as session:
+        assert session.scalar(select(Stratum.next_position).where(Stratum.number == 1)) == cursor
 
 
 # What the entry says ---------------------------------------------------------------------

@@ -125,12 +125,24 @@ def parse_verifier_key(line: str) -> VerifierKey:
     return VerifierKey(name, bytes.fromhex(id_hex), public)
 
 
-def sign_checkpoint(checkpoint: Checkpoint, private_key: Ed25519PrivateKey, key_name: str) -> str:
-    """The full signed note: the body, a blank line and one signature line by ``key_name``."""
+def sign_checkpoint(
+    checkpoint: Checkpoint,
+    private_key: Ed25519PrivateKey,
+    key_name: str,
+    verifier: VerifierKey | None = None,
+) -> str:
+    """The full signed note: the body, a blank line and one signature line by ``key_name``.
+
+    ``verifier``, the key's own verifier key under ``key_name`` if the caller keeps it,
+    spares deriving the public key at every signature.
+    """
     _check_key_name(key_name, "checkpoint")
     _check_body_fields(checkpoint)
     body = checkpoint.body()
-    verifier = verifier_key_from_private(key_name, private_key)
+    if verifier is None:
+        verifier = verifier_key_from_private(key_name, private_key)
+    elif verifier.name != key_name:
+        raise CheckpointError(f"the verifier key is {verifier.name}'s, not {key_name}'s")
     signature = private_key.sign(body.encode("utf-8"))
     return f"{body}\n{SIGNATURE_PREFIX}{key_name} {_b64(verifier.key_id + signature)}\n"
 

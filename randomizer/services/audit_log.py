@@ -308,7 +308,7 @@ class AuditLog:
             session.info[_CHECKPOINTED] = (state, existing)
             return existing
         checkpoint = Checkpoint(self.origin, size, self._tree(session, size, frontier).root())
-        note = sign_checkpoint(checkpoint, self._signing_key, self.origin)
+        note = sign_checkpoint(checkpoint, self._signing_key, self.origin, self.verifier_key)
         session.connection().execute(
             _INSERT_CHECKPOINT, {"size": size, "note": note, "created_at": self.clock()}
         )

@@ -113,6 +113,17 @@ def test_a_signed_checkpoint_round_trips():
     assert parse_verifier_key(VERIFIER.line()) == VERIFIER
 
 
+def test_a_note_signed_with_the_signers_verifier_key_given_is_the_same_note():
+    assert sign_checkpoint(CHECKPOINT, KEY, NAME, VERIFIER) == sign_checkpoint(
+        CHECKPOINT, KEY, NAME
+    )
+
+
+def test_a_verifier_key_given_under_another_name_is_refused():
+    with pytest.raises(CheckpointError, match="the verifier key is other/origin's"):
+        sign_checkpoint(CHECKPOINT, KEY, NAME, verifier_key_from_private("other/origin", KEY))
+
+
 def test_the_empty_tree_has_a_checkpoint_of_size_0():
     empty = Checkpoint(NAME, 0, hashlib.sha256(b"").digest())
     assert verify_checkpoint(sign_checkpoint(empty, KEY, NAME), VERIFIER) == empty

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/load.py [--database-url URL] [--seconds S] [--rounds R]
                                         [--workers W] [--threads T] [--clients 1,8,32]
-                                        [--no-sqlite]
+                                        [--no-sqlite] [--endpoint-selects K]
 
 On SQLite (a file in a temporary directory) and, with --database-url, on a new database of
 that PostgreSQL server (dropped afterwards): builds the demo trial, screens every
@@ -18,7 +18,9 @@ participant, at one of the three demo sites in turn, by that site's coordinator.
 Prints throughput and p50/p95/p99 latency of each, and the ratios, and the CPU time a
 request cost the server's processes and PostgreSQL's (read from /proc over each round): on
 two shared cores the throughput follows the CPU a request costs, and that figure moves far
-less than the rates when the machine is busy with other work. Not part of CI.
+less than the rates when the machine is busy with other work. ``--endpoint-selects K``
+makes the yardstick run K ``SELECT 1`` round trips before its INSERT (13 gives it a
+randomisation's 17 statements): what the round trips alone cost. Not part of CI.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve_minimal(url: str, port: int, workers: int, threads: int) -> None:
+def serve_minimal(url: str, port: int, workers: int, threads: int, selects: int) -> None:
     """(In a child process) the one-INSERT endpoint under gunicorn, with serve's settings."""
     from gunicorn.app.base import BaseApplication
 
@@ -69,7 +71,7 @@ def serve_minimal(url: str, port: int, workers: int, threads: int) -> None:
                 self.cfg.set(name, value)
 
         def load(self) -> Any:
-            return minimal_write_app(Database(url))
+            return minimal_write_app(Database(url), selects)
 
     Server().run()
 
@@ -283,6 +285,7 @@ def run_backend(args: argparse.Namespace, url: str, root: Path) -> dict[str, Any
     }
     service_port, minimal_port = free_port(), free_port()
     common = ["--workers", str(args.workers), "--threads", str(args.threads)]
+    minimal_options = [*common, "--endpoint-selects", str(args.endpoint_selects)]
     servers = [
         subprocess.Popen(
             [sys.executable, "-m", "randomizer.cli", "serve", "--port", str(service_port), *common],
@@ -292,7 +295,14 @@ def run_backend(args: argparse.Namespace, url: str, root: Path) -> dict[str, Any
             stderr=subprocess.DEVNULL,
         ),
         subprocess.Popen(
-            [sys.executable, __file__, "--minimal-server", url, str(minimal_port), *common],
+            [
+                sys.executable,
+                __file__,
+                "--minimal-server",
+                url,
+                str(minimal_port),
+                *minimal_options,
+            ],
             env=environment,
             cwd=_REPOSITORY,
             stdout=subprocess.DEVNULL,
@@ -356,6 +366,11 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
     print(
         f"\n{run['backend']}: gunicorn, {args.workers} workers x {args.threads} threads "
         f"(sealroom serve's settings), {args.rounds} interleaved rounds of {args.seconds:g} s"
+        + (
+            f"; the endpoint runs {args.endpoint_selects} SELECT 1 before its INSERT"
+            if args.endpoint_selects
+            else ""
+        )
     )
     print(
         f"{'clients':>7}  {'endpoint':<10} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
@@ -389,8 +404,8 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--minimal-server":
         url, port = sys.argv[2], int(sys.argv[3])
-        workers, threads = int(sys.argv[5]), int(sys.argv[7])
-        serve_minimal(url, port, workers, threads)
+        workers, threads, selects = int(sys.argv[5]), int(sys.argv[7]), int(sys.argv[9])
+        serve_minimal(url, port, workers, threads, selects)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="also a PostgreSQL server URL")
@@ -404,6 +419,14 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=3000)
     parser.add_argument(
         "--clients", type=lambda text: [int(n) for n in text.split(",")], default=[1, 8, 32]
+    )
+    parser.add_argument(
+        "--endpoint-selects",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the yardstick first runs K 'SELECT 1' round trips in its transaction (13: as"
+        " many statements as a randomisation, 17)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

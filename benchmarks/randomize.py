@@ -34,7 +34,17 @@ if str(_REPOSITORY) not in sys.path:
     sys.path.insert(0, str(_REPOSITORY))
 
 from flask import Flask  # noqa: E402
-from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert  # noqa: E402
+from sqlalchemy import (  # noqa: E402
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from randomizer import create_app  # noqa: E402
@@ -44,9 +54,13 @@ from randomizer.domain import bundled_trial_path, parse_trial  # noqa: E402
 from randomizer.services.demo import initialise_demo  # noqa: E402
 from randomizer.simulation import ELIGIBLE  # noqa: E402
 
+_SELECT_ONE = select(literal(1))
 
-def minimal_write_app(database: Database) -> Flask:
-    """The yardstick: one POST, one INSERT, one commit, on the same database."""
+
+def minimal_write_app(database: Database, selects: int = 0) -> Flask:
+    """The yardstick: one POST, one INSERT, one commit, on the same database; with
+    ``selects``, that many ``SELECT 1`` round trips before the INSERT, in its transaction
+    (what round trips alone cost, beside a randomisation's)."""
     table = Table(
         "bench_write",
         MetaData(),
@@ -59,6 +73,9 @@ def minimal_write_app(database: Database) -> Flask:
     @app.post("/write")
     def write() -> tuple[dict[str, str], int]:
         with database.transaction() as session:
+            connection = session.connection()
+            for _ in range(selects):
+                connection.execute(_SELECT_ONE).one()
             session.execute(insert(table).values(payload=uuid.uuid4().hex))
         return {"status": "ok"}, 201
 

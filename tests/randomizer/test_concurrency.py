@@ -517,6 +517,73 @@ def test_scarce_stock_of_one_site_is_shared_by_its_strata_one_at_a_time_on_postg
             database.dispose()
 
 
+#: R-LIST-2 at a list's end: the last slots of one stratum, raced from both sites of its
+#: region at once through 8 processes. The stratum's one statement (lock and cursor,
+#: locks.take_stratum_position) decides who gets them; the others are refused, on the record.
+LAST_SLOTS, LAST_RACERS = 3, 12
+LAST_STRATUM = "region=north_america|prior_ig=yes"
+
+
+@pytest.mark.multiprocess
+@pytest.mark.requirement("R-LIST-2")
+@pytest.mark.requirement("R-NF-1")
+def test_the_last_slots_of_a_stratum_raced_from_two_sites_go_once_each_on_postgresql(
+    scratch: Scratch, tmp_path: Any
+) -> None:
+    with _own_pg_server(scratch, tmp_path) as (trial, client):
+        plan = [
+            (f"{site}-L-{i:02d}", f"coordinator-{site}", "yes")
+            for i, site in enumerate(("101", "102") * (LAST_RACERS // 2))
+        ]
+        _screen_all(client, plan, datetime.now(UTC).date().isoformat())
+        database = Database(trial.url)
+        try:
+            with database.transaction() as session:
+                stratum = session.scalars(select(Stratum).where(Stratum.key == LAST_STRATUM)).one()
+                number, size = stratum.number, stratum.size
+                stratum.next_position = size - LAST_SLOTS + 1
+
+            answers = _randomize_together(
+                client, [(number_, user) for number_, user, _ in plan], WEIGHT_KG
+            )
+
+            outcomes = Counter((a.status, a.body.get("type")) for a in answers)
+            assert outcomes == {
+                (201, None): LAST_SLOTS,
+                (409, "/problems/stratum-exhausted"): LAST_RACERS - LAST_SLOTS,
+            }, [(a.number, a.status, a.body.get("detail")) for a in answers]
+            with database.reading() as session:
+                ctx = load_trial_context(session, trial.settings.keys_dir, {})
+                used = session.scalars(
+                    select(Slot.position).where(
+                        Slot.stratum_number == number, Slot.participant_id.is_not(None)
+                    )
+                ).all()
+                assert sorted(used) == list(range(size - LAST_SLOTS + 1, size + 1))
+                assert session.get_one(Stratum, number).next_position == size + 1
+                entries = _audit_entries(session, {number_ for number_, _, _ in plan})
+                decided = [(action, data) for _, action, data in entries if "random" in action]
+                assert sorted(action for action, _ in decided) == sorted(
+                    ["participant.randomized"] * LAST_SLOTS
+                    + ["participant.randomization_refused"] * (LAST_RACERS - LAST_SLOTS)
+                )
+                assert {
+                    data["reason"]
+                    for action, data in decided
+                    if action == "participant.randomization_refused"
+                } == {"stratum-exhausted"}
+                log = [
+                    t.encode()
+                    for t in session.scalars(select(AuditEntry.canonical).order_by(AuditEntry.seq))
+                ]
+                notes = list(
+                    session.scalars(select(AuditCheckpoint.note).order_by(AuditCheckpoint.size))
+                )
+                assert verify_log(log, notes, ctx.audit.verifier_key).ok
+        finally:
+            database.dispose()
+
+
 @pytest.mark.requirement("R-LIST-2")
 @pytest.mark.requirement("R-NF-1")
 def test_many_threads_give_every_slot_and_kit_once_on_sqlite(scratch: Any, tmp_path: Any) -> None:

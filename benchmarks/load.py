@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/load.py [--database-url URL] [--seconds S] [--rounds R]
                                         [--workers W] [--threads T] [--clients 1,8,32]
                                         [--no-sqlite] [--endpoint-selects K]
+                                        [--sample-waits]
 
 On SQLite (a file in a temporary directory) and, with --database-url, on a new database of
 that PostgreSQL server (dropped afterwards): builds the demo trial, screens every
@@ -20,12 +21,17 @@ request cost the server's processes and PostgreSQL's (read from /proc over each 
 two shared cores the throughput follows the CPU a request costs, and that figure moves far
 less than the rates when the machine is busy with other work. ``--endpoint-selects K``
 makes the yardstick run K ``SELECT 1`` round trips before its INSERT (13 gives it a
-randomisation's 17 statements): what the round trips alone cost. Not part of CI.
+randomisation's 17 statements): what the round trips alone cost. ``--sample-waits`` samples
+``pg_stat_activity`` every 5 ms during the randomise rounds on PostgreSQL and prints how
+many backends were, on average, in each state (waiting for which row lock, idle in a
+transaction while their worker computes); the sampling costs the clients' process a little,
+so quote throughput from runs without it. Not part of CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import logging
@@ -37,11 +43,14 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from randomize import ELIGIBLE, demo_trial, minimal_write_app, scratch_database  # (sets path)
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from randomizer import create_app
 from randomizer.db import Database
@@ -161,6 +170,44 @@ def drive(
     for thread in threads:
         thread.join()
     return latencies, failures
+
+
+#: What the randomisations' backends are doing: state, wait event, the statement's start.
+_ACTIVITY = text(
+    "SELECT state, wait_event_type, wait_event, left(query, 40) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    " AND backend_type = 'client backend' AND state <> 'idle'"
+)
+
+
+class WaitSampler:
+    """Samples ``pg_stat_activity`` every 5 ms while a round runs (``--sample-waits``): how
+    many of the database's backends are, on average, in each state and wait, and on what
+    statement when they wait for a lock."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        self.counts: Counter[tuple[str, ...]] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> WaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._engine.dispose()
+
+    def _run(self) -> None:
+        with self._engine.connect() as connection:
+            while not self._stop.wait(0.005):
+                self.samples += 1
+                for state, kind, event, query in connection.execute(_ACTIVITY):
+                    waiting_on = " ".join(query.split()) if kind == "Lock" else ""
+                    self.counts[(state, f"{kind or ''} {event or ''}".strip(), waiting_on)] += 1
 
 
 def stat_fields(pid: int | str) -> list[str]:
@@ -329,7 +376,9 @@ def run_backend(args: argparse.Namespace, url: str, root: Path) -> dict[str, Any
                 ):
                     server = servers[0 if name == "randomise" else 1].pid
                     before = cpu_times(process_tree(server)), cpu_times(database())
-                    latencies, failures = drive(port, clients, args.seconds, request_for)
+                    sampled = args.sample_waits and name == "randomise" and backend == "postgresql"
+                    with WaitSampler(url) if sampled else contextlib.nullcontext() as sampler:
+                        latencies, failures = drive(port, clients, args.seconds, request_for)
                     cpu = (
                         cpu_used(before[0], cpu_times(process_tree(server))),
                         cpu_used(before[1], cpu_times(database())),
@@ -344,6 +393,9 @@ def run_backend(args: argparse.Namespace, url: str, root: Path) -> dict[str, Any
                     for outcome, count in failures.items():
                         result["failures"][outcome] = result["failures"].get(outcome, 0) + count
                     result["seconds"] += args.seconds
+                    if sampler is not None:
+                        result.setdefault("waits", Counter()).update(sampler.counts)
+                        result["samples"] = result.get("samples", 0) + sampler.samples
         if participants.left() == 0:
             print("WARNING: the screened participants ran out: raise --participants")
         refused = sum(
@@ -393,6 +445,13 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
                 f"{clients:>7}  {name:<10} {rate:7.1f} {p50:8.1f} {p95:8.1f} {p99:8.1f}  "
                 f"{served:6.2f} + {database:5.2f} db  {failed or 'none'}"
             )
+        waits = run["results"][("randomise", clients)].get("waits")
+        if waits:
+            samples = run["results"][("randomise", clients)]["samples"]
+            print(f"{'':>7}  randomise backends on average, {samples} samples of pg_stat_activity:")
+            for (state, event, query), count in waits.most_common(6):
+                on = f" on {query}" if query else ""
+                print(f"{'':>9}{count / samples:5.2f}  {state}{f', {event}' if event else ''}{on}")
         (minimal_rate, minimal_p99, minimal_cpu) = row["minimal"]
         (rate, p99, cpu) = row["randomise"]
         print(
@@ -419,6 +478,11 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=3000)
     parser.add_argument(
         "--clients", type=lambda text: [int(n) for n in text.split(",")], default=[1, 8, 32]
+    )
+    parser.add_argument(
+        "--sample-waits",
+        action="store_true",
+        help="on PostgreSQL, sample pg_stat_activity every 5 ms during the randomise rounds",
     )
     parser.add_argument(
         "--endpoint-selects",

@@ -445,9 +445,9 @@ def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
                 f"{clients:>7}  {name:<10} {rate:7.1f} {p50:8.1f} {p95:8.1f} {p99:8.1f}  "
                 f"{served:6.2f} + {database:5.2f} db  {failed or 'none'}"
             )
-        waits = run["results"][("randomise", clients)].get("waits")
-        if waits:
-            samples = run["results"][("randomise", clients)]["samples"]
+        randomised = run["results"][("randomise", clients)]
+        if randomised.get("waits"):
+            waits, samples = randomised["waits"], randomised["samples"]
             print(f"{'':>7}  randomise backends on average, {samples} samples of pg_stat_activity:")
             for (state, event, query), count in waits.most_common(6):
                 on = f" on {query}" if query else ""

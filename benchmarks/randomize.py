@@ -73,9 +73,10 @@ def minimal_write_app(database: Database, selects: int = 0) -> Flask:
     @app.post("/write")
     def write() -> tuple[dict[str, str], int]:
         with database.transaction() as session:
-            connection = session.connection()
-            for _ in range(selects):
-                connection.execute(_SELECT_ONE).one()
+            if selects:
+                connection = session.connection()
+                for _ in range(selects):
+                    connection.execute(_SELECT_ONE).one()
             session.execute(insert(table).values(payload=uuid.uuid4().hex))
         return {"status": "ok"}, 201
 

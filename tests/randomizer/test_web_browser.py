@@ -76,6 +76,13 @@ def browser(served: Any) -> Iterator[Any]:
             launched.close()
 
 
+def expect(locator: Any) -> Any:
+    """Playwright's retrying assertions (imported here: without Playwright the tests skip)."""
+    from playwright.sync_api import expect as retried
+
+    return retried(locator)
+
+
 class Visit:
     """One signed-in browser context, with the page checks every test makes."""
 
@@ -172,7 +179,7 @@ def test_pharmacist_dispenses_and_marks_a_kit_damaged(browser, served):
     visit.page.fill("#reason", "Vial cracked")
     visit.check("kit")
     visit.page.click("main button[type=submit]")
-    assert visit.page.locator("#kit-status").inner_text() == "damaged"
+    expect(visit.page.locator("#kit-status")).to_have_text("damaged")
     assert visit.page.locator("#replacement").inner_text().startswith("K")
     visit.go("/participants/101-0102")
     visit.check("participant-pharmacist")
@@ -209,7 +216,7 @@ def test_admin_finds_a_participant_and_corrects_its_stratum_with_a_signature(bro
     visit.page.fill("#password", served[1]["admin"])
     visit.check("correct-stratum")
     visit.page.click("main form.narrow button[type=submit]")
-    assert visit.page.locator("#done").is_visible()
+    expect(visit.page.locator("#done")).to_be_visible()
     assert visit.page.locator("#corrected-stratum").inner_text() not in ("", "\N{EN DASH}")
     visit.check("corrected")
     visit.go("/no-such-page")
@@ -224,7 +231,7 @@ def test_auditor_pages_through_entries(browser, served):
     visit.check("audit")
     first = visit.page.locator("table.entries tbody tr td").first.inner_text()
     visit.page.click("#next-page")
-    assert visit.page.locator("table.entries tbody tr td").first.inner_text() != first
+    expect(visit.page.locator("table.entries tbody tr td").first).not_to_have_text(first)
     visit.close()
 
 
@@ -277,14 +284,15 @@ def test_admin_sends_a_shipment_and_the_pharmacist_receives_it_with_one_kit_dama
     visit.check("shipments-pharmacist")
     visit.page.click(f"a[href='/shipments/{created}']")
     radios = visit.page.locator("input[type=radio][value=available]")
-    assert radios.count() == 4
+    # Retried until the page has loaded: count() alone reads whatever the DOM holds now.
+    expect(radios).to_have_count(4)
     for index in range(4):
         radios.nth(index).check()
     visit.page.locator("input[type=radio][value=damaged]").first.check()
     visit.check("receive")
     visit.page.click("main button[type=submit]")
-    assert visit.page.locator("#shipment-status").inner_text() == "received"
-    assert "1 damaged" in visit.page.locator("#received").inner_text()
+    expect(visit.page.locator("#shipment-status")).to_have_text("received")
+    expect(visit.page.locator("#received")).to_contain_text("1 damaged")
     visit.check("received")
     visit.close()
 
@@ -306,7 +314,7 @@ def test_the_enrollment_report_shows_its_pictures_under_the_pages_policy(browser
         page.click("button[type=submit]")
         page.goto(f"{server.client.base}/reports/enrollment")
         images = page.locator("main img")
-        assert images.count() == 2
+        expect(images).to_have_count(2)
         for index in range(2):
             width = images.nth(index).evaluate("image => image.complete && image.naturalWidth")
             assert width and width > 0

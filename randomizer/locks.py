@@ -7,7 +7,8 @@ each other in a cycle:
 0. an outbox message (a delivery round claims it, then appends its audit entry);
 1. the participant row: two requests for one participant act one after the other;
 2. the site row: it stands for the site's kits, so the supply check and the allocation see
-   the same stock (R-BLIND-2) and no kit is given twice;
+   the same stock (R-BLIND-2) and no kit is given twice (a randomisation takes it with the
+   participant's, in one statement: :func:`lock_participant_and_site`);
 3. the stratum row: its cursor gives slot n to the n-th randomisation (R-LIST-2). Taken
    after the site's, just before the slot: strata are shared by sites, and the fewer
    statements a transaction runs while it holds a stratum, the less the stratum's other
@@ -85,9 +86,11 @@ _LOCK_PARTICIPANT = (
     select(Participant).where(Participant.screening_number == bindparam("number")).with_for_update()
 )
 _PARTICIPANTS, _SITES, _STRATA = Participant.__table__, Site.__table__, Stratum.__table__
-#: Core, built once: a randomisation's participant lock, with its site's row read (not
-#: locked: the site's lock has its own, later rank) in the same statement.
-_LOCK_PARTICIPANT_AT_SITE = (
+#: Core, built once: a randomisation's participant and site locks in one statement, with
+#: the site's row read. PostgreSQL locks the participant's row, then the site's (the ranks'
+#: order); when it waited for either, it reads the newest committed version of the row it
+#: waited for, so the site's status and kit version are those under its lock.
+_LOCK_PARTICIPANT_AND_SITE = (
     select(
         _PARTICIPANTS.c.id,
         _PARTICIPANTS.c.screening_number,
@@ -98,10 +101,11 @@ _LOCK_PARTICIPANT_AT_SITE = (
         _PARTICIPANTS.c.randomization_number,
         _SITES.c.status.label("site_status"),
         _SITES.c.attributes.label("site_attributes"),
+        _SITES.c.kit_version.label("site_kit_version"),
     )
     .join(_SITES, _SITES.c.id == _PARTICIPANTS.c.site_id)
     .where(_PARTICIPANTS.c.screening_number == bindparam("number"))
-    .with_for_update(of=_PARTICIPANTS)
+    .with_for_update(of=[_PARTICIPANTS, _SITES])
 )
 #: Core, built once: every randomisation and dispensing runs it.
 _LOCK_SITE = (
@@ -125,17 +129,21 @@ def lock_participant(session: Session, screening_number: str) -> Participant | N
     return session.execute(_LOCK_PARTICIPANT, {"number": screening_number}).scalar_one_or_none()
 
 
-def lock_participant_at_site(session: Session, screening_number: str) -> Row[Any] | None:
-    """Lock the participant with this screening number (None if there is none), as a row:
-    its ``id``, ``screening_number``, ``site_id``, ``status``, ``screened_on``,
-    ``screening_strata`` and ``randomization_number``, with its site's ``site_status`` and
-    ``site_attributes`` read in the same statement (the site is not locked by it)."""
+def lock_participant_and_site(session: Session, screening_number: str) -> Row[Any] | None:
+    """Lock the participant with this screening number and its site, in one statement
+    (None, and neither locked, if there is none), as a row: the participant's ``id``,
+    ``screening_number``, ``site_id``, ``status``, ``screened_on``, ``screening_strata`` and
+    ``randomization_number``, with its site's ``site_status``, ``site_attributes`` and
+    ``site_kit_version`` as the site's lock sees them."""
     _enter(session, PARTICIPANT)
-    return (
+    row = (
         session.connection()
-        .execute(_LOCK_PARTICIPANT_AT_SITE, {"number": screening_number})
+        .execute(_LOCK_PARTICIPANT_AND_SITE, {"number": screening_number})
         .one_or_none()
     )
+    if row is not None:
+        _enter(session, SITE)
+    return row
 
 
 def take_stratum_position(session: Session, number: int) -> int | None:

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import date
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Update, bindparam, event, select, update
 from sqlalchemy.orm import ORMExecuteState, Session
@@ -26,7 +26,7 @@ from randomizer.db import refresh_statistics_after_commit
 from randomizer.domain.kits import ALLOCATED, AVAILABLE, EXPIRED
 from randomizer.domain.supply import dispensable_after, needs_resupply
 from randomizer.errors import InsufficientSupply
-from randomizer.locks import lock_site
+from randomizer.locks import SITE, LockOrderError, held_rank, lock_site
 from randomizer.models import Kit, Site
 from randomizer.roles import SYSTEM, Actor
 from randomizer.services import resupply
@@ -195,6 +195,13 @@ class SiteSupply:
         return self.stock.count(arm, self.cutoff)
 
 
+class SiteLocked(NamedTuple):
+    """A site's row as this transaction's lock of it returned it."""
+
+    status: str
+    kit_version: int
+
+
 _KITS = Kit.__table__
 #: The site's kits changed since a version: built once, run by every allocation.
 _CHANGED_KITS = select(
@@ -202,8 +209,13 @@ _CHANGED_KITS = select(
 ).where(_KITS.c.site_id == bindparam("site"), _KITS.c.site_version > bindparam("version"))
 
 
-def site_supply(session: Session, ctx: TrialContext, site_id: str) -> SiteSupply:
+def site_supply(
+    session: Session, ctx: TrialContext, site_id: str, *, locked: SiteLocked | None = None
+) -> SiteSupply:
     """Lock the site's kits; every kit of the site that may be dispensed today, by arm.
+
+    ``locked``: the site's status and kit version as this transaction's lock of it returned
+    them, when the caller took it (:func:`randomizer.locks.lock_participant_and_site`).
 
     Kits inside the do-not-dispense window before their expiry are left out. The arms come
     from this process's view of the site (:mod:`randomizer.services.kit_stock`), brought up
@@ -217,12 +229,16 @@ def site_supply(session: Session, ctx: TrialContext, site_id: str) -> SiteSupply
     """
     arms = tuple(arm.id for arm in ctx.definition.arms)
     session.flush()  # kits this transaction added through the ORM: the read below sees them
-    site = lock_site(session, site_id)
+    if locked is None:
+        site = lock_site(session, site_id)
+        locked = SiteLocked(site.status, site.kit_version)
+    elif held_rank(session) < SITE:
+        raise LockOrderError(f"the supply of site {site_id} is read under the site's lock")
     if session.info.get(_KITS_WRITTEN):
         stock = SiteStock(arms)
     else:
         stock = ctx.kit_stock.site(site_id, arms)
-        if stock.version > site.kit_version:  # the database went back (a restore)
+        if stock.version > locked.kit_version:  # the database went back (a restore)
             stock = ctx.kit_stock.forget(site_id, arms)
     changed = (
         session.connection()
@@ -231,13 +247,13 @@ def site_supply(session: Session, ctx: TrialContext, site_id: str) -> SiteSupply
     )
     stock.apply(
         (ChangedKit(*row) for row in changed),
-        site.kit_version,
+        locked.kit_version,
         lambda kit: ctx.sealer.unseal_arm(
             SealedArm.from_text(kit.sealed_arm), KIT_SEAL_KIND, kit.kit_number
         ),
     )
     cutoff = dispensable_after(ctx.today(), ctx.definition.do_not_dispense_days)
-    return SiteSupply(site_id, arms, cutoff, stock, site.status)
+    return SiteSupply(site_id, arms, cutoff, stock, locked.status)
 
 
 def check_supply(supply: SiteSupply, needed: int) -> None:

@@ -54,7 +54,7 @@ from randomizer.errors import (
 )
 from randomizer.locks import (
     lock_participant,
-    lock_participant_at_site,
+    lock_participant_and_site,
     lock_site,
     take_stratum_position,
 )
@@ -431,10 +431,10 @@ def _randomize(
 ) -> Randomization:
     definition = ctx.definition
     RANDOMIZE.check(actor)
-    # The participant, locked, and its site read in the same statement (the lookup and the
+    # The participant and its site, locked and read in one statement (the lookup and the
     # visibility rule are find_participant's).
     participant = _find(
-        actor, screening_number, lambda number: lock_participant_at_site(session, number)
+        actor, screening_number, lambda number: lock_participant_and_site(session, number)
     )
     if participant.status != SCREENED:
         if participant.randomization_number is not None:
@@ -466,9 +466,12 @@ def _randomize(
     stratum = _stratum_of(ctx, participant.site_attributes, participant.screening_strata)
     visit = definition.first_visit()
     needed = kits_for_visit(definition, request.weight_kg, visit)
-    supply = kit_service.site_supply(session, ctx, site_id)
-    # Again under the site's lock: the site may have closed while this request waited.
-    _refuse_at_a_closed_site(site_id, supply.site_status)
+    supply = kit_service.site_supply(
+        session,
+        ctx,
+        site_id,
+        locked=kit_service.SiteLocked(participant.site_status, participant.site_kit_version),
+    )
     kit_service.check_supply(supply, needed)
     # The stratum last, just before its slot: nothing is written before this statement, and
     # it writes nothing when it refuses.

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from randomizer import create_app, roles
@@ -35,7 +36,6 @@ from randomizer.models import (
     Trial,
     User,
 )
-from randomizer.services import kits as kit_service
 from randomizer.services.trial_setup import close_site
 from randomizer.simulation import ELIGIBLE
 from tests.conftest import BACKENDS, make_trial_database
@@ -457,13 +457,16 @@ def test_a_participant_screened_before_the_close_cannot_be_randomised_and_the_re
 
 @pytest.mark.requirement("R-API")
 def test_a_site_closed_while_a_randomisation_waits_for_its_locks_randomises_no_one(
-    scratch, backend, tmp_path, monkeypatch
+    scratch, backend, tmp_path
 ):
-    """PostgreSQL: another request closes the site (and commits) after the randomisation
-    has read it open, with the participant's lock, but before it takes the site's lock: the
-    status read under the site's lock refuses it, and nothing but the refusal is written."""
+    """PostgreSQL: another request closes the site and holds its lock while the
+    randomisation asks for the participant's and the site's locks; once the close commits,
+    the randomisation reads the site's status as its lock sees it (closed), refuses, and
+    writes nothing but the refusal."""
     if backend != "postgresql":
         pytest.skip("SQLite has one writer at a time: no close can come in between")
+    import threading
+
     from randomizer.services.context import load_trial_context
 
     trial = make_trial_database(scratch, backend, tmp_path, kits_per_arm=4)
@@ -485,21 +488,26 @@ def test_a_site_closed_while_a_randomisation_waits_for_its_locks_randomises_no_o
         with other.reading() as session:
             other_ctx = load_trial_context(session, trial.settings.keys_dir, {})
         size, before = len(audit_entries(other)), state_of(other, "102-CL-0001")
-        site_supply = kit_service.site_supply
+        answered: list[Any] = []
 
-        def close_then_lock(session: Session, *args: Any, **kwargs: Any) -> Any:
-            with other.transaction() as closing:  # another request, committed first
-                close_site(closing, other_ctx, roles.SYSTEM, "102")
-            return site_supply(session, *args, **kwargs)  # the site's lock and stock
+        def randomise() -> None:
+            answered.append(
+                client.post(
+                    "/api/v1/participants/102-CL-0001/randomize",
+                    headers=headers,
+                    json={"weight_kg": 30, "eligibility": ELIGIBLE},
+                )
+            )
 
-        monkeypatch.setattr(kit_service, "site_supply", close_then_lock)
+        randomising = threading.Thread(target=randomise)
+        with other.transaction() as closing:  # another request: the site's lock held
+            close_site(closing, other_ctx, roles.SYSTEM, "102")
+            randomising.start()
+            waiting = _wait_for_a_lock_wait(other, "FOR UPDATE OF participant, site")
+        randomising.join(timeout=60)
 
-        response = client.post(
-            "/api/v1/participants/102-CL-0001/randomize",
-            headers=headers,
-            json={"weight_kg": 30, "eligibility": ELIGIBLE},
-        )
-
+        assert waiting, "the randomisation never waited for the participant's and site's locks"
+        [response] = answered
         assert response.status_code == 409, response.get_json()
         assert response.get_json()["detail"] == "Site 102 is closed: it randomises no one."
         assert state_of(other, "102-CL-0001") == before
@@ -510,6 +518,22 @@ def test_a_site_closed_while_a_randomisation_waits_for_its_locks_randomises_no_o
     finally:
         database.dispose()
         other.dispose()
+
+
+def _wait_for_a_lock_wait(database: Database, statement_part: str) -> bool:
+    """Whether, within 30 s, a backend of the database waits for a row lock in a statement
+    containing ``statement_part`` (read from pg_stat_activity on a connection of its own)."""
+    deadline = time.monotonic() + 30
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND position(:part in query) > 0"
+    )
+    while time.monotonic() < deadline:
+        with database.engine.connect() as connection:
+            if connection.execute(query, {"part": statement_part}).scalar_one():
+                return True
+        time.sleep(0.02)
+    return False
 
 
 # init-demo --keep-existing -----------------------------------------------------------------

@@ -15,19 +15,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from randomizer.locks import (
     AUDIT_HEAD,
     PARTICIPANT,
+    SITE,
     LockOrderError,
     claim_outbox_message,
     held_rank,
     lock_audit_head,
     lock_auth_failure,
     lock_participant,
-    lock_participant_at_site,
+    lock_participant_and_site,
     lock_site,
     take_stratum_position,
 )
@@ -128,17 +130,20 @@ def test_the_locks_in_their_documented_order_succeed(db, screened):
 
 
 @pytest.mark.requirement("R-NF-1")
-def test_the_randomisations_participant_lock_is_the_participant_rank_and_reads_its_site(
+def test_the_randomisations_participant_and_site_locks_are_one_statement_in_rank_order(
     db, screened
 ):
     with db.transaction() as session:
         take_stratum_position(session, 1)
         with statements_sent(db.engine) as sent, pytest.raises(LockOrderError):
-            lock_participant_at_site(session, screened)
+            lock_participant_and_site(session, screened)
         assert sent == []
 
     with db.transaction() as session:
-        row = lock_participant_at_site(session, screened)
+        session.connection()  # the transaction begun: only the lock's statements are counted
+        with statements_sent(db.engine) as sent:
+            row = lock_participant_and_site(session, screened)
+        assert len(sent) == 1
         assert (row.screening_number, row.site_id, row.status, row.site_status) == (
             screened,
             "101",
@@ -146,8 +151,26 @@ def test_the_randomisations_participant_lock_is_the_participant_rank_and_reads_i
             "open",
         )
         assert isinstance(row.site_attributes, dict)
-        assert lock_participant_at_site(session, "101-9999") is None
-        assert held_rank(session) == PARTICIPANT
+        assert held_rank(session) == SITE
+        assert row.site_kit_version == lock_site(session, "101").kit_version
+        with pytest.raises(LockOrderError):  # the site's rank is held
+            lock_participant(session, screened)
+
+    with db.transaction() as session:
+        assert lock_participant_and_site(session, "101-9999") is None
+        assert held_rank(session) == PARTICIPANT  # nothing found, no site locked
+
+
+@pytest.mark.requirement("R-NF-1")
+def test_the_participant_and_site_lock_holds_the_sites_row_on_postgresql(db, screened, trial_db):
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite has no row locks: BEGIN IMMEDIATE holds the whole database")
+    with db.transaction() as session:
+        lock_participant_and_site(session, screened)
+        with trial_db.engine.connect() as other:
+            with pytest.raises(OperationalError, match="could not obtain lock"):
+                other.execute(text("SELECT id FROM site WHERE id = '101' FOR UPDATE NOWAIT"))
+            other.rollback()
 
 
 @pytest.mark.requirement("R-NF-1")

@@ -18,7 +18,19 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Select, and_, bindparam, event, insert, or_, select, update
+from sqlalchemy import (
+    Insert,
+    Select,
+    and_,
+    bindparam,
+    event,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, SessionTransaction
 
 from audit.checkpoint import (
@@ -100,10 +112,19 @@ def _forget_committed_head(session: Session, transaction: SessionTransaction) ->
     """The head lock ends with the transaction: the next transaction locks and reads it."""
     if transaction.parent is None:
         session.info.pop(_HEAD, None)
+        session.info.pop(_HEAD_CHECKED, None)
 
 
 class AuditIntegrityError(RuntimeError):
     """The stored audit tree no longer matches what was signed: nothing more is signed."""
+
+
+def _compact_range(size: int, frontier: bytes) -> CompactRange:
+    """The compact range the head caches (its frontier's packed hashes)."""
+    try:
+        return CompactRange.from_bytes(size, frontier)
+    except ValueError as exc:
+        raise AuditIntegrityError(f"the stored audit head is malformed ({exc}): {_RUN}") from None
 
 
 @dataclass(frozen=True)
@@ -125,53 +146,29 @@ class SessionNodeStore:
 
     def get_nodes(self, coords: Iterable[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
         """Fetch the hashes of the given (level, index) perfect subtrees."""
-        return self._read(coords, with_latest_checkpoint=False)[0]
-
-    def get_nodes_and_latest_checkpoint(
-        self, coords: Iterable[tuple[int, int]]
-    ) -> tuple[Mapping[tuple[int, int], bytes], str | None]:
-        """The hashes of the given subtrees and the newest signed checkpoint note (None for
-        none), read in one statement: the check of every appending transaction needs both."""
-        return self._read(coords, with_latest_checkpoint=True)
-
-    def _read(
-        self, coords: Iterable[tuple[int, int]], *, with_latest_checkpoint: bool
-    ) -> tuple[dict[tuple[int, int], bytes], str | None]:
         by_level: dict[int, list[int]] = {}
         for level, index in dict.fromkeys(coords):
             by_level.setdefault(level, []).append(index)
         if not by_level:
-            latest = AuditLog.latest_checkpoint(self.session) if with_latest_checkpoint else None
-            return {}, latest
+            return {}
         shape = tuple(len(indexes) for indexes in by_level.values())
         parameters: dict[str, int] = {}
         for i, (level, indexes) in enumerate(by_level.items()):
             parameters[f"l{i}"] = level
             parameters.update({f"i{i}_{j}": index for j, index in enumerate(indexes)})
-        rows = (
-            self.session.connection()
-            .execute(_nodes_query(shape, with_latest_checkpoint), parameters)
-            .all()
-        )
-        nodes = {(row[0], row[1]): bytes(row[2]) for row in rows}
-        if not with_latest_checkpoint:
-            return nodes, None
-        # Every row carries the note; with no node found, it is read on its own.
-        latest = rows[0][3] if rows else AuditLog.latest_checkpoint(self.session)
-        return nodes, latest
+        rows = self.session.connection().execute(_nodes_query(shape), parameters)
+        return {(row[0], row[1]): bytes(row[2]) for row in rows}
 
 
 @functools.lru_cache(maxsize=512)
-def _nodes_query(shape: tuple[int, ...], with_latest_checkpoint: bool) -> Select[Any]:
+def _nodes_query(shape: tuple[int, ...]) -> Select[Any]:
     """The query of ``shape[i]`` node indexes at each of ``len(shape)`` levels, built once
     (with bound parameters ``l<i>`` and ``i<i>_<j>``): building it cost more than running it.
-    With ``with_latest_checkpoint``, each row also carries the newest checkpoint's note (an
-    uncorrelated subquery, run once).
 
     One index search per level: SQLite answers a row-value IN list by scanning the whole
     table, which made every append linear in the log's size.
     """
-    query = select(_NODES.c.level, _NODES.c.node_index, _NODES.c.hash).where(
+    return select(_NODES.c.level, _NODES.c.node_index, _NODES.c.hash).where(
         or_(
             *(
                 and_(
@@ -182,9 +179,54 @@ def _nodes_query(shape: tuple[int, ...], with_latest_checkpoint: bool) -> Select
             )
         )
     )
-    if with_latest_checkpoint:
-        query = query.add_columns(_LATEST_CHECKPOINT.scalar_subquery().label("latest"))
-    return query
+
+
+@functools.lru_cache(maxsize=128)
+def _head_check_columns(nodes: int) -> tuple[Any, Any]:
+    """What the check of a head whose frontier has ``nodes`` subtrees reads: how many of the
+    stored nodes match them (bound ``l<i>``, ``i<i>``, ``h<i>``; one index search each, one
+    level each), and the newest signed checkpoint note (None for none). Two scalar
+    subqueries, built once: :meth:`AuditLog.append` has the entry's ``INSERT`` return them,
+    any other first use of the head in a transaction selects them."""
+    matched = (
+        select(func.count())
+        .select_from(_NODES)
+        .where(
+            or_(
+                false(),
+                *(
+                    and_(
+                        _NODES.c.level == bindparam(f"l{i}"),
+                        _NODES.c.node_index == bindparam(f"i{i}"),
+                        _NODES.c.hash == bindparam(f"h{i}"),
+                    )
+                    for i in range(nodes)
+                ),
+            )
+        )
+        .scalar_subquery()
+        .label("matched")
+    )
+    return matched, _LATEST_CHECKPOINT.scalar_subquery().label("latest")
+
+
+@functools.lru_cache(maxsize=128)
+def _head_check_query(nodes: int) -> Select[Any]:
+    return select(*_head_check_columns(nodes))
+
+
+@functools.lru_cache(maxsize=128)
+def _insert_entry_checking_head(nodes: int) -> Insert:
+    return _INSERT_ENTRY.returning(*_head_check_columns(nodes))
+
+
+def _head_check_parameters(tree: CompactRange) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    for i, ((level, index), digest) in enumerate(
+        zip(root_coords(tree.size), tree.frontier, strict=True)
+    ):
+        parameters.update({f"l{i}": level, f"i{i}": index, f"h{i}": digest})
+    return parameters
 
 
 class AuditLog:
@@ -236,7 +278,7 @@ class AuditLog:
             # Once a transaction, under the lock: another process may have rotated the key.
             self._follow_key_in_force(row.signing_key)
             head = _Head(row.size, row.last_hash, bytes(row.frontier))
-        tree = self._tree(session, head.size, head.frontier)
+        tree = _compact_range(head.size, head.frontier)
         proof = tuple(reversed(tree.frontier))
         seq = head.size
         # The time is read after the head lock, so times never go backwards along seq.
@@ -252,16 +294,25 @@ class AuditLog:
         )
         canonical = canonical_bytes(entry)
         connection = session.connection()
-        connection.execute(
-            _INSERT_ENTRY,
-            {
-                "seq": seq,
-                "canonical": canonical.decode("utf-8"),
-                "action": action,
-                "subject": subject,
-                "site_id": site,
-            },
-        )
+        values = {
+            "seq": seq,
+            "canonical": canonical.decode("utf-8"),
+            "action": action,
+            "subject": subject,
+            "site_id": site,
+        }
+        if session.info.get(_HEAD_CHECKED):
+            connection.execute(_INSERT_ENTRY, values)
+        else:
+            # The head's check (once a transaction) is read by the insert itself, under the
+            # head's lock: one statement fewer. If it fails, the insert goes with the
+            # transaction, which the error rolls back.
+            checked = connection.execute(
+                _insert_entry_checking_head(len(tree.frontier)),
+                values | _head_check_parameters(tree),
+            ).one()
+            self._check_extends_previous(session, tree, checked.matched, checked.latest)
+            session.info[_HEAD_CHECKED] = True
         connection.execute(
             _INSERT_NODES,
             [
@@ -366,29 +417,30 @@ class AuditLog:
         What this transaction appends is computed from it, so a tree that extends the last
         signed checkpoint at the first append still extends it at the commit.
         """
-        try:
-            tree = CompactRange.from_bytes(size, frontier)
-        except ValueError as exc:
-            raise AuditIntegrityError(
-                f"the stored audit head is malformed ({exc}): {_RUN}"
-            ) from None
+        tree = _compact_range(size, frontier)
         if not session.info.get(_HEAD_CHECKED):
-            self._check_extends_previous(session, tree)
+            checked = (
+                session.connection()
+                .execute(_head_check_query(len(tree.frontier)), _head_check_parameters(tree))
+                .one()
+            )
+            self._check_extends_previous(session, tree, checked.matched, checked.latest)
             session.info[_HEAD_CHECKED] = True
         return tree
 
-    def _check_extends_previous(self, session: Session, tree: CompactRange) -> None:
+    def _check_extends_previous(
+        self, session: Session, tree: CompactRange, matched: int, latest: str | None
+    ) -> None:
         """Refuse to sign a tree that does not extend the last signed checkpoint.
 
         By construction it always does; this check is what stops the service from signing
         over a head or tree nodes someone rewrote behind the triggers' back. It costs no
         node scan: the head's compact range gives the root, and the nodes proofs are served
-        from must hold that same frontier.
+        from must hold that same frontier. ``matched`` (how many stored nodes hold the
+        frontier's hashes) and ``latest`` (the newest signed note) are what
+        :func:`_head_check_columns` read. Passed, it holds for the rest of the transaction.
         """
-        store = SessionNodeStore(session)
-        coords = root_coords(tree.size)
-        nodes, latest = store.get_nodes_and_latest_checkpoint(coords)
-        if [nodes.get(coord) for coord in coords] != tree.frontier:
+        if matched != len(tree.frontier):
             raise AuditIntegrityError(
                 f"the stored audit tree of size {tree.size} does not match the audit head:"
                 f" refusing to sign; {_RUN}"
@@ -404,7 +456,7 @@ class AuditLog:
                 tree.size,
                 previous.root,
                 tree.root(),
-                consistency_proof(previous.size, tree.size, store),
+                consistency_proof(previous.size, tree.size, SessionNodeStore(session)),
             )
         if not extends:
             raise AuditIntegrityError(

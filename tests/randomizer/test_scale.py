@@ -42,14 +42,17 @@ def statements_during(db: Any, action: Callable[[], Any]) -> list[str]:
     return statements
 
 
-#: One node of the audit tree, as the node reads name it; how many a read names depends on
-#: the log's size (its set bits), which the log test bounds.
-NODE_TERM = re.compile(r"audit_node\.level = \S+ AND audit_node\.node_index IN \([^)]*\)")
+#: One node of the audit tree, as the node reads name it (a proof's read, or the head's check
+#: that the first append's insert returns); how many a read names depends on the log's size
+#: (its set bits), which the log test bounds.
+NODE_TERM = re.compile(
+    r"\b(?:audit_node\.)?level = \S+ AND (?:audit_node\.)?node_index (?:IN \([^)]*\)|= \S+)"
+)
 
 
 def node_terms(statement: str) -> int:
     """How many audit tree nodes a statement reads (0 for every other statement)."""
-    return len(NODE_TERM.findall(statement)) if statement.lstrip().startswith("SELECT") else 0
+    return len(NODE_TERM.findall(statement))
 
 
 def without_node_reads(statements: list[str]) -> list[str]:

@@ -63,6 +63,8 @@ _NAMES: Final = {
     AUDIT_HEAD: "audit head",
 }
 _HELD = "sealroom.locks.highest"
+#: The sites whose rows this session's transaction has locked.
+_SITES_HELD = "sealroom.locks.sites"
 #: The audit log's single head row.
 HEAD_ID: Final = 1
 
@@ -143,6 +145,7 @@ def lock_participant_and_site(session: Session, screening_number: str) -> Row[An
     )
     if row is not None:
         _enter(session, SITE)
+        session.info.setdefault(_SITES_HELD, set()).add(row.site_id)
     return row
 
 
@@ -170,7 +173,9 @@ def lock_site(session: Session, site_id: str) -> Row[tuple[str, str, int]]:
     and ``kit_version`` as the lock sees them (a row, not the session's object: an object
     the session loaded before the lock may be older)."""
     _enter(session, SITE)
-    return session.connection().execute(_LOCK_SITE, {"site": site_id}).one()
+    row = session.connection().execute(_LOCK_SITE, {"site": site_id}).one()
+    session.info.setdefault(_SITES_HELD, set()).add(site_id)
+    return row
 
 
 def lock_depot(session: Session) -> Trial:
@@ -230,6 +235,11 @@ def claim_outbox_message(
         .where(OutboxMessage.id == message_id)
         .with_for_update(skip_locked=not wait)
     ).scalar_one_or_none()
+
+
+def holds_site_lock(session: Session, site_id: str) -> bool:
+    """Whether this session's transaction has locked the site's row."""
+    return site_id in session.info.get(_SITES_HELD, ())
 
 
 def held_rank(session: Session) -> int:

@@ -26,7 +26,7 @@ from randomizer.db import refresh_statistics_after_commit
 from randomizer.domain.kits import ALLOCATED, AVAILABLE, EXPIRED
 from randomizer.domain.supply import dispensable_after, needs_resupply
 from randomizer.errors import InsufficientSupply
-from randomizer.locks import SITE, LockOrderError, held_rank, lock_site
+from randomizer.locks import LockOrderError, holds_site_lock, lock_site
 from randomizer.models import Kit, Site
 from randomizer.roles import SYSTEM, Actor
 from randomizer.services import resupply
@@ -232,7 +232,7 @@ def site_supply(
     if locked is None:
         site = lock_site(session, site_id)
         locked = SiteLocked(site.status, site.kit_version)
-    elif held_rank(session) < SITE:
+    elif not holds_site_lock(session, site_id):
         raise LockOrderError(f"the supply of site {site_id} is read under the site's lock")
     if session.info.get(_KITS_WRITTEN):
         stock = SiteStock(arms)

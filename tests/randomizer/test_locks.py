@@ -162,6 +162,29 @@ def test_the_randomisations_participant_and_site_locks_are_one_statement_in_rank
 
 
 @pytest.mark.requirement("R-NF-1")
+def test_a_supply_read_under_a_site_lock_the_transaction_does_not_hold_raises_before_any_sql(
+    db, ctx, screened
+):
+    from randomizer.services import kits as kit_service
+
+    with db.transaction() as session:
+        lock_site(session, "102")  # another site's: the rank is held, not site 101's row
+        with statements_sent(db.engine) as sent, pytest.raises(LockOrderError, match="101"):
+            kit_service.site_supply(session, ctx, "101", locked=kit_service.SiteLocked("open", 1))
+        assert sent == []
+
+    with db.transaction() as session:
+        row = lock_participant_and_site(session, screened)
+        supply = kit_service.site_supply(
+            session,
+            ctx,
+            "101",
+            locked=kit_service.SiteLocked(row.site_status, row.site_kit_version),
+        )
+        assert supply.site_status == "open"
+
+
+@pytest.mark.requirement("R-NF-1")
 def test_the_participant_and_site_lock_holds_the_sites_row_on_postgresql(db, screened, trial_db):
     if db.dialect != "postgresql":
         pytest.skip("SQLite has no row locks: BEGIN IMMEDIATE holds the whole database")

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import (
     Insert,
+    Row,
     Select,
     and_,
     bindparam,
@@ -311,8 +312,7 @@ class AuditLog:
                 _insert_entry_checking_head(len(tree.frontier)),
                 values | _head_check_parameters(tree),
             ).one()
-            self._check_extends_previous(session, tree, checked.matched, checked.latest)
-            session.info[_HEAD_CHECKED] = True
+            self._pass_head_check(session, tree, checked)
         connection.execute(
             _INSERT_NODES,
             [
@@ -424,9 +424,14 @@ class AuditLog:
                 .execute(_head_check_query(len(tree.frontier)), _head_check_parameters(tree))
                 .one()
             )
-            self._check_extends_previous(session, tree, checked.matched, checked.latest)
-            session.info[_HEAD_CHECKED] = True
+            self._pass_head_check(session, tree, checked)
         return tree
+
+    def _pass_head_check(self, session: Session, tree: CompactRange, checked: Row[Any]) -> None:
+        """The head's check on what :func:`_head_check_columns` read (``checked``); passed,
+        it holds for the rest of the transaction."""
+        self._check_extends_previous(session, tree, checked.matched, checked.latest)
+        session.info[_HEAD_CHECKED] = True
 
     def _check_extends_previous(
         self, session: Session, tree: CompactRange, matched: int, latest: str | None
@@ -438,7 +443,7 @@ class AuditLog:
         node scan: the head's compact range gives the root, and the nodes proofs are served
         from must hold that same frontier. ``matched`` (how many stored nodes hold the
         frontier's hashes) and ``latest`` (the newest signed note) are what
-        :func:`_head_check_columns` read. Passed, it holds for the rest of the transaction.
+        :func:`_head_check_columns` read.
         """
         if matched != len(tree.frontier):
             raise AuditIntegrityError(

@@ -145,7 +145,7 @@ def lock_participant_and_site(session: Session, screening_number: str) -> Row[An
     )
     if row is not None:
         _enter(session, SITE)
-        session.info.setdefault(_SITES_HELD, set()).add(row.site_id)
+        _hold_site(session, row.site_id)
     return row
 
 
@@ -174,7 +174,7 @@ def lock_site(session: Session, site_id: str) -> Row[tuple[str, str, int]]:
     the session loaded before the lock may be older)."""
     _enter(session, SITE)
     row = session.connection().execute(_LOCK_SITE, {"site": site_id}).one()
-    session.info.setdefault(_SITES_HELD, set()).add(site_id)
+    _hold_site(session, site_id)
     return row
 
 
@@ -235,6 +235,10 @@ def claim_outbox_message(
         .where(OutboxMessage.id == message_id)
         .with_for_update(skip_locked=not wait)
     ).scalar_one_or_none()
+
+
+def _hold_site(session: Session, site_id: str) -> None:
+    session.info.setdefault(_SITES_HELD, set()).add(site_id)
 
 
 def holds_site_lock(session: Session, site_id: str) -> bool:

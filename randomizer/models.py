@@ -472,3 +472,8 @@ class AuditCheckpoint(Base):
     size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     note: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: The head it signs: the hash of its last entry and the tree's compact range at
+    #: ``size`` (as ``AuditHead``). Storing the row moves the head there (a trigger,
+    #: migration 0013); null on checkpoints stored before that migration.
+    last_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    frontier: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)

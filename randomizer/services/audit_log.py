@@ -5,7 +5,9 @@ transaction takes) serialises appends: the chain never forks.
 
 Every transaction that appends entries also stores, just before it commits, a signed
 checkpoint of the new size (registered with :func:`randomizer.db.before_commit`), so no
-committed entry is ever outside a checkpoint.
+committed entry is ever outside a checkpoint. Storing it is what moves the head row (a
+trigger, migration 0013): an append writes its entry and tree nodes, and the transaction's
+head is kept in the session until its checkpoint records it.
 """
 
 from __future__ import annotations
@@ -72,18 +74,9 @@ _HEADS = AuditHead.__table__
 _INSERT_ENTRY = insert(_ENTRIES)
 _INSERT_NODES = insert(_NODES)
 _INSERT_CHECKPOINT = insert(_CHECKPOINTS)
-_UPDATE_HEAD = (
-    update(_HEADS)
-    .where(_HEADS.c.id == HEAD_ID)
-    .values(
-        size=bindparam("new_size"),
-        last_hash=bindparam("new_last_hash"),
-        frontier=bindparam("new_frontier"),
-    )
-)
-_READ_HEAD = select(_HEADS.c.size, _HEADS.c.frontier, _HEADS.c.signing_key).where(
-    _HEADS.c.id == HEAD_ID
-)
+_READ_HEAD = select(
+    _HEADS.c.size, _HEADS.c.last_hash, _HEADS.c.frontier, _HEADS.c.signing_key
+).where(_HEADS.c.id == HEAD_ID)
 #: A signing-key hand-over names the incoming key as the one in force (R-KEY-1).
 _SET_SIGNING_KEY = (
     update(_HEADS).where(_HEADS.c.id == HEAD_ID).values(signing_key=bindparam("signing_key"))
@@ -93,19 +86,42 @@ _LATEST_CHECKPOINT = select(_CHECKPOINTS.c.note).order_by(_CHECKPOINTS.c.size.de
 _CHECKPOINT_AT = select(_CHECKPOINTS.c.note).where(_CHECKPOINTS.c.size == bindparam("size"))
 
 
-@dataclass
+#: The head and the signed checkpoint as each open savepoint found them (by savepoint).
+_AT_SAVEPOINT = "sealroom.audit.at_savepoint"
+
+
+@dataclass(frozen=True)
 class _Head:
-    """The audit head as this transaction has written it (it holds the head's lock)."""
+    """The audit head as this transaction has appended it (it holds the head's lock). The
+    head row itself moves when the transaction stores its checkpoint."""
 
     size: int
     last_hash: str
     frontier: bytes
 
 
+@event.listens_for(Session, "after_transaction_create")
+def _note_head_at_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        state = (session.info.get(_HEAD), session.info.get(_CHECKPOINTED))
+        session.info.setdefault(_AT_SAVEPOINT, {})[transaction] = state
+
+
 @event.listens_for(Session, "after_soft_rollback")
-def _forget_undone_head(session: Session, _previous: SessionTransaction) -> None:
-    """A rollback, of a savepoint too, may undo appends: the next one reads the head again."""
-    session.info.pop(_HEAD, None)
+def _undo_head(session: Session, previous: SessionTransaction) -> None:
+    """A savepoint's rollback undoes its appends (and any checkpoint it stored): the head is
+    again what the savepoint found, which only the session knows (the head row moves at
+    the checkpoint). Any other rollback ends the transaction: the next append reads it."""
+    found = session.info.get(_AT_SAVEPOINT, {}).pop(previous, None)
+    if not previous.nested or found is None:
+        session.info.pop(_HEAD, None)
+        session.info.pop(_CHECKPOINTED, None)
+        return
+    for key, value in zip((_HEAD, _CHECKPOINTED), found, strict=True):
+        if value is None:
+            session.info.pop(key, None)
+        else:
+            session.info[key] = value
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -114,6 +130,9 @@ def _forget_committed_head(session: Session, transaction: SessionTransaction) ->
     if transaction.parent is None:
         session.info.pop(_HEAD, None)
         session.info.pop(_HEAD_CHECKED, None)
+        # (A savepoint's own entry is dropped at its rollback, which SQLAlchemy reports
+        # after its end, or here with the transaction's.)
+        session.info.pop(_AT_SAVEPOINT, None)
 
 
 class AuditIntegrityError(RuntimeError):
@@ -320,16 +339,8 @@ class AuditLog:
                 for level, index, digest in tree.append(leaf_hash(canonical))
             ],
         )
-        head = _Head(tree.size, entry_hash(canonical), tree.to_bytes())
-        connection.execute(
-            _UPDATE_HEAD,
-            {
-                "new_size": head.size,
-                "new_last_hash": head.last_hash,
-                "new_frontier": head.frontier,
-            },
-        )
-        session.info[_HEAD] = head
+        # The head row is written once, by the checkpoint (its trigger), not at every append.
+        session.info[_HEAD] = _Head(tree.size, entry_hash(canonical), tree.to_bytes())
         before_commit(session, "audit.checkpoint", self.checkpoint)
         return AppendedEntry(seq=seq, canonical=canonical, proof=proof)
 
@@ -341,9 +352,9 @@ class AuditLog:
         """
         head = session.info.get(_HEAD)
         if head is not None:
-            size, frontier = head.size, head.frontier
+            size, last_hash, frontier = head.size, head.last_hash, head.frontier
         else:  # nothing appended in this transaction (or a rollback undid it)
-            size, frontier, in_force = session.connection().execute(_READ_HEAD).one()
+            size, last_hash, frontier, in_force = session.connection().execute(_READ_HEAD).one()
             frontier = bytes(frontier)
             self._follow_key_in_force(in_force)
         # Keyed by the size and the frontier: work a savepoint undid may have signed a
@@ -361,7 +372,14 @@ class AuditLog:
         checkpoint = Checkpoint(self.origin, size, self._tree(session, size, frontier).root())
         note = sign_checkpoint(checkpoint, self._signing_key, self.origin, self.verifier_key)
         session.connection().execute(
-            _INSERT_CHECKPOINT, {"size": size, "note": note, "created_at": self.clock()}
+            _INSERT_CHECKPOINT,
+            {
+                "size": size,
+                "note": note,
+                "created_at": self.clock(),
+                "last_hash": last_hash,
+                "frontier": frontier,
+            },
         )
         session.info[_CHECKPOINTED] = (state, note)
         self._trusted = (note, checkpoint)
@@ -405,7 +423,14 @@ class AuditLog:
         )
         connection = session.connection()
         connection.execute(
-            _INSERT_CHECKPOINT, {"size": head.size, "note": note, "created_at": self.clock()}
+            _INSERT_CHECKPOINT,
+            {
+                "size": head.size,
+                "note": note,
+                "created_at": self.clock(),
+                "last_hash": head.last_hash,
+                "frontier": head.frontier,
+            },
         )
         connection.execute(_SET_SIGNING_KEY, {"signing_key": signing_key_fingerprint(incoming)})
         session.info[_CHECKPOINTED] = (state, note)
@@ -510,7 +535,11 @@ class AuditLog:
 
     @staticmethod
     def size(session: Session) -> int:
-        """The number of entries committed (as this session sees it)."""
+        """The number of entries in the log as this session sees it: committed, and its own
+        transaction's appends (which the head row records only at their checkpoint)."""
+        head = session.info.get(_HEAD)
+        if head is not None:
+            return head.size
         return session.connection().execute(_READ_HEAD).one().size
 
     @staticmethod

@@ -15,15 +15,24 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from audit.checkpoint import verify_checkpoint
 from audit.entry import canonical_bytes, entry_hash, make_entry, parse_entry
-from audit.merkle import leaf_hash, verify_inclusion
+from audit.merkle import compact_range, leaf_hash, verify_inclusion
 from keys import SealedArm
 from randomizer.db import savepoint
-from randomizer.models import AuditEntry, AuditNode, Kit, Participant, Slot, Stratum
+from randomizer.models import (
+    AuditCheckpoint,
+    AuditEntry,
+    AuditHead,
+    AuditNode,
+    Kit,
+    Participant,
+    Slot,
+    Stratum,
+)
 from randomizer.roles import SYSTEM, Actor
 from randomizer.services import users
 from randomizer.services.audit_log import AuditLog, SessionNodeStore
@@ -35,6 +44,7 @@ from randomizer.services.participants import (
     screen_participant,
 )
 from tests.conftest import ELIGIBLE
+from tests.randomizer.test_concurrency import assert_audit_log_verifies
 
 ENTRY_KEYS = {"seq", "time", "actor", "role", "action", "subject", "data", "prev"}
 RFC3339_MICROSECONDS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
@@ -544,3 +554,82 @@ def test_a_checkpoint_signed_in_work_a_savepoint_undid_is_never_handed_out_again
     checkpoint = assert_receipt_proves(receipt, kept, ctx)
     with db.reading() as session:
         assert AuditLog.checkpoint_at(session, checkpoint.size) == receipt["checkpoint"]
+
+
+def _head(session: Any) -> tuple[int, str, bytes]:
+    size, last_hash, frontier = session.execute(
+        select(AuditHead.size, AuditHead.last_hash, AuditHead.frontier)
+    ).one()
+    return size, last_hash, bytes(frontier)
+
+
+@pytest.mark.requirement("R-AUD")
+def test_the_head_row_moves_once_a_transaction_with_its_stored_checkpoint(db, ctx):
+    """Appends leave the head row alone; storing the transaction's checkpoint moves it (the
+    trigger of migration 0013) to the head that checkpoint records: its size, the hash of
+    its last entry and the tree's compact range, the one the stored nodes give."""
+    with db.reading() as session:
+        before = _head(session)
+    with db.transaction() as session:
+        ctx.audit.append(session, SYSTEM, "test.appended", None, {"n": 1})
+        second = ctx.audit.append(session, SYSTEM, "test.appended", None, {"n": 2})
+        assert _head(session) == before
+        assert AuditLog.size(session) == before[0] + 2
+        ctx.audit.receipt(session, second)  # stores the checkpoint now
+        assert _head(session)[0] == before[0] + 2
+    with db.reading() as session:
+        head = _head(session)
+        stored = session.execute(
+            select(AuditCheckpoint.size, AuditCheckpoint.last_hash, AuditCheckpoint.frontier)
+            .order_by(AuditCheckpoint.size.desc())
+            .limit(1)
+        ).one()
+        from_nodes = compact_range(head[0], SessionNodeStore(session)).to_bytes()
+    assert head == (before[0] + 2, entry_hash(second.canonical), from_nodes)
+    assert (stored.size, stored.last_hash, bytes(stored.frontier)) == head
+
+
+@pytest.mark.requirement("R-AUD")
+def test_the_database_refuses_a_checkpoint_that_would_move_the_head_back(db, ctx):
+    with db.transaction() as session:  # two appends, one checkpoint: size - 1 has none
+        ctx.audit.append(session, SYSTEM, "test.appended", None, {"n": 1})
+        ctx.audit.append(session, SYSTEM, "test.appended", None, {"n": 2})
+    with db.reading() as session:
+        head = _head(session)
+        checkpoints = session.scalar(select(func.count()).select_from(AuditCheckpoint))
+    with pytest.raises(DBAPIError) as refusal, db.transaction() as session:
+        session.execute(
+            insert(AuditCheckpoint).values(
+                size=head[0] - 1,
+                note="forged",
+                created_at=datetime.now(UTC),
+                last_hash="0" * 64,
+                frontier=bytes(32),
+            )
+        )
+    assert "behind the audit head" in str(refusal.value)
+    with db.reading() as session:
+        assert _head(session) == head
+        assert session.scalar(select(func.count()).select_from(AuditCheckpoint)) == checkpoints
+
+
+@pytest.mark.requirement("R-AUD")
+def test_a_savepoint_rolled_back_after_appends_of_its_own_gives_the_head_back(db, ctx):
+    """The head row moves only at the checkpoint, so the head a rolled-back savepoint found
+    (after its transaction's earlier appends) is only in the session: the next append must
+    follow the last entry kept, and the checkpoint the undone work signed is never used."""
+    with db.transaction() as session:
+        kept = ctx.audit.append(session, SYSTEM, "test.kept", None, {"n": 1})  # not signed yet
+        with pytest.raises(RuntimeError), savepoint(session):
+            undone = ctx.audit.append(session, SYSTEM, "test.undone", None, {"n": 2})
+            ctx.audit.receipt(session, undone)
+            raise RuntimeError("undo the block")
+        assert AuditLog.size(session) == kept.seq + 1
+        after = ctx.audit.append(session, SYSTEM, "test.after", None, {"n": 3})
+        receipt = ctx.audit.receipt(session, after)
+    assert after.seq == undone.seq == kept.seq + 1
+    assert parse_entry(after.canonical)["prev"] == entry_hash(kept.canonical)
+    assert_receipt_proves(receipt, after, ctx)
+    with db.reading() as session:
+        assert _head(session)[:2] == (after.seq + 1, entry_hash(after.canonical))
+        assert_audit_log_verifies(session, ctx)

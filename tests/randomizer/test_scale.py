@@ -127,6 +127,18 @@ def test_a_randomisation_and_its_refusal_take_no_savepoint_of_their_own(api, db)
     assert again == fresh == ["SAVEPOINT sa_savepoint_N"]
 
 
+@pytest.mark.requirement("R-AUD")
+def test_a_randomisation_moves_the_audit_head_only_by_storing_its_checkpoint(api, db):
+    """One write of the audit head a transaction, and not a statement of its own: the
+    checkpoint's insert moves it (migration 0013's trigger)."""
+    assert api.screen("101-HD-1").status_code == 201
+    statements = statements_during(db, lambda: randomized(api, "101-HD-1"))
+    head_writes = [s for s in statements if re.match(r"UPDATE audit_head\b", s)]
+    checkpoint_inserts = [s for s in statements if re.match(r"INSERT INTO audit_checkpoint\b", s)]
+    assert head_writes == []
+    assert len(checkpoint_inserts) == 1
+
+
 def _plan(connection: Any, statement: Any, **values: Any) -> str:
     """The plan the database would run the service's ``statement`` with, as one string.
 

@@ -448,6 +448,9 @@ class AuditEntry(Base):
     subject: Mapped[str | None] = mapped_column(String(64), index=True)
     #: The site the entry concerns, if any: site staff may prove inclusion of these.
     site_id: Mapped[str | None] = mapped_column(String(16), default=None)
+    #: The tree nodes its append completed, level 0 (its leaf hash) up, 32 bytes each; its
+    #: insert files them in ``audit_node`` (a trigger, migration 0014). Null before that.
+    nodes: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
 
 
 class AuditNode(Base):

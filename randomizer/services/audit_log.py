@@ -72,7 +72,6 @@ _NODES = AuditNode.__table__
 _CHECKPOINTS = AuditCheckpoint.__table__
 _HEADS = AuditHead.__table__
 _INSERT_ENTRY = insert(_ENTRIES)
-_INSERT_NODES = insert(_NODES)
 _INSERT_CHECKPOINT = insert(_CHECKPOINTS)
 _READ_HEAD = select(
     _HEADS.c.size, _HEADS.c.last_hash, _HEADS.c.frontier, _HEADS.c.signing_key
@@ -314,33 +313,30 @@ class AuditLog:
         )
         canonical = canonical_bytes(entry)
         connection = session.connection()
+        grown = _compact_range(head.size, head.frontier)
         values = {
             "seq": seq,
             "canonical": canonical.decode("utf-8"),
             "action": action,
             "subject": subject,
             "site_id": site,
+            # The nodes the leaf completes, level 0 up (index seq >> level): the insert's
+            # trigger files them in audit_node (migration 0014), no statement of their own.
+            "nodes": b"".join(digest for _, _, digest in grown.append(leaf_hash(canonical))),
         }
         if session.info.get(_HEAD_CHECKED):
             connection.execute(_INSERT_ENTRY, values)
         else:
-            # The head's check (once a transaction) is read by the insert itself, under the
-            # head's lock: one statement fewer. If it fails, the insert goes with the
-            # transaction, which the error rolls back.
+            # The head's check (once a transaction, of the tree before this append) is read
+            # by the insert itself, under the head's lock: one statement fewer. If it fails,
+            # the insert goes with the transaction, which the error rolls back.
             checked = connection.execute(
                 _insert_entry_checking_head(len(tree.frontier)),
                 values | _head_check_parameters(tree),
             ).one()
             self._pass_head_check(session, tree, checked)
-        connection.execute(
-            _INSERT_NODES,
-            [
-                {"level": level, "node_index": index, "hash": digest}
-                for level, index, digest in tree.append(leaf_hash(canonical))
-            ],
-        )
         # The head row is written once, by the checkpoint (its trigger), not at every append.
-        session.info[_HEAD] = _Head(tree.size, entry_hash(canonical), tree.to_bytes())
+        session.info[_HEAD] = _Head(grown.size, entry_hash(canonical), grown.to_bytes())
         before_commit(session, "audit.checkpoint", self.checkpoint)
         return AppendedEntry(seq=seq, canonical=canonical, proof=proof)
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from audit.checkpoint import verify_checkpoint
 from audit.entry import canonical_bytes, entry_hash, make_entry, parse_entry
-from audit.merkle import compact_range, leaf_hash, verify_inclusion
+from audit.merkle import CompactRange, compact_range, leaf_hash, verify_inclusion
 from keys import SealedArm
 from randomizer.db import savepoint
 from randomizer.models import (
@@ -554,6 +554,38 @@ def test_a_checkpoint_signed_in_work_a_savepoint_undid_is_never_handed_out_again
     checkpoint = assert_receipt_proves(receipt, kept, ctx)
     with db.reading() as session:
         assert AuditLog.checkpoint_at(session, checkpoint.size) == receipt["checkpoint"]
+
+
+@pytest.mark.requirement("R-AUD")
+def test_an_entrys_insert_files_the_tree_nodes_its_append_completed(db, ctx):
+    """Each entry records the nodes its leaf completes, level 0 up, and its insert stores
+    each as the node (level, seq >> level) (migration 0014's trigger): at seqs with no, one
+    and several trailing 1 bits, the very nodes a tree built from the entries alone has."""
+    for _ in range(16):
+        with db.transaction() as session:
+            ctx.audit.append(session, SYSTEM, "test.appended", None, {})
+    with db.reading() as session:
+        entries = session.execute(
+            select(AuditEntry.seq, AuditEntry.canonical, AuditEntry.nodes).order_by(AuditEntry.seq)
+        ).all()
+        stored = {
+            (level, index): bytes(digest)
+            for level, index, digest in session.execute(
+                select(AuditNode.level, AuditNode.node_index, AuditNode.hash)
+            )
+        }
+    tree = CompactRange()
+    for seq, canonical, nodes in entries:
+        completed = tree.append(leaf_hash(canonical.encode("utf-8")))
+        assert [stored[(level, index)] for level, index, _ in completed] == [
+            digest for _, _, digest in completed
+        ]
+        assert bytes(nodes) == b"".join(digest for _, _, digest in completed)
+        assert [(level, index) for level, index, _ in completed] == [
+            (level, seq >> level) for level in range(len(nodes) // 32)
+        ]
+    assert any(len(nodes) >= 4 * 32 for _, _, nodes in entries)  # seq 15 at least
+    assert len(stored) == sum(len(nodes) // 32 for _, _, nodes in entries)
 
 
 def _head(session: Any) -> tuple[int, str, bytes]:

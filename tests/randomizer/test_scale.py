@@ -139,6 +139,16 @@ def test_a_randomisation_moves_the_audit_head_only_by_storing_its_checkpoint(api
     assert len(checkpoint_inserts) == 1
 
 
+@pytest.mark.requirement("R-AUD")
+def test_a_randomisation_stores_its_tree_nodes_with_its_entry_in_one_statement(api, db):
+    """The entry's insert files the nodes its append completes (migration 0014's trigger):
+    no statement of their own, under the audit head's lock."""
+    assert api.screen("101-ND-1").status_code == 201
+    statements = statements_during(db, lambda: randomized(api, "101-ND-1"))
+    assert [s for s in statements if re.match(r"INSERT INTO audit_node\b", s)] == []
+    assert len([s for s in statements if re.match(r"INSERT INTO audit_entry\b", s)]) == 1
+
+
 def _plan(connection: Any, statement: Any, **values: Any) -> str:
     """The plan the database would run the service's ``statement`` with, as one string.
 

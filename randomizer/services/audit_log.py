@@ -313,7 +313,8 @@ class AuditLog:
         )
         canonical = canonical_bytes(entry)
         connection = session.connection()
-        grown = _compact_range(head.size, head.frontier)
+        # The head's check (once a transaction) is of the tree before this append.
+        unchecked = None if session.info.get(_HEAD_CHECKED) else tree.copy()
         values = {
             "seq": seq,
             "canonical": canonical.decode("utf-8"),
@@ -322,21 +323,21 @@ class AuditLog:
             "site_id": site,
             # The nodes the leaf completes, level 0 up (index seq >> level): the insert's
             # trigger files them in audit_node (migration 0014), no statement of their own.
-            "nodes": b"".join(digest for _, _, digest in grown.append(leaf_hash(canonical))),
+            "nodes": b"".join(digest for _, _, digest in tree.append(leaf_hash(canonical))),
         }
-        if session.info.get(_HEAD_CHECKED):
+        if unchecked is None:
             connection.execute(_INSERT_ENTRY, values)
         else:
-            # The head's check (once a transaction, of the tree before this append) is read
-            # by the insert itself, under the head's lock: one statement fewer. If it fails,
-            # the insert goes with the transaction, which the error rolls back.
+            # The check is read by the insert itself, under the head's lock: one statement
+            # fewer. If it fails, the insert goes with the transaction, which the error
+            # rolls back.
             checked = connection.execute(
-                _insert_entry_checking_head(len(tree.frontier)),
-                values | _head_check_parameters(tree),
+                _insert_entry_checking_head(len(unchecked.frontier)),
+                values | _head_check_parameters(unchecked),
             ).one()
-            self._pass_head_check(session, tree, checked)
+            self._pass_head_check(session, unchecked, checked)
         # The head row is written once, by the checkpoint (its trigger), not at every append.
-        session.info[_HEAD] = _Head(grown.size, entry_hash(canonical), grown.to_bytes())
+        session.info[_HEAD] = _Head(tree.size, entry_hash(canonical), tree.to_bytes())
         before_commit(session, "audit.checkpoint", self.checkpoint)
         return AppendedEntry(seq=seq, canonical=canonical, proof=proof)
 
@@ -347,39 +348,44 @@ class AuditLog:
         checkpoint (a receipt) calls it itself, and the commit then finds it stored.
         """
         head = session.info.get(_HEAD)
-        if head is not None:
-            size, last_hash, frontier = head.size, head.last_hash, head.frontier
-        else:  # nothing appended in this transaction (or a rollback undid it)
+        appended = head is not None
+        if head is None:  # nothing appended in this transaction (or a rollback undid it)
             size, last_hash, frontier, in_force = session.connection().execute(_READ_HEAD).one()
-            frontier = bytes(frontier)
+            head = _Head(size, last_hash, bytes(frontier))
             self._follow_key_in_force(in_force)
         # Keyed by the size and the frontier: work a savepoint undid may have signed a
         # checkpoint of this very size over other entries (its row is gone with it).
-        state = (size, frontier)
+        state = (head.size, head.frontier)
         stored = session.info.get(_CHECKPOINTED)
         if stored is not None and stored[0] == state:
             return stored[1]
         # After this transaction's own appends no stored checkpoint can have its size: every
         # committed one is of a smaller log, and one signed here is the one cached above.
-        existing = self.checkpoint_at(session, size) if head is None else None
+        existing = None if appended else self.checkpoint_at(session, head.size)
         if existing is not None:
             session.info[_CHECKPOINTED] = (state, existing)
             return existing
-        checkpoint = Checkpoint(self.origin, size, self._tree(session, size, frontier).root())
+        tree = self._tree(session, head.size, head.frontier)
+        checkpoint = Checkpoint(self.origin, head.size, tree.root())
         note = sign_checkpoint(checkpoint, self._signing_key, self.origin, self.verifier_key)
-        session.connection().execute(
-            _INSERT_CHECKPOINT,
-            {
-                "size": size,
-                "note": note,
-                "created_at": self.clock(),
-                "last_hash": last_hash,
-                "frontier": frontier,
-            },
-        )
+        self._store_checkpoint(session, head, note)
         session.info[_CHECKPOINTED] = (state, note)
         self._trusted = (note, checkpoint)
         return note
+
+    def _store_checkpoint(self, session: Session, head: _Head, note: str) -> None:
+        """Store the signed ``note`` of ``head`` with the head it records: the insert moves
+        the head row there (migration 0013's trigger)."""
+        session.connection().execute(
+            _INSERT_CHECKPOINT,
+            {
+                "size": head.size,
+                "note": note,
+                "created_at": self.clock(),
+                "last_hash": head.last_hash,
+                "frontier": head.frontier,
+            },
+        )
 
     def _follow_key_in_force(self, wanted: str | None) -> None:
         """Sign with the key the head names (``wanted``, its fingerprint): one comparison a
@@ -417,18 +423,10 @@ class AuditLog:
         note = cosign_checkpoint(
             checkpoint, [(self._signing_key, self.origin), (incoming, self.origin)]
         )
-        connection = session.connection()
-        connection.execute(
-            _INSERT_CHECKPOINT,
-            {
-                "size": head.size,
-                "note": note,
-                "created_at": self.clock(),
-                "last_hash": head.last_hash,
-                "frontier": head.frontier,
-            },
+        self._store_checkpoint(session, head, note)
+        session.connection().execute(
+            _SET_SIGNING_KEY, {"signing_key": signing_key_fingerprint(incoming)}
         )
-        connection.execute(_SET_SIGNING_KEY, {"signing_key": signing_key_fingerprint(incoming)})
         session.info[_CHECKPOINTED] = (state, note)
         return note
 
